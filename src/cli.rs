@@ -1,0 +1,23 @@
+//! The command line: subcommands and their flags. It owns parsing only; what the values mean and
+//! whether they are valid is decided in `config`.
+
+use clap::{Parser, Subcommand};
+
+use crate::config::RunArgs;
+
+#[derive(Debug, Parser)]
+#[command(name = "tidegate", version, about = "MQTT → SQLite/PostgreSQL with nothing lost, ready for Metabase")]
+pub struct Cli {
+    /// Log format: `text` for people, `json` (one object per line) for log shippers.
+    #[arg(long, global = true, env = "TIDEGATE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Subscribe to a broker and store every message (the default way to run tidegate).
+    Run(Box<RunArgs>),
+}

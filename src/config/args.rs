@@ -1,0 +1,120 @@
+//! The settings of `tidegate run` as flags, environment variables and TOML keys — one struct for
+//! all three, so a setting cannot exist in one place and be missing in another. Every field is
+//! optional here; defaults and validation are applied in `config::Settings::resolve`.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use serde::Deserialize;
+
+use super::values::{Size, Span};
+
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunArgs {
+    /// TOML file with these same settings (flags and env vars override it).
+    #[arg(long, env = "TIDEGATE_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Broker URL: mqtt://host:1883, mqtts://host:8883, ws://host:port/path, wss://host:8884/mqtt.
+    #[arg(long, env = "TIDEGATE_BROKER")]
+    pub broker: Option<String>,
+
+    /// Topic filter to subscribe to (repeatable; + and # wildcards). Default: `#`.
+    #[arg(long = "topic", env = "TIDEGATE_TOPICS", value_delimiter = ',')]
+    pub topics: Option<Vec<String>>,
+
+    /// Subscription QoS: 1 (at least once, the default) or 0 (at most once).
+    #[arg(long, env = "TIDEGATE_QOS")]
+    pub qos: Option<u8>,
+
+    /// Database: a SQLite path or sqlite://PATH (default tidegate.db).
+    #[arg(long, env = "TIDEGATE_DB")]
+    pub db: Option<String>,
+
+    /// MQTT client id; must be stable and unique per instance (default derived from host and db).
+    #[arg(long, env = "TIDEGATE_CLIENT_ID")]
+    pub client_id: Option<String>,
+
+    /// MQTT user name.
+    #[arg(long, env = "TIDEGATE_USERNAME")]
+    pub username: Option<String>,
+
+    /// MQTT password (prefer the env var or --password-file: flags show up in `ps`).
+    #[arg(long, env = "TIDEGATE_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+
+    /// File whose first line is the MQTT password.
+    #[arg(long, env = "TIDEGATE_PASSWORD_FILE")]
+    pub password_file: Option<PathBuf>,
+
+    /// MQTT protocol version: 5 (default) or 3.1.1.
+    #[arg(long, env = "TIDEGATE_MQTT_VERSION")]
+    pub mqtt_version: Option<String>,
+
+    /// PEM file with extra CA certificates to trust (for a private or self-signed broker).
+    #[arg(long, env = "TIDEGATE_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+
+    /// PEM client certificate for mutual TLS (needs --client-key).
+    #[arg(long, env = "TIDEGATE_CLIENT_CERT")]
+    pub client_cert: Option<PathBuf>,
+
+    /// PEM private key for --client-cert.
+    #[arg(long, env = "TIDEGATE_CLIENT_KEY")]
+    pub client_key: Option<PathBuf>,
+
+    /// How long the broker keeps the session while tidegate is away (default 1h).
+    #[arg(long, env = "TIDEGATE_SESSION_EXPIRY")]
+    pub session_expiry: Option<Span>,
+
+    /// MQTT keep-alive interval (default 30s).
+    #[arg(long, env = "TIDEGATE_KEEP_ALIVE")]
+    pub keep_alive: Option<Span>,
+
+    /// Largest payload stored; larger ones are recorded in `rejected` (default 1MiB).
+    #[arg(long, env = "TIDEGATE_MAX_PAYLOAD")]
+    pub max_payload: Option<Size>,
+
+    /// SQLite durability: `full` (default: a commit survives power loss) or `normal` (faster;
+    /// survives a crash of tidegate, may lose the last commits on power loss).
+    #[arg(long, env = "TIDEGATE_SQLITE_SYNC")]
+    pub sqlite_sync: Option<String>,
+
+    /// Most messages committed in one transaction (default 5000).
+    #[arg(long, env = "TIDEGATE_BATCH_SIZE")]
+    pub batch_size: Option<usize>,
+
+    /// How long a batch may wait for more messages before it is committed (default 0ms: commit
+    /// as soon as the writer is free; batches grow by themselves under load).
+    #[arg(long, env = "TIDEGATE_BATCH_DELAY")]
+    pub batch_delay: Option<Span>,
+}
+
+impl RunArgs {
+    /// Field by field: the value given here wins, else the one from `other`.
+    pub fn or(self, other: RunArgs) -> RunArgs {
+        RunArgs {
+            config: self.config.or(other.config),
+            broker: self.broker.or(other.broker),
+            topics: self.topics.or(other.topics),
+            qos: self.qos.or(other.qos),
+            db: self.db.or(other.db),
+            client_id: self.client_id.or(other.client_id),
+            username: self.username.or(other.username),
+            password: self.password.or(other.password),
+            password_file: self.password_file.or(other.password_file),
+            mqtt_version: self.mqtt_version.or(other.mqtt_version),
+            ca_file: self.ca_file.or(other.ca_file),
+            client_cert: self.client_cert.or(other.client_cert),
+            client_key: self.client_key.or(other.client_key),
+            session_expiry: self.session_expiry.or(other.session_expiry),
+            keep_alive: self.keep_alive.or(other.keep_alive),
+            max_payload: self.max_payload.or(other.max_payload),
+            sqlite_sync: self.sqlite_sync.or(other.sqlite_sync),
+            batch_size: self.batch_size.or(other.batch_size),
+            batch_delay: self.batch_delay.or(other.batch_delay),
+        }
+    }
+}

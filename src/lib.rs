@@ -1,0 +1,17 @@
+//! tidegate moves MQTT messages into SQL databases with nothing lost.
+//!
+//! A message travels `source` (MQTT) → `pipeline` (batcher → writer) → `store` (SQLite or
+//! PostgreSQL); the broker is acknowledged only after the store committed the row. `app` wires the
+//! pieces together for each command; `config` validates every setting before anything connects.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod logging;
+pub mod message;
+pub mod pipeline;
+pub mod secret;
+pub mod shutdown;
+pub mod source;
+pub mod store;
+pub mod time;

@@ -1,0 +1,294 @@
+//! One face over rumqttc's two clients (MQTT 5 and 3.1.1), so the session loop is written once.
+//! It owns option building and event translation; it must never decide when to acknowledge.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::{v5, Transport as RTransport};
+
+use super::tls::{self, TlsError};
+use crate::{
+    config::{MqttSettings, MqttVersion, Transport},
+    message::{Message, Origin},
+};
+
+/// MQTT's largest packet; tidegate accepts every message the broker sends and rejects over-size
+/// payloads itself, so an over-size message is recorded instead of looping the connection.
+const MAX_PACKET: u32 = 268_435_460;
+
+/// How many unacknowledged messages tidegate lets an MQTT 5 broker send at once.
+pub const RECEIVE_MAXIMUM: u16 = 1000;
+
+/// Room in rumqttc's request channel: more than any number of outstanding acks, so `try_ack`
+/// never finds it full.
+const REQUEST_CAPACITY: usize = 65_536;
+
+#[derive(Clone)]
+pub enum Client {
+    V5(v5::AsyncClient),
+    V4(rumqttc::AsyncClient),
+}
+
+pub enum EventLoop {
+    V5(Box<v5::EventLoop>),
+    V4(Box<rumqttc::EventLoop>),
+}
+
+/// What is needed to acknowledge one delivery later: the publish without its payload.
+pub enum AckToken {
+    V5(v5::mqttbytes::v5::Publish),
+    V4(rumqttc::Publish),
+}
+
+/// The events the session loop cares about.
+pub enum Event {
+    ConnAck { session_present: bool, detail: String },
+    Publish(Message, Option<AckToken>),
+    SubAck { failures: Vec<String> },
+    /// The broker ended the connection (MQTT 5 DISCONNECT with a reason).
+    Disconnected(String),
+    /// tidegate's own DISCONNECT went out.
+    DisconnectSent,
+    Other,
+}
+
+fn transport(s: &MqttSettings) -> Result<RTransport, TlsError> {
+    Ok(match s.broker.transport {
+        Transport::Tcp => RTransport::Tcp,
+        Transport::Ws => RTransport::Ws,
+        Transport::Tls => RTransport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls::client_config(&s.tls)?)),
+        Transport::Wss => RTransport::wss_with_config(rumqttc::TlsConfiguration::Rustls(tls::client_config(&s.tls)?)),
+    })
+}
+
+fn host(s: &MqttSettings) -> String {
+    match s.broker.transport {
+        // rumqttc takes the whole URL as the host for WebSockets and reads the port from it.
+        Transport::Ws | Transport::Wss => s.broker.ws_url(),
+        _ => s.broker.host.clone(),
+    }
+}
+
+pub fn build(s: &MqttSettings) -> Result<(Client, EventLoop), TlsError> {
+    let transport = transport(s)?;
+    let keep_alive = s.keep_alive.max(Duration::from_secs(1));
+    Ok(match s.version {
+        MqttVersion::V5 => {
+            let mut o = v5::MqttOptions::new(s.client_id.clone(), host(s), s.broker.port);
+            o.set_keep_alive(keep_alive)
+                .set_clean_start(false)
+                .set_session_expiry_interval(Some(s.session_expiry.as_secs() as u32))
+                .set_manual_acks(true)
+                .set_receive_maximum(Some(RECEIVE_MAXIMUM))
+                .set_max_packet_size(Some(MAX_PACKET))
+                .set_connection_timeout(10)
+                .set_transport(transport);
+            if let Some(u) = &s.username {
+                o.set_credentials(u.clone(), s.password.as_ref().map(|p| p.expose().to_string()).unwrap_or_default());
+            }
+            let (c, e) = v5::AsyncClient::new(o, REQUEST_CAPACITY);
+            (Client::V5(c), EventLoop::V5(Box::new(e)))
+        }
+        MqttVersion::V311 => {
+            let mut o = rumqttc::MqttOptions::new(s.client_id.clone(), host(s), s.broker.port);
+            o.set_keep_alive(keep_alive)
+                .set_clean_session(false)
+                .set_manual_acks(true)
+                .set_max_packet_size(MAX_PACKET as usize, 256 * 1024)
+                .set_transport(transport);
+            if let Some(u) = &s.username {
+                o.set_credentials(u.clone(), s.password.as_ref().map(|p| p.expose().to_string()).unwrap_or_default());
+            }
+            let (c, e) = rumqttc::AsyncClient::new(o, REQUEST_CAPACITY);
+            (Client::V4(c), EventLoop::V4(Box::new(e)))
+        }
+    })
+}
+
+fn qos_of(q: u8) -> rumqttc::QoS {
+    if q == 0 {
+        rumqttc::QoS::AtMostOnce
+    } else {
+        rumqttc::QoS::AtLeastOnce
+    }
+}
+
+impl Client {
+    pub fn try_ack(&self, token: &AckToken) {
+        // The channel is sized so this cannot be full; a closed channel means we are stopping,
+        // and an unsent ack only causes a redelivery.
+        let _ = match (self, token) {
+            (Client::V5(c), AckToken::V5(p)) => c.try_ack(p).map_err(|_| ()),
+            (Client::V4(c), AckToken::V4(p)) => c.try_ack(p).map_err(|_| ()),
+            _ => Ok(()),
+        };
+    }
+
+    pub fn try_subscribe(&self, filters: &[String], qos: u8) -> Result<(), String> {
+        match self {
+            Client::V5(c) => c
+                .try_subscribe_many(filters.iter().map(|f| {
+                    let mut filter = v5::mqttbytes::v5::Filter::new(f.clone(), v5_qos(qos));
+                    // Resend retained messages only for a new subscription, not on every resubscribe.
+                    filter.retain_forward_rule = v5::mqttbytes::v5::RetainForwardRule::OnNewSubscribe;
+                    filter
+                }))
+                .map_err(|e| e.to_string()),
+            Client::V4(c) => c
+                .try_subscribe_many(filters.iter().map(|f| rumqttc::SubscribeFilter::new(f.clone(), qos_of(qos))))
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    pub fn try_disconnect(&self) {
+        let _ = match self {
+            Client::V5(c) => c.try_disconnect().map_err(|_| ()),
+            Client::V4(c) => c.try_disconnect().map_err(|_| ()),
+        };
+    }
+}
+
+fn v5_qos(q: u8) -> v5::mqttbytes::QoS {
+    if q == 0 {
+        v5::mqttbytes::QoS::AtMostOnce
+    } else {
+        v5::mqttbytes::QoS::AtLeastOnce
+    }
+}
+
+/// A connection failure, described without secrets (rumqttc errors never carry the password).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConnectionError(pub String);
+
+impl EventLoop {
+    pub async fn poll(&mut self, session: &str, max_payload: usize) -> Result<Event, ConnectionError> {
+        match self {
+            EventLoop::V5(e) => {
+                use v5::{mqttbytes::v5::Packet, Event as E};
+                match e.poll().await.map_err(|e| ConnectionError(describe_v5(&e)))? {
+                    E::Incoming(Packet::ConnAck(ca)) => Ok(Event::ConnAck {
+                        session_present: ca.session_present,
+                        detail: ca
+                            .properties
+                            .map(|p| {
+                                format!(
+                                    "receive_maximum={:?} max_packet_size={:?} session_expiry={:?} shared_subscriptions={:?}",
+                                    p.receive_max, p.max_packet_size, p.session_expiry_interval, p.shared_subscription_available
+                                )
+                            })
+                            .unwrap_or_default(),
+                    }),
+                    E::Incoming(Packet::Publish(p)) => {
+                        let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                        let qos = p.qos as u8;
+                        let mut m = Message::new(
+                            topic,
+                            p.payload.clone(),
+                            qos.min(2),
+                            p.retain,
+                            Origin::Mqtt {
+                                session: session.to_string(),
+                                pkid: p.pkid,
+                                redelivery: p.dup,
+                            },
+                            max_payload,
+                        );
+                        if let Some(props) = &p.properties {
+                            m.content_type = props.content_type.clone();
+                            m.user_properties = props.user_properties.clone();
+                        }
+                        let token = (p.qos != v5::mqttbytes::QoS::AtMostOnce).then(|| {
+                            AckToken::V5(v5::mqttbytes::v5::Publish {
+                                payload: Bytes::new(),
+                                properties: None,
+                                ..p
+                            })
+                        });
+                        Ok(Event::Publish(m, token))
+                    }
+                    E::Incoming(Packet::SubAck(s)) => Ok(Event::SubAck {
+                        failures: s
+                            .return_codes
+                            .iter()
+                            .filter(|c| !matches!(c, v5::mqttbytes::v5::SubscribeReasonCode::Success(_)))
+                            .map(|c| format!("{c:?}"))
+                            .collect(),
+                    }),
+                    E::Incoming(Packet::Disconnect(d)) => Ok(Event::Disconnected(format!("{:?}", d.reason_code))),
+                    E::Outgoing(rumqttc::Outgoing::Disconnect) => Ok(Event::DisconnectSent),
+                    _ => Ok(Event::Other),
+                }
+            }
+            EventLoop::V4(e) => {
+                use rumqttc::{Event as E, Packet};
+                match e.poll().await.map_err(|e| ConnectionError(describe_v4(&e)))? {
+                    E::Incoming(Packet::ConnAck(ca)) => Ok(Event::ConnAck {
+                        session_present: ca.session_present,
+                        detail: String::new(),
+                    }),
+                    E::Incoming(Packet::Publish(p)) => {
+                        let m = Message::new(
+                            p.topic.clone(),
+                            p.payload.clone(),
+                            p.qos as u8,
+                            p.retain,
+                            Origin::Mqtt {
+                                session: session.to_string(),
+                                pkid: p.pkid,
+                                redelivery: p.dup,
+                            },
+                            max_payload,
+                        );
+                        let token = (p.qos != rumqttc::QoS::AtMostOnce).then(|| {
+                            AckToken::V4(rumqttc::Publish {
+                                payload: Bytes::new(),
+                                topic: String::new(),
+                                ..p
+                            })
+                        });
+                        Ok(Event::Publish(m, token))
+                    }
+                    E::Incoming(Packet::SubAck(s)) => Ok(Event::SubAck {
+                        failures: s
+                            .return_codes
+                            .iter()
+                            .filter(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                            .map(|c| format!("{c:?}"))
+                            .collect(),
+                    }),
+                    E::Outgoing(rumqttc::Outgoing::Disconnect) => Ok(Event::DisconnectSent),
+                    _ => Ok(Event::Other),
+                }
+            }
+        }
+    }
+
+    /// Forgets the connection and drains queued acks (see `ack::AckGate::new_generation`).
+    pub fn clean(&mut self) {
+        match self {
+            EventLoop::V5(e) => e.clean(),
+            EventLoop::V4(e) => e.clean(),
+        }
+    }
+}
+
+fn describe_v5(e: &v5::ConnectionError) -> String {
+    match e {
+        v5::ConnectionError::ConnectionRefused(code) => format!(
+            "the broker refused the connection ({code:?}); check --username/--password and the client id"
+        ),
+        v5::ConnectionError::Tls(t) => format!("TLS failed: {t} (is the broker's CA trusted? see --ca-file)"),
+        other => other.to_string(),
+    }
+}
+
+fn describe_v4(e: &rumqttc::ConnectionError) -> String {
+    match e {
+        rumqttc::ConnectionError::ConnectionRefused(code) => format!(
+            "the broker refused the connection ({code:?}); check --username/--password and the client id"
+        ),
+        rumqttc::ConnectionError::Tls(t) => format!("TLS failed: {t} (is the broker's CA trusted? see --ca-file)"),
+        other => other.to_string(),
+    }
+}

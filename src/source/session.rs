@@ -1,0 +1,228 @@
+//! The session loop: one task owns the rumqttc event loop (never inside `select!`, whose
+//! cancellation rumqttc does not document as safe), reconnects forever with capped, jittered
+//! backoff, resubscribes when the broker lost the session, and forwards deliveries to the
+//! pipeline. It logs once per state change, not once per attempt.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use rand::Rng;
+use tokio::{
+    sync::{watch, Notify},
+    task::JoinHandle,
+};
+
+use super::{
+    ack::{AckGate, MqttAck},
+    client::{self, Client, Event},
+    tls::TlsError,
+};
+use crate::{
+    config::MqttSettings,
+    pipeline::{self, Ack, Ingest},
+};
+
+/// The loop's way into the pipeline; emptied by `stop_intake` so the writer can drain and end.
+type Intake = Arc<std::sync::Mutex<Option<pipeline::Sender>>>;
+
+/// What readiness checks and metrics need to know about the broker session.
+#[derive(Debug, Clone, Default)]
+pub struct SourceStatus {
+    pub connected: bool,
+    pub last_error: Option<String>,
+    pub reconnects: u64,
+    pub sessions_lost: u64,
+}
+
+pub struct MqttSource {
+    client: Client,
+    intake: Intake,
+    accepting: Arc<AtomicBool>,
+    wake: Arc<Notify>,
+    task: JoinHandle<()>,
+    status: watch::Receiver<SourceStatus>,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+fn jittered(d: Duration) -> Duration {
+    let f: f64 = rand::rng().random_range(0.5..1.0);
+    d.mul_f64(f)
+}
+
+impl MqttSource {
+    /// Starts the session loop. Fails only for local problems (TLS files); network problems are
+    /// retried forever.
+    pub fn start(settings: MqttSettings, tx: pipeline::Sender) -> Result<Self, TlsError> {
+        let (client, eventloop) = client::build(&settings)?;
+        let intake: Intake = Arc::new(std::sync::Mutex::new(Some(tx)));
+        let gate = AckGate::new(client.clone());
+        let accepting = Arc::new(AtomicBool::new(true));
+        let wake = Arc::new(Notify::new());
+        let (status_tx, status) = watch::channel(SourceStatus::default());
+        tracing::info!(
+            broker = %settings.broker,
+            client_id = %settings.client_id,
+            topics = ?settings.topics,
+            version = ?settings.version,
+            "connecting to the broker"
+        );
+        let task = tokio::spawn(session_loop(
+            settings,
+            client.clone(),
+            eventloop,
+            gate,
+            intake.clone(),
+            accepting.clone(),
+            wake.clone(),
+            status_tx,
+        ));
+        Ok(MqttSource {
+            client,
+            intake,
+            accepting,
+            wake,
+            task,
+            status,
+        })
+    }
+
+    pub fn status(&self) -> watch::Receiver<SourceStatus> {
+        self.status.clone()
+    }
+
+    /// Stops taking new deliveries (they stay unacknowledged and the broker keeps them) and lets
+    /// go of the pipeline, so the writer can drain. The loop keeps running to send acks.
+    pub fn stop_intake(&self) {
+        self.accepting.store(false, Ordering::SeqCst);
+        self.intake.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.wake.notify_one();
+    }
+
+    /// Sends DISCONNECT after every queued ack, then waits for the loop to end.
+    pub async fn disconnect(self) {
+        self.stop_intake();
+        self.client.try_disconnect();
+        let abort = self.task.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(5), self.task).await.is_err() {
+            abort.abort();
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn session_loop(
+    s: MqttSettings,
+    client: Client,
+    mut eventloop: client::EventLoop,
+    gate: Arc<AckGate>,
+    intake: Intake,
+    accepting: Arc<AtomicBool>,
+    wake: Arc<Notify>,
+    status: watch::Sender<SourceStatus>,
+) {
+    let mut generation = gate.generation();
+    let mut backoff = BACKOFF_MIN;
+    let mut ever_connected = false;
+    loop {
+        match eventloop.poll(&s.client_id, s.max_payload).await {
+            Ok(Event::ConnAck { session_present, detail }) => {
+                backoff = BACKOFF_MIN;
+                let previous_error = status.borrow().last_error.clone();
+                status.send_modify(|st| {
+                    st.connected = true;
+                    st.last_error = None;
+                    if ever_connected {
+                        st.reconnects += 1;
+                    }
+                    if !session_present && ever_connected {
+                        st.sessions_lost += 1;
+                    }
+                });
+                match (ever_connected, session_present) {
+                    (_, true) => tracing::info!(broker = %s.broker, %detail, "connected; the broker kept our session"),
+                    (false, false) => tracing::info!(broker = %s.broker, %detail, "connected with a new session; subscribing"),
+                    (true, false) => tracing::warn!(
+                        broker = %s.broker,
+                        "connected, but the broker had lost our session: messages published while we were away may be missing (possible gap); subscribing again"
+                    ),
+                }
+                if let Some(e) = previous_error {
+                    tracing::debug!(error = %e, "recovered from");
+                }
+                if !session_present {
+                    if let Err(e) = client.try_subscribe(&s.topics, s.qos) {
+                        tracing::error!(error = %e, "cannot queue the subscription");
+                    }
+                }
+                ever_connected = true;
+            }
+            Ok(Event::Publish(message, token)) => {
+                let Some(sender) = intake.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+                    continue; // stopping: left unacknowledged, the broker keeps it
+                };
+                let ack = match token {
+                    Some(t) => Ack::Mqtt(MqttAck::new(gate.clone(), generation, t)),
+                    None => Ack::None,
+                };
+                let ingest = Ingest::one(message, ack);
+                // Waiting here is the backpressure: the broker holds what we cannot take yet.
+                tokio::select! {
+                    _ = sender.send(ingest) => {}
+                    _ = wake.notified() => {}
+                }
+            }
+            Ok(Event::SubAck { failures }) => {
+                if failures.is_empty() {
+                    tracing::info!(topics = ?s.topics, qos = s.qos, "subscribed");
+                } else {
+                    tracing::error!(
+                        topics = ?s.topics,
+                        ?failures,
+                        "the broker refused a subscription; check the topic filters and the user's ACL"
+                    );
+                }
+            }
+            Ok(Event::Disconnected(reason)) => {
+                tracing::warn!(%reason, "the broker closed the connection");
+            }
+            Ok(Event::DisconnectSent) => {
+                tracing::info!("disconnected from the broker");
+                return;
+            }
+            Ok(Event::Other) => {}
+            Err(e) => {
+                gate.new_generation(|| eventloop.clean());
+                generation = gate.generation();
+                if !accepting.load(Ordering::SeqCst) {
+                    return;
+                }
+                let reason = e.to_string();
+                let was_connected = status.borrow().connected;
+                let same = status.borrow().last_error.as_deref() == Some(reason.as_str());
+                if was_connected {
+                    tracing::warn!(error = %reason, "connection to the broker lost; reconnecting");
+                } else if !same {
+                    tracing::warn!(error = %reason, "cannot connect to the broker; retrying with backoff");
+                } else {
+                    tracing::debug!(error = %reason, "still cannot connect");
+                }
+                status.send_modify(|st| {
+                    st.connected = false;
+                    st.last_error = Some(reason);
+                });
+                tokio::select! {
+                    _ = tokio::time::sleep(jittered(backoff)) => {}
+                    _ = wake.notified() => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}

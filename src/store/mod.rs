@@ -1,0 +1,73 @@
+//! The store: one trait, one implementation per database, chosen once from the `--db` URL.
+//! A store commits a batch in one transaction and reports, per message, what became of it. It
+//! must never acknowledge anything itself: `Committed` is handed back to the pipeline, which acks.
+
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::{config::StoreSettings, message::Message};
+
+/// What became of one message of a committed batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stored as row `id` of `messages`.
+    Stored { id: i64 },
+    /// Recognised as a redelivery of a message already stored; nothing written.
+    Duplicate,
+    /// Recorded in `rejected` with the message's rejection reason.
+    Rejected,
+}
+
+/// Proof that a batch is committed. Only a store can make one (the field is private to this
+/// crate), so the pipeline cannot acknowledge a batch that was not committed.
+#[derive(Debug)]
+pub struct Committed {
+    outcomes: Vec<Outcome>,
+}
+
+impl Committed {
+    pub(crate) fn new(outcomes: Vec<Outcome>) -> Self {
+        Self { outcomes }
+    }
+
+    pub fn outcomes(&self) -> &[Outcome] {
+        &self.outcomes
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the database {target}: {reason}")]
+    Open { target: String, reason: String },
+    #[error("the database {target} was written by a newer tidegate (schema version {found}, this one knows up to {known}); upgrade tidegate or use another file")]
+    TooNew { target: String, found: i64, known: i64 },
+    #[error("write failed: {0}")]
+    Write(String),
+    #[error("query failed: {0}")]
+    Query(String),
+    #[error("the store has stopped")]
+    Closed,
+}
+
+/// A database tidegate writes to.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Writes every message of `batch` in one transaction, or nothing.
+    async fn write(&self, batch: Arc<Vec<Message>>) -> Result<Committed, StoreError>;
+
+    /// A short description for logs, without secrets.
+    fn describe(&self) -> String;
+}
+
+/// Opens the store the settings name, running migrations first.
+pub async fn open(settings: &StoreSettings) -> Result<Arc<dyn Store>, StoreError> {
+    match &settings.db {
+        crate::config::DbUrl::Sqlite(path) => {
+            let store = sqlite::SqliteStore::open(path, settings.sqlite_sync)?;
+            Ok(Arc::new(store))
+        }
+    }
+}

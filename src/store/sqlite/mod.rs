@@ -1,0 +1,120 @@
+//! The SQLite store: one writer thread owns the only write connection (WAL, short
+//! transactions, `synchronous=FULL` by default), so readers such as Metabase are never locked
+//! out. It must never hold a write transaction open across anything but the batch itself.
+
+mod schema;
+mod write;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{mpsc as std_mpsc, Arc},
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+use super::{Committed, Store, StoreError};
+use crate::{config::SqliteSync, message::Message};
+
+pub use schema::VERSION as SCHEMA_VERSION;
+
+type WriteReply = oneshot::Sender<Result<Vec<super::Outcome>, StoreError>>;
+
+enum Command {
+    Write(Arc<Vec<Message>>, WriteReply),
+}
+
+pub struct SqliteStore {
+    path: PathBuf,
+    tx: std_mpsc::SyncSender<Command>,
+}
+
+/// Opens a connection with the settings every tidegate connection shares.
+pub(crate) fn connect(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the file, migrates it and starts the writer thread.
+    pub fn open(path: &Path, sync: SqliteSync) -> Result<Self, StoreError> {
+        let target = path.display().to_string();
+        let open_err = |reason: String| StoreError::Open {
+            target: target.clone(),
+            reason,
+        };
+        let mut conn = connect(path).map_err(|e| open_err(e.to_string()))?;
+        // WAL lets readers (Metabase) read while tidegate writes; it is persistent in the file.
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .map_err(|e| open_err(format!("cannot switch to WAL: {e}")))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(open_err(format!(
+                "the file stays in `{mode}` journal mode (is it on a network filesystem?); WAL is required"
+            )));
+        }
+        let sync_level = match sync {
+            SqliteSync::Full => "FULL",
+            SqliteSync::Normal => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", sync_level)
+            .map_err(|e| open_err(e.to_string()))?;
+        schema::migrate(&mut conn).map_err(|e| match e {
+            schema::MigrateError::TooNew(found) => StoreError::TooNew {
+                target: target.clone(),
+                found,
+                known: schema::VERSION,
+            },
+            schema::MigrateError::Sql(e) => open_err(format!("migration failed: {e}")),
+        })?;
+        // Small queue: the pipeline holds the backlog, and the broker holds the rest.
+        let (tx, rx) = std_mpsc::sync_channel::<Command>(2);
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer_thread(conn, rx))
+            .map_err(|e| open_err(format!("cannot start the writer thread: {e}")))?;
+        Ok(SqliteStore {
+            path: path.to_path_buf(),
+            tx,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn writer_thread(mut conn: Connection, rx: std_mpsc::Receiver<Command>) {
+    while let Ok(cmd) = rx.recv() {
+        match cmd {
+            Command::Write(batch, reply) => {
+                let result = write::write_batch(&mut conn, &batch).map_err(|e| StoreError::Write(e.to_string()));
+                let _ = reply.send(result);
+            }
+        }
+    }
+    // The last sender is gone: fold the WAL back so the file is complete on its own.
+    let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn write(&self, batch: Arc<Vec<Message>>) -> Result<Committed, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let tx = self.tx.clone();
+        // The channel is tiny and the thread is fast; a blocking send must not stall the runtime.
+        tokio::task::spawn_blocking(move || tx.send(Command::Write(batch, reply)))
+            .await
+            .map_err(|_| StoreError::Closed)?
+            .map_err(|_| StoreError::Closed)?;
+        let outcomes = rx.await.map_err(|_| StoreError::Closed)??;
+        Ok(Committed::new(outcomes))
+    }
+
+    fn describe(&self) -> String {
+        format!("sqlite://{}", self.path.display())
+    }
+}

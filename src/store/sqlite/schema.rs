@@ -1,0 +1,105 @@
+//! The SQLite schema and its migrations, as a `PRAGMA user_version` ladder. It owns table
+//! layout only; it must never delete a user's rows (the seed's `dados` table is kept, renamed).
+
+use rusqlite::{Connection, OptionalExtension};
+
+/// The newest schema this build knows.
+pub const VERSION: i64 = 1;
+
+const V1: &str = r#"
+CREATE TABLE messages (
+    id              INTEGER PRIMARY KEY,
+    received_at     DATETIME NOT NULL,
+    topic           TEXT NOT NULL,
+    payload         TEXT,
+    payload_raw     BLOB,
+    payload_size    INTEGER NOT NULL,
+    qos             INTEGER NOT NULL,
+    retain          BOOLEAN NOT NULL,
+    content_type    TEXT,
+    user_properties TEXT,
+    source          TEXT NOT NULL
+);
+CREATE INDEX messages_received_at ON messages (received_at);
+CREATE INDEX messages_topic_received_at ON messages (topic, received_at);
+
+CREATE TABLE rejected (
+    id          INTEGER PRIMARY KEY,
+    received_at DATETIME NOT NULL,
+    topic       TEXT NOT NULL,
+    size        INTEGER NOT NULL,
+    qos         INTEGER NOT NULL,
+    reason      TEXT NOT NULL,
+    source      TEXT NOT NULL
+);
+CREATE INDEX rejected_received_at ON rejected (received_at);
+
+-- The last message committed for each packet id of each MQTT session: a redelivery (DUP flag)
+-- with the same packet id and content is a duplicate. Bounded: 65535 rows per session.
+CREATE TABLE delivery_marks (
+    session    TEXT NOT NULL,
+    pkid       INTEGER NOT NULL,
+    hash       BLOB NOT NULL,
+    message_id INTEGER,
+    PRIMARY KEY (session, pkid)
+) WITHOUT ROWID;
+
+-- The last retained message stored for each topic, so a retained replay is stored once.
+CREATE TABLE retained_marks (
+    topic TEXT PRIMARY KEY,
+    hash  BLOB NOT NULL
+) WITHOUT ROWID;
+"#;
+
+/// `dados` keeps the seed script's contract: `id INTEGER`, `valor TEXT`, `timestamp DATETIME`.
+/// Plain column references keep the declared types Metabase reads.
+const DADOS_VIEW: &str = r#"
+CREATE VIEW dados AS SELECT id AS id, payload AS valor, received_at AS "timestamp" FROM messages;
+"#;
+
+fn table_kind(conn: &Connection, name: &str) -> rusqlite::Result<Option<String>> {
+    conn.query_row("SELECT type FROM sqlite_master WHERE name = ?1", [name], |r| r.get(0))
+        .optional()
+}
+
+/// Brings the database to `VERSION`. Idempotent; refuses a file from a newer tidegate.
+pub fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
+    let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if found > VERSION {
+        return Err(MigrateError::TooNew(found));
+    }
+    if found == VERSION {
+        return Ok(());
+    }
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)?;
+    if found < 1 {
+        let seed_table = table_kind(&tx, "dados")?.as_deref() == Some("table");
+        tx.execute_batch(V1)?;
+        if seed_table {
+            // A database made by the seed script: its rows move into `messages` with their ids,
+            // and the original table stays as `dados_seed` so nothing the user had is lost.
+            tx.execute_batch(
+                r#"
+                ALTER TABLE dados RENAME TO dados_seed;
+                INSERT INTO messages (id, received_at, topic, payload, payload_size, qos, retain, source)
+                SELECT id,
+                       COALESCE(strftime('%Y-%m-%d %H:%M:%f', "timestamp"), "timestamp", '1970-01-01 00:00:00.000'),
+                       'dados', CAST(valor AS TEXT), COALESCE(length(CAST(valor AS BLOB)), 0), 1, 0, 'seed'
+                FROM dados_seed;
+                "#,
+            )?;
+        }
+        tx.execute_batch(DADOS_VIEW)?;
+    }
+    tx.pragma_update(None, "user_version", VERSION)?;
+    tx.commit()?;
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("schema version {0} is newer than this tidegate")]
+    TooNew(i64),
+    #[error(transparent)]
+    Sql(#[from] rusqlite::Error),
+}
