@@ -14,13 +14,21 @@ use crate::{
 
 /// `tidegate run`: subscribe and store until SIGINT/SIGTERM.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
-    let store = store::open(&settings.store).await.context("opening the database")?;
+    let store = store::open(&settings.store)
+        .await
+        .context("opening the database")?;
     tracing::info!(store = %store.describe(), "database ready");
 
     let (tx, rx) = pipeline::channel();
     let (fault_tx, _fault_rx) = watch::channel(None);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let writer = tokio::spawn(writer::run(store.clone(), rx, settings.pipeline.clone(), fault_tx, stop_rx));
+    let writer = tokio::spawn(writer::run(
+        store.clone(),
+        rx,
+        settings.pipeline.clone(),
+        fault_tx,
+        stop_rx,
+    ));
 
     let source = MqttSource::start(settings.mqtt.clone(), tx).context("setting up TLS")?;
 

@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use crate::config::RunArgs;
 
 #[derive(Debug, Parser)]
-#[command(name = "tidegate", version, about = "MQTT → SQLite/PostgreSQL with nothing lost, ready for Metabase")]
+#[command(
+    name = "tidegate",
+    version,
+    about = "MQTT → SQLite/PostgreSQL with nothing lost, ready for Metabase"
+)]
 pub struct Cli {
     /// Log format: `text` for people, `json` (one object per line) for log shippers.
     #[arg(long, global = true, env = "TIDEGATE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]

@@ -41,12 +41,21 @@ impl Message {
     /// Builds a message and applies the payload size limit: an over-size payload is dropped and
     /// the message marked rejected, so it is recorded and acknowledged instead of blocking the
     /// stream.
-    pub fn new(topic: String, payload: Bytes, qos: u8, retain: bool, origin: Origin, max_payload: usize) -> Self {
+    pub fn new(
+        topic: String,
+        payload: Bytes,
+        qos: u8,
+        retain: bool,
+        origin: Origin,
+        max_payload: usize,
+    ) -> Self {
         let size = payload.len();
         let (payload, rejection) = if size > max_payload {
             (
                 Bytes::new(),
-                Some(format!("payload of {size} bytes is over the limit of {max_payload} bytes (--max-payload)")),
+                Some(format!(
+                    "payload of {size} bytes is over the limit of {max_payload} bytes (--max-payload)"
+                )),
             )
         } else {
             (payload, None)
@@ -100,7 +109,14 @@ mod tests {
     use super::*;
 
     fn msg(topic: &str, payload: &'static [u8], max: usize) -> Message {
-        Message::new(topic.into(), Bytes::from_static(payload), 1, false, Origin::Http, max)
+        Message::new(
+            topic.into(),
+            Bytes::from_static(payload),
+            1,
+            false,
+            Origin::Http,
+            max,
+        )
     }
 
     #[test]
@@ -118,7 +134,10 @@ mod tests {
         assert_ne!(a, msg("b", b"x", 10).content_hash());
         assert_ne!(a, msg("a", b"y", 10).content_hash());
         // The length prefix keeps ("ab","c") and ("a","bc") apart.
-        assert_ne!(msg("ab", b"c", 10).content_hash(), msg("a", b"bc", 10).content_hash());
+        assert_ne!(
+            msg("ab", b"c", 10).content_hash(),
+            msg("a", b"bc", 10).content_hash()
+        );
     }
 
     #[test]

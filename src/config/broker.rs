@@ -29,26 +29,34 @@ pub struct BrokerUrl {
 impl BrokerUrl {
     pub fn parse(input: &str) -> Result<Self, ConfigError> {
         let bad = |why: &str| ConfigError::new("broker", format!("`{input}` {why}"));
-        let (scheme, rest) = input
-            .split_once("://")
-            .ok_or_else(|| bad("has no scheme; write mqtt://host:1883, mqtts://host:8883, ws://… or wss://…"))?;
+        let (scheme, rest) = input.split_once("://").ok_or_else(|| {
+            bad("has no scheme; write mqtt://host:1883, mqtts://host:8883, ws://… or wss://…")
+        })?;
         let (transport, default_port) = match scheme.to_ascii_lowercase().as_str() {
             "mqtt" | "tcp" => (Transport::Tcp, 1883),
             "mqtts" | "ssl" | "tls" => (Transport::Tls, 8883),
             "ws" => (Transport::Ws, 80),
             "wss" => (Transport::Wss, 443),
-            other => return Err(bad(&format!("has unknown scheme `{other}`; use mqtt, mqtts, ws or wss"))),
+            other => {
+                return Err(bad(&format!(
+                    "has unknown scheme `{other}`; use mqtt, mqtts, ws or wss"
+                )))
+            }
         };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
         };
         if authority.contains('@') {
-            return Err(bad("contains credentials; pass --username and --password instead"));
+            return Err(bad(
+                "contains credentials; pass --username and --password instead",
+            ));
         }
         let (host, port) = match authority.rsplit_once(':') {
             Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
-                let port: u16 = p.parse().map_err(|_| bad(&format!("has an invalid port `{p}`")))?;
+                let port: u16 = p
+                    .parse()
+                    .map_err(|_| bad(&format!("has an invalid port `{p}`")))?;
                 if port == 0 {
                     return Err(bad("has port 0"));
                 }
@@ -88,7 +96,11 @@ impl BrokerUrl {
 
     /// The URL WebSocket transports connect to.
     pub fn ws_url(&self) -> String {
-        let scheme = if self.transport == Transport::Wss { "wss" } else { "ws" };
+        let scheme = if self.transport == Transport::Wss {
+            "wss"
+        } else {
+            "ws"
+        };
         format!("{scheme}://{}:{}{}", self.host, self.port, self.path)
     }
 }
@@ -138,7 +150,9 @@ pub fn validate_topic_name(topic: &str) -> Result<(), String> {
         return Err("topic is at most 65535 bytes".into());
     }
     if topic.contains(['+', '#']) {
-        return Err(format!("topic `{topic}` contains a wildcard (+ or #); wildcards are for filters only"));
+        return Err(format!(
+            "topic `{topic}` contains a wildcard (+ or #); wildcards are for filters only"
+        ));
     }
     if topic.contains('\0') {
         return Err("topic cannot contain NUL".into());
@@ -175,8 +189,18 @@ mod tests {
         let u = BrokerUrl::parse("wss://abc.hivemq.cloud:8884/mqtt").unwrap();
         assert_eq!(u.ws_url(), "wss://abc.hivemq.cloud:8884/mqtt");
         assert_eq!(BrokerUrl::parse("mqtt://h").unwrap().port, 1883);
-        assert_eq!(BrokerUrl::from_seed_host("x.y").unwrap().to_string(), "mqtts://x.y:8883");
-        for bad in ["h:1883", "http://h", "mqtt://h:99999", "mqtt://:1883", "mqtt://u:p@h", "mqtt://h/x"] {
+        assert_eq!(
+            BrokerUrl::from_seed_host("x.y").unwrap().to_string(),
+            "mqtts://x.y:8883"
+        );
+        for bad in [
+            "h:1883",
+            "http://h",
+            "mqtt://h:99999",
+            "mqtt://:1883",
+            "mqtt://u:p@h",
+            "mqtt://h/x",
+        ] {
             assert!(BrokerUrl::parse(bad).is_err(), "{bad}");
         }
     }

@@ -55,17 +55,24 @@ impl DbUrl {
         if input.trim().is_empty() {
             return Err(bad("is empty; give a file path such as tidegate.db".into()));
         }
-        if let Some(path) = input.strip_prefix("sqlite://").or_else(|| input.strip_prefix("sqlite:")) {
+        if let Some(path) = input
+            .strip_prefix("sqlite://")
+            .or_else(|| input.strip_prefix("sqlite:"))
+        {
             if path.is_empty() {
                 return Err(bad(format!("`{input}` has no file path")));
             }
             return Ok(DbUrl::Sqlite(PathBuf::from(path)));
         }
         if input.starts_with("postgres://") || input.starts_with("postgresql://") {
-            return Err(bad("PostgreSQL is not supported by this build yet; use a SQLite file".into()));
+            return Err(bad(
+                "PostgreSQL is not supported by this build yet; use a SQLite file".into(),
+            ));
         }
         if let Some((scheme, _)) = input.split_once("://") {
-            return Err(bad(format!("unknown database scheme `{scheme}`; use a SQLite path or sqlite://PATH")));
+            return Err(bad(format!(
+                "unknown database scheme `{scheme}`; use a SQLite path or sqlite://PATH"
+            )));
         }
         Ok(DbUrl::Sqlite(PathBuf::from(input)))
     }
@@ -143,7 +150,10 @@ pub fn load_file(path: &std::path::Path) -> Result<RunArgs, ConfigError> {
 fn check_file(setting: &'static str, path: &Option<PathBuf>) -> Result<(), ConfigError> {
     if let Some(p) = path {
         if !p.is_file() {
-            return Err(ConfigError::new(setting, format!("file {} does not exist or is not a file", p.display())));
+            return Err(ConfigError::new(
+                setting,
+                format!("file {} does not exist or is not a file", p.display()),
+            ));
         }
     }
     Ok(())
@@ -212,7 +222,10 @@ impl Settings {
             None | Some("5") | Some("5.0") => MqttVersion::V5,
             Some("3.1.1") | Some("3") | Some("4") | Some("311") => MqttVersion::V311,
             Some(other) => {
-                return Err(ConfigError::new("mqtt-version", format!("`{other}` is not 5 or 3.1.1")))
+                return Err(ConfigError::new(
+                    "mqtt-version",
+                    format!("`{other}` is not 5 or 3.1.1"),
+                ))
             }
         };
 
@@ -229,14 +242,20 @@ impl Settings {
             (Some(p), _) => Some(Secret::new(p)),
             (None, Some(path)) => {
                 let text = std::fs::read_to_string(&path).map_err(|e| {
-                    ConfigError::new("password-file", format!("cannot read {}: {}", path.display(), e.kind()))
+                    ConfigError::new(
+                        "password-file",
+                        format!("cannot read {}: {}", path.display(), e.kind()),
+                    )
                 })?;
                 Some(Secret::new(text.lines().next().unwrap_or("").to_string()))
             }
             (None, None) => env("HIVE_PSWD").map(Secret::new),
         };
         if password.is_some() && username.is_none() {
-            return Err(ConfigError::new("username", "a password is set but no user name; pass --username"));
+            return Err(ConfigError::new(
+                "username",
+                "a password is set but no user name; pass --username",
+            ));
         }
 
         let tls = TlsFiles {
@@ -248,18 +267,26 @@ impl Settings {
         check_file("client-cert", &tls.client_cert)?;
         check_file("client-key", &tls.client_key)?;
         if tls.client_cert.is_some() != tls.client_key.is_some() {
-            return Err(ConfigError::new("client-cert", "--client-cert and --client-key go together"));
+            return Err(ConfigError::new(
+                "client-cert",
+                "--client-cert and --client-key go together",
+            ));
         }
         if !broker.transport.is_tls() && (tls.ca_file.is_some() || tls.client_cert.is_some()) {
             return Err(ConfigError::new(
                 "ca-file",
-                format!("TLS files were given but the broker URL `{broker}` is not TLS; use mqtts:// or wss://"),
+                format!(
+                    "TLS files were given but the broker URL `{broker}` is not TLS; use mqtts:// or wss://"
+                ),
             ));
         }
 
         let session_expiry = a.session_expiry.map(|s| s.0).unwrap_or(Duration::from_secs(3600));
         if session_expiry.as_secs() > u32::MAX as u64 {
-            return Err(ConfigError::new("session-expiry", "is longer than MQTT allows (about 136 years)"));
+            return Err(ConfigError::new(
+                "session-expiry",
+                "is longer than MQTT allows (about 136 years)",
+            ));
         }
         let keep_alive = a.keep_alive.map(|s| s.0).unwrap_or(Duration::from_secs(30));
         if keep_alive < Duration::from_secs(1) || keep_alive.as_secs() > u16::MAX as u64 {
@@ -267,12 +294,20 @@ impl Settings {
         }
         let max_payload = a.max_payload.map(|s| s.0).unwrap_or(1 << 20);
         if max_payload == 0 || max_payload > 256 << 20 {
-            return Err(ConfigError::new("max-payload", "must be between 1 byte and 256MiB"));
+            return Err(ConfigError::new(
+                "max-payload",
+                "must be between 1 byte and 256MiB",
+            ));
         }
         let sqlite_sync = match a.sqlite_sync.as_deref().map(str::to_ascii_lowercase).as_deref() {
             None | Some("full") => SqliteSync::Full,
             Some("normal") => SqliteSync::Normal,
-            Some(other) => return Err(ConfigError::new("sqlite-sync", format!("`{other}` is not full or normal"))),
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "sqlite-sync",
+                    format!("`{other}` is not full or normal"),
+                ))
+            }
         };
         let batch_size = a.batch_size.unwrap_or(5000);
         if !(1..=100_000).contains(&batch_size) {
@@ -280,7 +315,10 @@ impl Settings {
         }
         let batch_delay = a.batch_delay.map(|s| s.0).unwrap_or(Duration::ZERO);
         if batch_delay > Duration::from_secs(10) {
-            return Err(ConfigError::new("batch-delay", "must be at most 10s (the broker waits for acks)"));
+            return Err(ConfigError::new(
+                "batch-delay",
+                "must be at most 10s (the broker waits for acks)",
+            ));
         }
 
         Ok(Settings {
@@ -297,7 +335,10 @@ impl Settings {
                 keep_alive,
                 max_payload,
             },
-            pipeline: PipelineSettings { batch_size, batch_delay },
+            pipeline: PipelineSettings {
+                batch_size,
+                batch_delay,
+            },
             store: StoreSettings { db, sqlite_sync },
         })
     }
@@ -329,13 +370,55 @@ mod tests {
     #[test]
     fn errors_name_the_setting() {
         let cases: Vec<(RunArgs, &str)> = vec![
-            (RunArgs { qos: Some(2), ..args("mqtt://h") }, "qos"),
-            (RunArgs { topics: Some(vec!["a/#/b".into()]), ..args("mqtt://h") }, "topic"),
-            (RunArgs { mqtt_version: Some("4.0".into()), ..args("mqtt://h") }, "mqtt-version"),
-            (RunArgs { db: Some("mysql://x".into()), ..args("mqtt://h") }, "db"),
-            (RunArgs { ca_file: Some("/nonexistent".into()), ..args("mqtts://h") }, "ca-file"),
-            (RunArgs { password: Some("pw".into()), ..args("mqtt://h") }, "username"),
-            (RunArgs { sqlite_sync: Some("off".into()), ..args("mqtt://h") }, "sqlite-sync"),
+            (
+                RunArgs {
+                    qos: Some(2),
+                    ..args("mqtt://h")
+                },
+                "qos",
+            ),
+            (
+                RunArgs {
+                    topics: Some(vec!["a/#/b".into()]),
+                    ..args("mqtt://h")
+                },
+                "topic",
+            ),
+            (
+                RunArgs {
+                    mqtt_version: Some("4.0".into()),
+                    ..args("mqtt://h")
+                },
+                "mqtt-version",
+            ),
+            (
+                RunArgs {
+                    db: Some("mysql://x".into()),
+                    ..args("mqtt://h")
+                },
+                "db",
+            ),
+            (
+                RunArgs {
+                    ca_file: Some("/nonexistent".into()),
+                    ..args("mqtts://h")
+                },
+                "ca-file",
+            ),
+            (
+                RunArgs {
+                    password: Some("pw".into()),
+                    ..args("mqtt://h")
+                },
+                "username",
+            ),
+            (
+                RunArgs {
+                    sqlite_sync: Some("off".into()),
+                    ..args("mqtt://h")
+                },
+                "sqlite-sync",
+            ),
             (args("bogus://h"), "broker"),
         ];
         for (a, setting) in cases {
@@ -357,7 +440,10 @@ mod tests {
 
     #[test]
     fn toml_file_parses_and_rejects_unknown_keys() {
-        let ok: RunArgs = toml::from_str("broker = \"mqtt://h\"\ntopics = [\"a/#\"]\nmax_payload = \"2MiB\"\nsession_expiry = \"2h\"").unwrap();
+        let ok: RunArgs = toml::from_str(
+            "broker = \"mqtt://h\"\ntopics = [\"a/#\"]\nmax_payload = \"2MiB\"\nsession_expiry = \"2h\"",
+        )
+        .unwrap();
         assert_eq!(ok.max_payload, Some(Size(2 << 20)));
         assert!(toml::from_str::<RunArgs>("brokr = \"x\"").is_err());
     }

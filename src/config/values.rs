@@ -52,7 +52,11 @@ impl FromStr for Size {
             "mib" => 1 << 20,
             "g" | "gb" => 1_000_000_000,
             "gib" => 1 << 30,
-            other => return Err(format!("`{s}`: unknown size unit `{other}`; use B, KiB, MiB or GiB")),
+            other => {
+                return Err(format!(
+                    "`{s}`: unknown size unit `{other}`; use B, KiB, MiB or GiB"
+                ))
+            }
         };
         n.checked_mul(mult)
             .map(Size)

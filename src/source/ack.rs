@@ -20,7 +20,10 @@ struct GateState {
 impl AckGate {
     pub(crate) fn new(client: Client) -> Arc<Self> {
         Arc::new(AckGate {
-            state: Mutex::new(GateState { generation: 0, client }),
+            state: Mutex::new(GateState {
+                generation: 0,
+                client,
+            }),
         })
     }
 
@@ -56,7 +59,11 @@ pub struct MqttAck {
 
 impl MqttAck {
     pub(crate) fn new(gate: Arc<AckGate>, generation: u64, token: AckToken) -> Self {
-        MqttAck { gate, generation, token }
+        MqttAck {
+            gate,
+            generation,
+            token,
+        }
     }
 
     /// Sends the PUBACK if the connection it arrived on is still the current one. Called only by

@@ -34,17 +34,23 @@ pub enum EventLoop {
     V4(Box<rumqttc::EventLoop>),
 }
 
-/// What is needed to acknowledge one delivery later: the publish without its payload.
+/// What is needed to acknowledge one delivery later: its packet id and QoS.
 pub enum AckToken {
-    V5(v5::mqttbytes::v5::Publish),
-    V4(rumqttc::Publish),
+    V5 { pkid: u16, qos: v5::mqttbytes::QoS },
+    V4 { pkid: u16, qos: rumqttc::QoS },
 }
 
 /// The events the session loop cares about.
+#[allow(clippy::large_enum_variant)] // one at a time, moved straight into the pipeline
 pub enum Event {
-    ConnAck { session_present: bool, detail: String },
+    ConnAck {
+        session_present: bool,
+        detail: String,
+    },
     Publish(Message, Option<AckToken>),
-    SubAck { failures: Vec<String> },
+    SubAck {
+        failures: Vec<String>,
+    },
     /// The broker ended the connection (MQTT 5 DISCONNECT with a reason).
     Disconnected(String),
     /// tidegate's own DISCONNECT went out.
@@ -56,8 +62,12 @@ fn transport(s: &MqttSettings) -> Result<RTransport, TlsError> {
     Ok(match s.broker.transport {
         Transport::Tcp => RTransport::Tcp,
         Transport::Ws => RTransport::Ws,
-        Transport::Tls => RTransport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls::client_config(&s.tls)?)),
-        Transport::Wss => RTransport::wss_with_config(rumqttc::TlsConfiguration::Rustls(tls::client_config(&s.tls)?)),
+        Transport::Tls => {
+            RTransport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls::client_config(&s.tls)?))
+        }
+        Transport::Wss => {
+            RTransport::wss_with_config(rumqttc::TlsConfiguration::Rustls(tls::client_config(&s.tls)?))
+        }
     })
 }
 
@@ -84,7 +94,13 @@ pub fn build(s: &MqttSettings) -> Result<(Client, EventLoop), TlsError> {
                 .set_connection_timeout(10)
                 .set_transport(transport);
             if let Some(u) = &s.username {
-                o.set_credentials(u.clone(), s.password.as_ref().map(|p| p.expose().to_string()).unwrap_or_default());
+                o.set_credentials(
+                    u.clone(),
+                    s.password
+                        .as_ref()
+                        .map(|p| p.expose().to_string())
+                        .unwrap_or_default(),
+                );
             }
             let (c, e) = v5::AsyncClient::new(o, REQUEST_CAPACITY);
             (Client::V5(c), EventLoop::V5(Box::new(e)))
@@ -97,7 +113,13 @@ pub fn build(s: &MqttSettings) -> Result<(Client, EventLoop), TlsError> {
                 .set_max_packet_size(MAX_PACKET as usize, 256 * 1024)
                 .set_transport(transport);
             if let Some(u) = &s.username {
-                o.set_credentials(u.clone(), s.password.as_ref().map(|p| p.expose().to_string()).unwrap_or_default());
+                o.set_credentials(
+                    u.clone(),
+                    s.password
+                        .as_ref()
+                        .map(|p| p.expose().to_string())
+                        .unwrap_or_default(),
+                );
             }
             let (c, e) = rumqttc::AsyncClient::new(o, REQUEST_CAPACITY);
             (Client::V4(c), EventLoop::V4(Box::new(e)))
@@ -118,8 +140,16 @@ impl Client {
         // The channel is sized so this cannot be full; a closed channel means we are stopping,
         // and an unsent ack only causes a redelivery.
         let _ = match (self, token) {
-            (Client::V5(c), AckToken::V5(p)) => c.try_ack(p).map_err(|_| ()),
-            (Client::V4(c), AckToken::V4(p)) => c.try_ack(p).map_err(|_| ()),
+            (Client::V5(c), AckToken::V5 { pkid, qos }) => {
+                let mut p = v5::mqttbytes::v5::Publish::new("", *qos, Bytes::new(), None);
+                p.pkid = *pkid;
+                c.try_ack(&p).map_err(|_| ())
+            }
+            (Client::V4(c), AckToken::V4 { pkid, qos }) => {
+                let mut p = rumqttc::Publish::new("", *qos, Vec::new());
+                p.pkid = *pkid;
+                c.try_ack(&p).map_err(|_| ())
+            }
             _ => Ok(()),
         };
     }
@@ -135,7 +165,11 @@ impl Client {
                 }))
                 .map_err(|e| e.to_string()),
             Client::V4(c) => c
-                .try_subscribe_many(filters.iter().map(|f| rumqttc::SubscribeFilter::new(f.clone(), qos_of(qos))))
+                .try_subscribe_many(
+                    filters
+                        .iter()
+                        .map(|f| rumqttc::SubscribeFilter::new(f.clone(), qos_of(qos))),
+                )
                 .map_err(|e| e.to_string()),
         }
     }
@@ -198,12 +232,8 @@ impl EventLoop {
                             m.content_type = props.content_type.clone();
                             m.user_properties = props.user_properties.clone();
                         }
-                        let token = (p.qos != v5::mqttbytes::QoS::AtMostOnce).then(|| {
-                            AckToken::V5(v5::mqttbytes::v5::Publish {
-                                payload: Bytes::new(),
-                                properties: None,
-                                ..p
-                            })
+                        let token = (p.qos != v5::mqttbytes::QoS::AtMostOnce).then_some({
+                            AckToken::V5 { pkid: p.pkid, qos: p.qos }
                         });
                         Ok(Event::Publish(m, token))
                     }
@@ -240,12 +270,11 @@ impl EventLoop {
                             },
                             max_payload,
                         );
-                        let token = (p.qos != rumqttc::QoS::AtMostOnce).then(|| {
-                            AckToken::V4(rumqttc::Publish {
-                                payload: Bytes::new(),
-                                topic: String::new(),
-                                ..p
-                            })
+                        let token = (p.qos != rumqttc::QoS::AtMostOnce).then_some({
+                            AckToken::V4 {
+                                pkid: p.pkid,
+                                qos: p.qos,
+                            }
                         });
                         Ok(Event::Publish(m, token))
                     }
@@ -288,7 +317,9 @@ fn describe_v4(e: &rumqttc::ConnectionError) -> String {
         rumqttc::ConnectionError::ConnectionRefused(code) => format!(
             "the broker refused the connection ({code:?}); check --username/--password and the client id"
         ),
-        rumqttc::ConnectionError::Tls(t) => format!("TLS failed: {t} (is the broker's CA trusted? see --ca-file)"),
+        rumqttc::ConnectionError::Tls(t) => {
+            format!("TLS failed: {t} (is the broker's CA trusted? see --ca-file)")
+        }
         other => other.to_string(),
     }
 }

@@ -110,7 +110,10 @@ impl MqttSource {
         self.stop_intake();
         self.client.try_disconnect();
         let abort = self.task.abort_handle();
-        if tokio::time::timeout(Duration::from_secs(5), self.task).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), self.task)
+            .await
+            .is_err()
+        {
             abort.abort();
         }
     }
@@ -132,7 +135,10 @@ async fn session_loop(
     let mut ever_connected = false;
     loop {
         match eventloop.poll(&s.client_id, s.max_payload).await {
-            Ok(Event::ConnAck { session_present, detail }) => {
+            Ok(Event::ConnAck {
+                session_present,
+                detail,
+            }) => {
                 backoff = BACKOFF_MIN;
                 let previous_error = status.borrow().last_error.clone();
                 status.send_modify(|st| {
@@ -146,8 +152,12 @@ async fn session_loop(
                     }
                 });
                 match (ever_connected, session_present) {
-                    (_, true) => tracing::info!(broker = %s.broker, %detail, "connected; the broker kept our session"),
-                    (false, false) => tracing::info!(broker = %s.broker, %detail, "connected with a new session; subscribing"),
+                    (_, true) => {
+                        tracing::info!(broker = %s.broker, %detail, "connected; the broker kept our session")
+                    }
+                    (false, false) => {
+                        tracing::info!(broker = %s.broker, %detail, "connected with a new session; subscribing")
+                    }
                     (true, false) => tracing::warn!(
                         broker = %s.broker,
                         "connected, but the broker had lost our session: messages published while we were away may be missing (possible gap); subscribing again"

@@ -11,7 +11,11 @@ use crate::config::TlsFiles;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read {what} {path}: {reason}")]
-    Read { what: &'static str, path: String, reason: String },
+    Read {
+        what: &'static str,
+        path: String,
+        reason: String,
+    },
     #[error("{0}")]
     Config(String),
 }

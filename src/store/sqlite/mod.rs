@@ -91,7 +91,8 @@ fn writer_thread(mut conn: Connection, rx: std_mpsc::Receiver<Command>) {
     while let Ok(cmd) = rx.recv() {
         match cmd {
             Command::Write(batch, reply) => {
-                let result = write::write_batch(&mut conn, &batch).map_err(|e| StoreError::Write(e.to_string()));
+                let result =
+                    write::write_batch(&mut conn, &batch).map_err(|e| StoreError::Write(e.to_string()));
                 let _ = reply.send(result);
             }
         }

@@ -58,8 +58,10 @@ CREATE VIEW dados AS SELECT id AS id, payload AS valor, received_at AS "timestam
 "#;
 
 fn table_kind(conn: &Connection, name: &str) -> rusqlite::Result<Option<String>> {
-    conn.query_row("SELECT type FROM sqlite_master WHERE name = ?1", [name], |r| r.get(0))
-        .optional()
+    conn.query_row("SELECT type FROM sqlite_master WHERE name = ?1", [name], |r| {
+        r.get(0)
+    })
+    .optional()
 }
 
 /// Brings the database to `VERSION`. Idempotent; refuses a file from a newer tidegate.

@@ -19,12 +19,14 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
         let mut insert_rejected = tx.prepare_cached(
             "INSERT INTO rejected (received_at, topic, size, qos, reason, source) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
-        let mut get_mark = tx.prepare_cached("SELECT hash FROM delivery_marks WHERE session = ?1 AND pkid = ?2")?;
+        let mut get_mark =
+            tx.prepare_cached("SELECT hash FROM delivery_marks WHERE session = ?1 AND pkid = ?2")?;
         let mut put_mark = tx.prepare_cached(
             "INSERT OR REPLACE INTO delivery_marks (session, pkid, hash, message_id) VALUES (?1, ?2, ?3, ?4)",
         )?;
         let mut get_retained = tx.prepare_cached("SELECT hash FROM retained_marks WHERE topic = ?1")?;
-        let mut put_retained = tx.prepare_cached("INSERT OR REPLACE INTO retained_marks (topic, hash) VALUES (?1, ?2)")?;
+        let mut put_retained =
+            tx.prepare_cached("INSERT OR REPLACE INTO retained_marks (topic, hash) VALUES (?1, ?2)")?;
 
         for m in batch {
             let hash = m.content_hash();
@@ -39,14 +41,18 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
                 redelivery: true,
             } = &m.origin
             {
-                let seen: Option<Vec<u8>> = get_mark.query_row(params![session, pkid], |r| r.get(0)).optional()?;
+                let seen: Option<Vec<u8>> = get_mark
+                    .query_row(params![session, pkid], |r| r.get(0))
+                    .optional()?;
                 if seen.as_deref() == Some(&hash[..]) {
                     outcomes.push(Outcome::Duplicate);
                     continue;
                 }
             }
             if m.retain {
-                let seen: Option<Vec<u8>> = get_retained.query_row(params![m.topic], |r| r.get(0)).optional()?;
+                let seen: Option<Vec<u8>> = get_retained
+                    .query_row(params![m.topic], |r| r.get(0))
+                    .optional()?;
                 if seen.as_deref() == Some(&hash[..]) {
                     outcomes.push(Outcome::Duplicate);
                     continue;
@@ -55,7 +61,14 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
             }
             let (outcome, id) = match &m.rejection {
                 Some(reason) => {
-                    insert_rejected.execute(params![received_at, m.topic, m.size as i64, m.qos, reason, source])?;
+                    insert_rejected.execute(params![
+                        received_at,
+                        m.topic,
+                        m.size as i64,
+                        m.qos,
+                        reason,
+                        source
+                    ])?;
                     (Outcome::Rejected, None)
                 }
                 None => {

@@ -1,0 +1,131 @@
+//! The command line as a user meets it: bad settings fail fast with one line naming the setting
+//! and exit code 2, before anything connects; the seed script's .env works unchanged.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{
+    broker::{BrokerOptions, Mosquitto},
+    db,
+    tidegate::{run_to_end, Tidegate},
+};
+
+#[test]
+fn bad_settings_exit_2_with_one_line_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["run", "--broker", "http://x"], "broker"),
+        (&["run", "--broker", "mqtt://h:0"], "broker"),
+        (&["run", "--broker", "mqtt://h", "--topic", "a/#/b"], "topic"),
+        (&["run", "--broker", "mqtt://h", "--qos", "2"], "qos"),
+        (
+            &["run", "--broker", "mqtt://h", "--mqtt-version", "4.0"],
+            "mqtt-version",
+        ),
+        (
+            &["run", "--broker", "mqtts://h", "--ca-file", "/no/such/ca.pem"],
+            "ca-file",
+        ),
+        (&["run", "--broker", "mqtt://h", "--db", "mysql://x/y"], "db"),
+        (
+            &["run", "--broker", "mqtt://h", "--session-expiry", "soon"],
+            "session-expiry",
+        ),
+        (
+            &["run", "--broker", "mqtt://h", "--max-payload", "lots"],
+            "max-payload",
+        ),
+        (
+            &["run", "--broker", "mqtt://h", "--config", "/no/such.toml"],
+            "config",
+        ),
+        (&["run"], "broker"),
+    ];
+    for (args, setting) in cases {
+        let (status, out) = run_to_end(args, &[], dir.path());
+        assert_eq!(status.code(), Some(2), "{args:?}: {out}");
+        assert!(
+            out.contains(setting),
+            "{args:?}: `{out}` does not name `{setting}`"
+        );
+        assert!(out.trim().lines().count() <= 3, "{args:?}: too chatty: {out}");
+        assert!(
+            !dir.path().join("tidegate.db").exists(),
+            "{args:?} created a database before failing"
+        );
+    }
+}
+
+#[test]
+fn a_config_file_with_a_typo_is_refused_with_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tidegate.toml");
+    std::fs::write(&file, "broker = \"mqtt://h\"\ntopicz = [\"a\"]\n").unwrap();
+    let (status, out) = run_to_end(&["run", "--config", file.to_str().unwrap()], &[], dir.path());
+    assert_eq!(status.code(), Some(2));
+    assert!(out.contains("topicz"), "{out}");
+}
+
+#[test]
+fn the_seed_scripts_env_file_works_and_the_password_stays_secret() {
+    let broker = Mosquitto::start(BrokerOptions {
+        password: Some(("aluno".into(), "segredo-da-turma".into())),
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    // The course's .env names a bare host (TLS on 8883); tidegate's own variable overrides the
+    // address for this plain-TCP test broker while the user and password come from the seed's names.
+    std::fs::write(
+        dir.path().join(".env"),
+        format!("BROKER_ADDR=ignored.example\nHIVE_USER=aluno\nHIVE_PSWD=segredo-da-turma\nTIDEGATE_BROKER=mqtt://127.0.0.1:{}\n", broker.port),
+    )
+    .unwrap();
+    let log = dir.path().join("log.txt");
+    let mut child = std::process::Command::new(support::tidegate::bin())
+        .args(["run", "--topic", "my/test/topic", "--client-id", "seed-env"])
+        .current_dir(dir.path())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let dbp = dir.path().join("tidegate.db");
+    let up = support::wait_for(Duration::from_secs(15), || {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("subscribed")
+            .then_some(())
+    });
+    assert!(up.is_some(), "{}", std::fs::read_to_string(&log).unwrap());
+    broker.publish_lines_with(
+        "my/test/topic",
+        1,
+        &["42".into()],
+        &["-u", "aluno", "-P", "segredo-da-turma"],
+    );
+    assert_eq!(
+        db::wait_count(&dbp, "SELECT count(*) FROM dados", 1, Duration::from_secs(10)),
+        1
+    );
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().unwrap().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("segredo-da-turma"), "password in the log:\n{text}");
+}
+
+#[test]
+fn a_bare_seed_host_means_tls_on_8883() {
+    let dir = tempfile::tempdir().unwrap();
+    // Port 8883 on loopback has no broker: tidegate must try TLS there and keep retrying.
+    let t = Tidegate::start_with_env(
+        &["run", "--db", dir.path().join("x.db").to_str().unwrap()],
+        &[("BROKER_ADDR", "127.0.0.1")],
+        dir.path(),
+    );
+    assert!(
+        t.wait_log("mqtts://127.0.0.1:8883", Duration::from_secs(10)),
+        "{}",
+        t.log_text()
+    );
+}

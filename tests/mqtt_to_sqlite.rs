@@ -1,0 +1,519 @@
+//! End to end through a real Mosquitto into a real SQLite file: the delivery guarantee, TLS and
+//! passwords, restarts and crashes of both sides, readers during ingest, bad input.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{
+    broker::{BrokerOptions, Mosquitto},
+    db,
+    tidegate::Tidegate,
+};
+
+const MSGS: &str = "SELECT count(*) FROM messages";
+
+fn run_args<'a>(broker: &'a str, db: &'a str, topic: &'a str) -> Vec<&'a str> {
+    vec![
+        "run",
+        "--broker",
+        broker,
+        "--db",
+        db,
+        "--topic",
+        topic,
+        "--client-id",
+    ]
+}
+
+struct Case {
+    broker: Mosquitto,
+    dir: tempfile::TempDir,
+}
+
+impl Case {
+    fn new(opts: BrokerOptions) -> Case {
+        Case {
+            broker: Mosquitto::start(opts),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+    fn db(&self) -> std::path::PathBuf {
+        self.dir.path().join("t.db")
+    }
+    fn start(&self, client_id: &str, extra: &[&str]) -> Tidegate {
+        let url = self.broker.url();
+        let db = self.db();
+        let mut args = run_args(&url, db.to_str().unwrap(), "t/#");
+        args.push(client_id);
+        args.extend_from_slice(extra);
+        let t = Tidegate::start(&args, self.dir.path());
+        assert!(
+            t.wait_log("subscribed", Duration::from_secs(15))
+                || t.wait_log("kept our session", Duration::from_secs(1)),
+            "tidegate did not subscribe:\n{}",
+            t.log_text()
+        );
+        t
+    }
+}
+
+#[test]
+fn qos1_messages_become_rows_mqtt5_and_311() {
+    for version in ["5", "3.1.1"] {
+        let case = Case::new(BrokerOptions::default());
+        let _t = case.start("n-rows", &["--mqtt-version", version]);
+        case.broker.publish_lines("t/a", 1, &db::seq_lines(0, 2000));
+        let n = db::wait_count(&case.db(), MSGS, 2000, Duration::from_secs(30));
+        assert_eq!(n, 2000, "MQTT {version}");
+        let (missing, dup) = db::exactly_once(&case.db(), "t/a", 2000);
+        assert!(
+            missing.is_empty() && dup.is_empty(),
+            "MQTT {version}: missing {missing:?} dup {dup:?}"
+        );
+        // The seed's table shows every message, with its declared types intact.
+        let c = db::open(&case.db());
+        assert_eq!(db::count(&case.db(), "SELECT count(*) FROM dados"), 2000);
+        let ts: String = c
+            .query_row("SELECT \"timestamp\" FROM dados LIMIT 1", [], |r| r.get(0))
+            .unwrap();
+        assert!(
+            ts.len() == 23 && &ts[10..11] == " " && !ts.contains('T'),
+            "timestamp `{ts}` is not YYYY-MM-DD HH:MM:SS.SSS"
+        );
+        let types: Vec<String> = c
+            .prepare("SELECT type FROM pragma_table_info('dados') ORDER BY cid")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(types, ["INTEGER", "TEXT", "DATETIME"]);
+    }
+}
+
+#[test]
+fn identical_payloads_published_separately_are_all_stored() {
+    let case = Case::new(BrokerOptions::default());
+    let _t = case.start("identical", &[]);
+    let same: Vec<String> = (0..300).map(|_| "21.5".to_string()).collect();
+    case.broker.publish_lines("t/same", 1, &same);
+    assert_eq!(
+        db::wait_count(&case.db(), MSGS, 300, Duration::from_secs(20)),
+        300
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(db::count(&case.db(), MSGS), 300);
+}
+
+#[test]
+fn tls_with_password_works_and_an_unknown_ca_is_refused() {
+    let case = Case::new(BrokerOptions {
+        tls: true,
+        password: Some(("sensor".into(), "pa55-w0rd-xyz".into())),
+        ..Default::default()
+    });
+    let tls = case.broker.tls.as_ref().unwrap();
+    let url = case.broker.url();
+    let db = case.db();
+    let base = [
+        "run",
+        "--broker",
+        &url,
+        "--db",
+        db.to_str().unwrap(),
+        "--topic",
+        "t/#",
+        "--username",
+        "sensor",
+    ];
+
+    // Without the test CA the broker's certificate is not trusted: no connection, clear log.
+    let mut refused = Tidegate::start_with_env(
+        &[
+            &base[..],
+            &[
+                "--client-id",
+                "tls-a",
+                "--ca-file",
+                tls.other_ca_pem.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
+        &[("TIDEGATE_PASSWORD", "pa55-w0rd-xyz")],
+        case.dir.path(),
+    );
+    assert!(
+        refused.wait_log("TLS failed", Duration::from_secs(15)),
+        "{}",
+        refused.log_text()
+    );
+    assert!(!refused.log_text().contains("subscribed"));
+    refused.kill9();
+
+    // A wrong password is refused by the broker, and the log does not show it.
+    let mut wrong = Tidegate::start_with_env(
+        &[
+            &base[..],
+            &["--client-id", "tls-b", "--ca-file", tls.ca_pem.to_str().unwrap()],
+        ]
+        .concat(),
+        &[("TIDEGATE_PASSWORD", "not-the-password-123")],
+        case.dir.path(),
+    );
+    assert!(
+        wrong.wait_log("refused the connection", Duration::from_secs(15)),
+        "{}",
+        wrong.log_text()
+    );
+    assert!(!wrong.log_text().contains("not-the-password-123"));
+    wrong.kill9();
+
+    let ok = Tidegate::start_with_env(
+        &[
+            &base[..],
+            &["--client-id", "tls-c", "--ca-file", tls.ca_pem.to_str().unwrap()],
+        ]
+        .concat(),
+        &[("TIDEGATE_PASSWORD", "pa55-w0rd-xyz")],
+        case.dir.path(),
+    );
+    assert!(
+        ok.wait_log("subscribed", Duration::from_secs(15)),
+        "{}",
+        ok.log_text()
+    );
+    let pubargs = [
+        "-u",
+        "sensor",
+        "-P",
+        "pa55-w0rd-xyz",
+        "--cafile",
+        tls.ca_pem.to_str().unwrap(),
+        "-h",
+        "localhost",
+    ];
+    case.broker
+        .publish_lines_with("t/tls", 1, &db::seq_lines(0, 100), &pubargs);
+    assert_eq!(db::wait_count(&db, MSGS, 100, Duration::from_secs(20)), 100);
+    assert!(
+        !ok.log_text().contains("pa55-w0rd-xyz"),
+        "password leaked into the log"
+    );
+}
+
+#[test]
+fn messages_published_while_stopped_arrive_after_restart() {
+    let case = Case::new(BrokerOptions::default());
+    let mut t = case.start("offline", &[]);
+    case.broker.publish_lines("t/a", 1, &db::seq_lines(0, 100));
+    assert_eq!(
+        db::wait_count(&case.db(), MSGS, 100, Duration::from_secs(20)),
+        100
+    );
+    assert!(t.term().success());
+    case.broker.publish_lines("t/a", 1, &db::seq_lines(100, 600));
+    let t2 = case.start("offline", &[]);
+    assert!(t2.log_text().contains("kept our session"), "{}", t2.log_text());
+    assert_eq!(
+        db::wait_count(&case.db(), MSGS, 600, Duration::from_secs(30)),
+        600
+    );
+    let (missing, dup) = db::exactly_once(&case.db(), "t/a", 600);
+    assert!(
+        missing.is_empty() && dup.is_empty(),
+        "missing {missing:?} dup {dup:?}"
+    );
+}
+
+#[test]
+fn kill9_mid_stream_loses_nothing_and_stores_each_message_once() {
+    const TOTAL: usize = 20_000;
+    let case = Case::new(BrokerOptions::default());
+    let mut t = case.start("crashy", &["--mqtt-version", "5"]);
+    let port = case.broker.port;
+    let publisher = std::thread::spawn(move || {
+        // Four chunks so the crashes land while messages are in flight.
+        support::broker::Mosquitto::publish_lines_on(port, "t/k", &db::seq_lines(0, TOTAL));
+    });
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(700));
+        t.restart();
+    }
+    publisher.join().unwrap();
+    let n = db::wait_count(&case.db(), MSGS, TOTAL as i64, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(500));
+    let (missing, dup) = db::exactly_once(&case.db(), "t/k", TOTAL);
+    assert!(
+        missing.is_empty(),
+        "{} missing, e.g. {:?} (rows {n})",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert!(
+        dup.is_empty(),
+        "{} duplicated, e.g. {:?}",
+        dup.len(),
+        &dup[..dup.len().min(10)]
+    );
+    let ok: String = db::open(&case.db())
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+}
+
+#[test]
+fn broker_restart_mid_stream_loses_nothing() {
+    let case = Case::new(BrokerOptions {
+        persistence: true,
+        ..Default::default()
+    });
+    let mut case = case;
+    let t = case.start("brk", &["--mqtt-version", "3.1.1"]);
+    case.broker.publish_lines("t/b", 1, &db::seq_lines(0, 3000));
+    case.broker.restart();
+    assert!(t.wait_log("connection to the broker lost", Duration::from_secs(10)));
+    assert!(
+        t.wait_log("kept our session", Duration::from_secs(30)),
+        "{}",
+        t.log_text()
+    );
+    case.broker.publish_lines("t/b", 1, &db::seq_lines(3000, 5000));
+    db::wait_count(&case.db(), MSGS, 5000, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(300));
+    let (missing, dup) = db::exactly_once(&case.db(), "t/b", 5000);
+    assert!(
+        missing.is_empty() && dup.is_empty(),
+        "missing {missing:?} dup {dup:?}"
+    );
+}
+
+#[test]
+fn sigterm_commits_in_flight_and_exits_zero() {
+    let case = Case::new(BrokerOptions::default());
+    let mut t = case.start("term", &[]);
+    case.broker.publish_lines("t/s", 1, &db::seq_lines(0, 1000));
+    let status = t.term();
+    assert!(status.success(), "exit status {status:?}\n{}", t.log_text());
+    assert!(t.log_text().contains("stopped cleanly"));
+    // Whatever was not committed before the stop is still at the broker: nothing lost.
+    let _t2 = case.start("term", &[]);
+    assert_eq!(
+        db::wait_count(&case.db(), MSGS, 1000, Duration::from_secs(20)),
+        1000
+    );
+    let (missing, dup) = db::exactly_once(&case.db(), "t/s", 1000);
+    assert!(
+        missing.is_empty() && dup.is_empty(),
+        "missing {missing:?} dup {dup:?}"
+    );
+}
+
+#[test]
+fn retained_message_is_stored_once_across_restarts() {
+    let case = Case::new(BrokerOptions::default());
+    case.broker.publish_bytes("t/status", b"online", &["-r"]);
+    let mut t = case.start("ret", &["--mqtt-version", "3.1.1"]);
+    assert_eq!(db::wait_count(&case.db(), MSGS, 1, Duration::from_secs(10)), 1);
+    assert!(t.term().success());
+    // A new client id means a new session, so the broker sends the retained message again.
+    for id in ["ret-2", "ret-3"] {
+        let mut t = case.start(id, &[]);
+        std::thread::sleep(Duration::from_millis(800));
+        assert!(t.term().success());
+    }
+    assert_eq!(
+        db::count(
+            &case.db(),
+            "SELECT count(*) FROM messages WHERE topic = 't/status'"
+        ),
+        1
+    );
+    // A changed retained value is a new message.
+    case.broker.publish_bytes("t/status", b"offline", &["-r"]);
+    let _t = case.start("ret-4", &[]);
+    db::wait_count(&case.db(), MSGS, 2, Duration::from_secs(10));
+    assert_eq!(db::payloads(&case.db(), "t/status"), ["online", "offline"]);
+}
+
+#[test]
+fn a_reader_with_a_3s_busy_timeout_never_sees_a_lock_during_ingest() {
+    const TOTAL: usize = 30_000;
+    let case = Case::new(BrokerOptions {
+        max_inflight: Some(1000),
+        ..Default::default()
+    });
+    let _t = case.start("reader", &[]);
+    let dbp = case.db();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let stop = stop.clone();
+        let dbp = dbp.clone();
+        std::thread::spawn(move || {
+            // Like Metabase: a read-write connection, sqlite-jdbc's 3 s busy timeout, aggregates.
+            let c = rusqlite::Connection::open(&dbp).unwrap();
+            c.busy_timeout(Duration::from_secs(3)).unwrap();
+            let (mut ok, mut errors) = (0u64, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r: rusqlite::Result<(i64, Option<String>)> = c.query_row(
+                    "SELECT count(*), max(\"timestamp\") FROM dados WHERE \"timestamp\" >= datetime('now', '-1 hour')",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                );
+                match r {
+                    Ok(_) => ok += 1,
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+            (ok, errors)
+        })
+    };
+    case.broker.publish_lines("t/r", 1, &db::seq_lines(0, TOTAL));
+    assert_eq!(
+        db::wait_count(&dbp, MSGS, TOTAL as i64, Duration::from_secs(60)),
+        TOTAL as i64
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, errors) = reader.join().unwrap();
+    assert!(
+        errors.is_empty(),
+        "reader errors: {:?}",
+        &errors[..errors.len().min(5)]
+    );
+    assert!(ok > 10, "the reader ran only {ok} queries");
+}
+
+#[test]
+fn a_seed_database_is_upgraded_and_keeps_its_rows() {
+    let case = Case::new(BrokerOptions::default());
+    {
+        // Exactly what the course note creates, with rows the seed script wrote.
+        let c = rusqlite::Connection::open(case.db()).unwrap();
+        c.execute_batch(
+            "CREATE TABLE dados (id INTEGER PRIMARY KEY AUTOINCREMENT, valor TEXT, timestamp DATETIME DEFAULT CURRENT_TIMESTAMP);
+             INSERT INTO dados (valor) VALUES ('21.5');
+             INSERT INTO dados (valor) VALUES ('22.0');
+             INSERT INTO dados (valor, timestamp) VALUES ('old', '2024-01-01 09:30:00');",
+        )
+        .unwrap();
+    }
+    let _t = case.start("seed", &[]);
+    case.broker.publish_lines("t/new", 1, &["23.1".to_string()]);
+    assert_eq!(
+        db::wait_count(
+            &case.db(),
+            "SELECT count(*) FROM dados",
+            4,
+            Duration::from_secs(15)
+        ),
+        4
+    );
+    let c = db::open(&case.db());
+    let rows: Vec<(i64, String, String)> = c
+        .prepare("SELECT id, valor, \"timestamp\" FROM dados ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(rows[0].0, 1);
+    assert_eq!(
+        rows.iter().map(|r| r.1.as_str()).collect::<Vec<_>>(),
+        ["21.5", "22.0", "old", "23.1"]
+    );
+    assert_eq!(rows[2].2, "2024-01-01 09:30:00.000");
+    assert_eq!(rows[3].0, 4, "new ids continue after the seed's");
+    // The original table is kept untouched under another name.
+    assert_eq!(db::count(&case.db(), "SELECT count(*) FROM dados_seed"), 3);
+}
+
+#[test]
+fn bad_input_is_stored_exactly_or_rejected_never_a_crash() {
+    let case = Case::new(BrokerOptions::default());
+    let t = case.start("bad", &["--max-payload", "1KiB"]);
+    let b = &case.broker;
+    b.publish_bytes("t/bin", b"\xff\xfe\x00\x01binary", &[]);
+    b.publish_bytes("t/empty", b"", &[]);
+    b.publish_bytes("t/big", &vec![b'x'; 4096], &[]);
+    let odd = "t/it's \"quoted\"/100%/'; DROP TABLE messages; --/🚀";
+    b.publish_bytes(odd, b"odd", &[]);
+    let long = format!("t/{}", "x".repeat(5000));
+    b.publish_bytes(&long, b"long", &[]);
+    b.publish_bytes("t/after", b"still alive", &[]);
+
+    assert_eq!(db::wait_count(&case.db(), MSGS, 5, Duration::from_secs(15)), 5);
+    let c = db::open(&case.db());
+    let raw: Vec<u8> = c
+        .query_row(
+            "SELECT payload_raw FROM messages WHERE topic = 't/bin'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(raw, b"\xff\xfe\x00\x01binary");
+    let empty: (String, i64) = c
+        .query_row(
+            "SELECT payload, payload_size FROM messages WHERE topic = 't/empty'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(empty, (String::new(), 0));
+    assert_eq!(db::payloads(&case.db(), odd), ["odd"]);
+    assert_eq!(db::payloads(&case.db(), &long), ["long"]);
+    let rejected: (String, i64, String) = c
+        .query_row("SELECT topic, size, reason FROM rejected", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap();
+    assert_eq!((rejected.0.as_str(), rejected.1), ("t/big", 4096));
+    assert!(rejected.2.contains("max-payload"), "{}", rejected.2);
+    assert_eq!(
+        db::count(&case.db(), "SELECT count(*) FROM messages WHERE topic = 't/big'"),
+        0
+    );
+    assert_eq!(db::payloads(&case.db(), "t/after"), ["still alive"]);
+    // One connection the whole time: the over-size message did not cause a reconnect loop.
+    assert!(
+        !t.log_text().contains("connection to the broker lost"),
+        "{}",
+        t.log_text()
+    );
+}
+
+#[test]
+fn a_locked_database_delays_acks_and_recovers_by_itself() {
+    let case = Case::new(BrokerOptions::default());
+    let t = case.start("locked", &[]);
+    case.broker.publish_lines("t/l", 1, &db::seq_lines(0, 10));
+    assert_eq!(db::wait_count(&case.db(), MSGS, 10, Duration::from_secs(15)), 10);
+
+    // Another process takes the write lock and holds it longer than tidegate's busy timeout.
+    let mut locker = rusqlite::Connection::open(case.db()).unwrap();
+    let tx = locker
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)
+        .unwrap();
+    case.broker.publish_lines("t/l", 1, &db::seq_lines(10, 200));
+    assert!(
+        t.wait_log("cannot write to the store", Duration::from_secs(20)),
+        "{}",
+        t.log_text()
+    );
+    tx.rollback().unwrap();
+    drop(locker);
+
+    assert!(
+        t.wait_log("store writable again", Duration::from_secs(20)),
+        "{}",
+        t.log_text()
+    );
+    assert_eq!(
+        db::wait_count(&case.db(), MSGS, 200, Duration::from_secs(20)),
+        200
+    );
+    let (missing, dup) = db::exactly_once(&case.db(), "t/l", 200);
+    assert!(
+        missing.is_empty() && dup.is_empty(),
+        "missing {missing:?} dup {dup:?}"
+    );
+}

@@ -1,0 +1,291 @@
+//! A Mosquitto broker started from the system binary with a generated config.
+
+use std::{
+    fmt::Write as _,
+    io::Write,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use tempfile::TempDir;
+
+#[derive(Clone, Default)]
+pub struct BrokerOptions {
+    pub persistence: bool,
+    pub tls: bool,
+    /// (user, password) required when set.
+    pub password: Option<(String, String)>,
+    pub max_inflight: Option<u32>,
+    /// `None`: unlimited queue (0), so tests measure tidegate and not the broker's drops.
+    pub max_queued: Option<u32>,
+}
+
+pub struct Tls {
+    pub ca_pem: PathBuf,
+    pub other_ca_pem: PathBuf,
+}
+
+pub struct Mosquitto {
+    pub port: u16,
+    pub dir: TempDir,
+    pub tls: Option<Tls>,
+    child: Option<Child>,
+    conf: PathBuf,
+}
+
+fn make_certs(dir: &Path) -> (Tls, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let make_ca = |name: &str| {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
+    };
+    let ca = make_ca("tidegate test CA");
+    let other = make_ca("some other CA");
+    let key = KeyPair::generate().unwrap();
+    let params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    let cert = params.signed_by(&key, &ca).unwrap();
+    let w = |name: &str, text: String| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let tls = Tls {
+        ca_pem: w("ca.pem", ca.pem()),
+        other_ca_pem: w("other-ca.pem", other.pem()),
+    };
+    (
+        tls,
+        w("server.pem", cert.pem()),
+        w("server.key", key.serialize_pem()),
+    )
+}
+
+impl Mosquitto {
+    pub fn start(opts: BrokerOptions) -> Mosquitto {
+        let dir = tempfile::tempdir().unwrap();
+        let port = super::free_port();
+        let mut conf = String::new();
+        writeln!(conf, "listener {port} 127.0.0.1").unwrap();
+        if unsafe_is_root() {
+            writeln!(conf, "user root").unwrap();
+        }
+        let mut tls = None;
+        if opts.tls {
+            let (t, cert, key) = make_certs(dir.path());
+            writeln!(conf, "certfile {}\nkeyfile {}", cert.display(), key.display()).unwrap();
+            tls = Some(t);
+        }
+        match &opts.password {
+            Some((user, pass)) => {
+                let file = dir.path().join("passwd");
+                std::fs::File::create(&file).unwrap();
+                let ok = Command::new("mosquitto_passwd")
+                    .args(["-b", file.to_str().unwrap(), user, pass])
+                    .status()
+                    .unwrap();
+                assert!(ok.success(), "mosquitto_passwd failed");
+                writeln!(conf, "allow_anonymous false\npassword_file {}", file.display()).unwrap();
+            }
+            None => writeln!(conf, "allow_anonymous true").unwrap(),
+        }
+        if opts.persistence {
+            writeln!(
+                conf,
+                "persistence true\npersistence_location {}/",
+                dir.path().display()
+            )
+            .unwrap();
+        }
+        if let Some(n) = opts.max_inflight {
+            writeln!(conf, "max_inflight_messages {n}").unwrap();
+        }
+        writeln!(conf, "max_queued_messages {}", opts.max_queued.unwrap_or(0)).unwrap();
+        writeln!(conf, "log_dest file {}/mosquitto.log", dir.path().display()).unwrap();
+        let conf_path = dir.path().join("mosquitto.conf");
+        std::fs::File::create(&conf_path)
+            .unwrap()
+            .write_all(conf.as_bytes())
+            .unwrap();
+        let mut m = Mosquitto {
+            port,
+            dir,
+            tls,
+            child: None,
+            conf: conf_path,
+        };
+        m.spawn();
+        m
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&self.conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto not installed (the test command installs it)");
+        self.child = Some(child);
+        let port = self.port;
+        let up = super::wait_for(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        assert!(up.is_some(), "mosquitto did not start on port {port}");
+    }
+
+    pub fn url(&self) -> String {
+        if self.tls.is_some() {
+            format!("mqtts://localhost:{}", self.port)
+        } else {
+            format!("mqtt://127.0.0.1:{}", self.port)
+        }
+    }
+
+    /// Graceful stop (SIGTERM: Mosquitto saves its persistence file).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none());
+        self.spawn();
+    }
+
+    /// Publishes each line as one message with `mosquitto_pub -l`, waiting for the broker's acks.
+    pub fn publish_lines(&self, topic: &str, qos: u8, lines: &[String]) {
+        self.publish_lines_with(topic, qos, lines, &[]);
+    }
+
+    pub fn publish_lines_with(&self, topic: &str, qos: u8, lines: &[String], extra: &[&str]) {
+        let mut child = Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-t",
+                topic,
+                "-q",
+                &qos.to_string(),
+                "-l",
+            ])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            let mut stdin = child.stdin.take().unwrap();
+            let mut buf = String::new();
+            for l in lines {
+                buf.push_str(l);
+                buf.push('\n');
+            }
+            stdin.write_all(buf.as_bytes()).unwrap();
+        }
+        assert!(child.wait().unwrap().success(), "mosquitto_pub failed");
+    }
+
+    /// Publishes one message whose payload is the exact bytes given.
+    pub fn publish_bytes(&self, topic: &str, payload: &[u8], extra: &[&str]) {
+        if payload.is_empty() {
+            let ok = Command::new("mosquitto_pub")
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-t",
+                    topic,
+                    "-q",
+                    "1",
+                    "-n",
+                ])
+                .args(extra)
+                .status()
+                .unwrap();
+            assert!(ok.success(), "mosquitto_pub -n failed");
+            return;
+        }
+        let mut child = Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-t",
+                topic,
+                "-q",
+                "1",
+                "-s",
+            ])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(payload).unwrap();
+        assert!(child.wait().unwrap().success(), "mosquitto_pub failed");
+    }
+}
+
+fn unsafe_is_root() -> bool {
+    std::env::var("USER").map(|u| u == "root").unwrap_or(false)
+        || Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout.starts_with(b"0"))
+            .unwrap_or(false)
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+impl Mosquitto {
+    /// `publish_lines` for use from another thread, given only the port.
+    pub fn publish_lines_on(port: u16, topic: &str, lines: &[String]) {
+        let mut child = Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-t",
+                topic,
+                "-q",
+                "1",
+                "-l",
+            ])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            let mut stdin = child.stdin.take().unwrap();
+            for chunk in lines.chunks(500) {
+                let mut buf = chunk.join("\n");
+                buf.push('\n');
+                stdin.write_all(buf.as_bytes()).unwrap();
+            }
+        }
+        assert!(child.wait().unwrap().success(), "mosquitto_pub failed");
+    }
+}

@@ -1,0 +1,31 @@
+//! Test harness: real Mosquitto brokers and real tidegate processes on free loopback ports.
+//! Every helper cleans up after itself on drop (processes killed, temp dirs removed).
+#![allow(dead_code)]
+
+pub mod broker;
+pub mod db;
+pub mod tidegate;
+
+use std::time::{Duration, Instant};
+
+/// Polls `f` until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if start.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

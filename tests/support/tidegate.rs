@@ -1,0 +1,114 @@
+//! A tidegate process started from the binary under test, its log captured to a file.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    time::Duration,
+};
+
+pub struct Tidegate {
+    child: Option<Child>,
+    pub log: PathBuf,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tidegate")
+}
+
+impl Tidegate {
+    pub fn start(args: &[&str], log_dir: &Path) -> Tidegate {
+        Self::start_with_env(args, &[], log_dir)
+    }
+
+    pub fn start_with_env(args: &[&str], envs: &[(&str, &str)], log_dir: &Path) -> Tidegate {
+        let mut t = Tidegate {
+            child: None,
+            log: log_dir.join(format!("tidegate-{}.log", super::free_port())),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            envs: envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        t.spawn();
+        t
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(bin())
+            .args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        super::wait_for(timeout, || self.log_text().contains(needle).then_some(())).is_some()
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn term(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s;
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                let _ = c.kill();
+                panic!("tidegate did not stop within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Tidegate {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Runs tidegate to completion (for commands that exit by themselves).
+pub fn run_to_end(args: &[&str], envs: &[(&str, &str)], cwd: &Path) -> (ExitStatus, String) {
+    let mut cmd = Command::new(bin());
+    cmd.args(args).current_dir(cwd).stdin(Stdio::null());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status, text)
+}
