@@ -1,44 +1,109 @@
-//! Wires sources, pipeline and store together for each command, and runs the clean stop:
+//! Wires sources, pipeline, store and API together for each command, and runs the clean stop:
 //! stop intake → commit what is queued → acknowledge it → disconnect. Errors here are for the
 //! operator, so they say what to do.
 
+use std::sync::Arc;
+
 use anyhow::Context;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, oneshot, watch};
 
 use crate::{
+    api,
     config::Settings,
-    pipeline::{self, writer},
+    pipeline::{self, writer::Writer},
     source::MqttSource,
-    store,
+    store::{self, remote::RemoteStore, Store},
 };
 
-/// `tidegate run`: subscribe and store until SIGINT/SIGTERM.
+/// Runs `run`, `serve` or `subscribe` (whichever parts `settings` has) until SIGINT/SIGTERM.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
-    let store = store::open(&settings.store)
-        .await
-        .context("opening the database")?;
-    tracing::info!(store = %store.describe(), "database ready");
+    run_until(settings, crate::shutdown::signal(), None).await
+}
+
+/// As `run`, stopping when `stop` completes; reports the API address through `bound`.
+pub async fn run_until(
+    settings: Settings,
+    stop: impl std::future::Future<Output = ()>,
+    bound: Option<oneshot::Sender<std::net::SocketAddr>>,
+) -> anyhow::Result<()> {
+    let store: Arc<dyn Store> = match (&settings.store, &settings.remote) {
+        (Some(s), _) => store::open(s).await.context("opening the database")?,
+        (None, Some(r)) => Arc::new(RemoteStore::new(r)?),
+        (None, None) => anyhow::bail!("nothing to store into"),
+    };
+    tracing::info!(store = %store.describe(), "store ready");
+    let metrics = crate::telemetry::install();
 
     let (tx, rx) = pipeline::channel();
-    let (fault_tx, _fault_rx) = watch::channel(None);
+    let (fault_tx, fault_rx) = watch::channel(None);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let writer = tokio::spawn(writer::run(
-        store.clone(),
-        rx,
-        settings.pipeline.clone(),
-        fault_tx,
-        stop_rx,
-    ));
+    let (live, _) = broadcast::channel(4096);
+    let writer = tokio::spawn(
+        Writer {
+            store: store.clone(),
+            settings: settings.pipeline.clone(),
+            fault: fault_tx,
+            stop: stop_rx.clone(),
+            live: live.clone(),
+        }
+        .run(rx),
+    );
 
-    let source = MqttSource::start(settings.mqtt.clone(), tx).context("setting up TLS")?;
+    let source = match &settings.mqtt {
+        Some(m) => Some(MqttSource::start(m.clone(), tx.clone()).context("setting up TLS for the broker")?),
+        None => None,
+    };
 
-    crate::shutdown::signal().await;
+    let server = match &settings.api {
+        Some(a) => {
+            let state = api::AppState {
+                store: store.clone(),
+                ingest: tx.clone(),
+                fault: fault_rx,
+                mqtt: source.as_ref().map(|s| s.status()),
+                token: a.token.clone(),
+                live,
+                metrics,
+                max_payload: settings.max_payload,
+                stop: stop_rx.clone(),
+            };
+            let router = api::router(state, a.max_body);
+            let (bound_tx, bound_rx) = oneshot::channel();
+            let task = tokio::spawn(api::serve(a.listen, router, stop_rx.clone(), bound_tx));
+            match bound_rx.await {
+                Ok(addr) => {
+                    if let Some(b) = bound {
+                        let _ = b.send(addr);
+                    }
+                }
+                Err(_) => {
+                    let err = task.await.ok().and_then(Result::err);
+                    anyhow::bail!(
+                        "cannot listen on {} for the API: {} (another process there? use --listen ADDR or --listen off)",
+                        a.listen,
+                        err.map(|e| e.to_string()).unwrap_or_default()
+                    );
+                }
+            }
+            Some(task)
+        }
+        None => None,
+    };
+    drop(tx);
+
+    stop.await;
     tracing::info!("stopping: committing what is in flight, then disconnecting");
-    source.stop_intake();
+    if let Some(s) = &source {
+        s.stop_intake();
+    }
     let _ = stop_tx.send(true);
+    if let Some(task) = server {
+        let _ = task.await;
+    }
     writer.await.context("writer task")?;
-    source.disconnect().await;
-    drop(store);
+    if let Some(s) = source {
+        s.disconnect().await;
+    }
     tracing::info!("stopped cleanly");
     Ok(())
 }

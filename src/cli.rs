@@ -22,6 +22,11 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Subscribe to a broker and store every message (the default way to run tidegate).
+    /// Subscribe to a broker and store every message, with the HTTP API (the usual way).
     Run(Box<RunArgs>),
+    /// Only the HTTP API and the store: `subscribe` processes (or any program) post to it.
+    Serve(Box<RunArgs>),
+    /// Only the MQTT side: forward every message to a tidegate API (`--api URL`), acknowledging
+    /// to the broker after the API committed it.
+    Subscribe(Box<RunArgs>),
 }

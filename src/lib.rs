@@ -4,6 +4,7 @@
 //! PostgreSQL); the broker is acknowledged only after the store committed the row. `app` wires the
 //! pieces together for each command; `config` validates every setting before anything connects.
 
+pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;
@@ -14,4 +15,5 @@ pub mod secret;
 pub mod shutdown;
 pub mod source;
 pub mod store;
+pub mod telemetry;
 pub mod time;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tidegate::{
     cli::{Cli, Command},
-    config::Settings,
+    config::{Mode, Settings},
 };
 
 fn main() -> ExitCode {
@@ -16,14 +16,17 @@ fn main() -> ExitCode {
     tidegate::logging::init(&cli.log_format);
     let _ = rustls::crypto::ring::default_provider().install_default();
 
-    let settings = match cli.command {
-        Command::Run(args) => match Settings::resolve(*args) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
-            }
-        },
+    let (mode, args) = match cli.command {
+        Command::Run(a) => (Mode::Run, a),
+        Command::Serve(a) => (Mode::Serve, a),
+        Command::Subscribe(a) => (Mode::Subscribe, a),
+    };
+    let settings = match Settings::resolve(mode, *args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,

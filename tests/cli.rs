@@ -83,7 +83,15 @@ fn the_seed_scripts_env_file_works_and_the_password_stays_secret() {
     .unwrap();
     let log = dir.path().join("log.txt");
     let mut child = std::process::Command::new(support::tidegate::bin())
-        .args(["run", "--topic", "my/test/topic", "--client-id", "seed-env"])
+        .args([
+            "run",
+            "--topic",
+            "my/test/topic",
+            "--client-id",
+            "seed-env",
+            "--listen",
+            "off",
+        ])
         .current_dir(dir.path())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()

@@ -86,6 +86,26 @@ pub struct RunArgs {
     #[arg(long, env = "TIDEGATE_BATCH_SIZE")]
     pub batch_size: Option<usize>,
 
+    /// Where the HTTP API listens (`off` to disable). Default 127.0.0.1:8080.
+    #[arg(long, env = "TIDEGATE_LISTEN")]
+    pub listen: Option<String>,
+
+    /// Bearer token every API route but /healthz requires (needed to listen beyond loopback).
+    #[arg(long, env = "TIDEGATE_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+
+    /// File whose first line is the API token.
+    #[arg(long, env = "TIDEGATE_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
+
+    /// Largest HTTP request body accepted (default 8MiB).
+    #[arg(long, env = "TIDEGATE_MAX_BODY")]
+    pub max_body: Option<Size>,
+
+    /// `subscribe` only: the tidegate API to forward to, e.g. http://127.0.0.1:8080.
+    #[arg(long, env = "TIDEGATE_API")]
+    pub api: Option<String>,
+
     /// How long a batch may wait for more messages before it is committed (default 0ms: commit
     /// as soon as the writer is free; batches grow by themselves under load).
     #[arg(long, env = "TIDEGATE_BATCH_DELAY")]
@@ -115,6 +135,11 @@ impl RunArgs {
             sqlite_sync: self.sqlite_sync.or(other.sqlite_sync),
             batch_size: self.batch_size.or(other.batch_size),
             batch_delay: self.batch_delay.or(other.batch_delay),
+            listen: self.listen.or(other.listen),
+            api_token: self.api_token.or(other.api_token),
+            api_token_file: self.api_token_file.or(other.api_token_file),
+            max_body: self.max_body.or(other.max_body),
+            api: self.api.or(other.api),
         }
     }
 }

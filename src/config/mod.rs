@@ -6,7 +6,7 @@ mod args;
 mod broker;
 mod values;
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 pub use args::RunArgs;
 pub use broker::{filter_matches, validate_filter, validate_topic_name, BrokerUrl, Transport};
@@ -123,12 +123,41 @@ pub struct StoreSettings {
     pub sqlite_sync: SqliteSync,
 }
 
-/// The validated settings of `tidegate run`.
+/// The HTTP API this process serves.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    pub listen: SocketAddr,
+    pub token: Option<Secret>,
+    pub max_body: usize,
+}
+
+/// `subscribe`: the tidegate API that stores for us.
+#[derive(Debug, Clone)]
+pub struct RemoteSettings {
+    pub url: String,
+    pub token: Option<Secret>,
+}
+
+/// Which command the settings are for; each needs a different part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// MQTT → store, with the API.
+    Run,
+    /// API and store, no MQTT.
+    Serve,
+    /// MQTT → a remote tidegate API, no store.
+    Subscribe,
+}
+
+/// The validated settings of one command.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub mqtt: MqttSettings,
+    pub mqtt: Option<MqttSettings>,
     pub pipeline: PipelineSettings,
-    pub store: StoreSettings,
+    pub store: Option<StoreSettings>,
+    pub api: Option<ApiSettings>,
+    pub remote: Option<RemoteSettings>,
+    pub max_payload: usize,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -159,9 +188,17 @@ fn check_file(setting: &'static str, path: &Option<PathBuf>) -> Result<(), Confi
     Ok(())
 }
 
+fn read_secret_file(setting: &'static str, path: &std::path::Path) -> Result<Secret, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(setting, format!("cannot read {}: {}", path.display(), e.kind())))?;
+    Ok(Secret::new(
+        text.lines().next().unwrap_or("").trim_end().to_string(),
+    ))
+}
+
 /// A client id that stays the same across restarts of one instance and differs between
-/// instances on other hosts or databases: `tidegate-<host>-<hash of the db path>`.
-pub fn default_client_id(db: &DbUrl) -> String {
+/// instances on other hosts or databases: `tidegate-<host>-<hash of the db path or API URL>`.
+pub fn default_client_id(target: &str) -> String {
     let host: String = hostname::get()
         .ok()
         .and_then(|h| h.into_string().ok())
@@ -170,128 +207,30 @@ pub fn default_client_id(db: &DbUrl) -> String {
         .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
         .take(24)
         .collect();
-    let DbUrl::Sqlite(path) = db;
-    let key = std::fs::canonicalize(path)
-        .or_else(|_| std::env::current_dir().map(|d| d.join(path)))
-        .unwrap_or_else(|_| path.clone());
-    let hash = xxhash_rust::xxh3::xxh3_64(key.to_string_lossy().as_bytes());
+    let hash = xxhash_rust::xxh3::xxh3_64(target.as_bytes());
     format!("tidegate-{host}-{:08x}", hash as u32)
+}
+
+fn db_key(db: &DbUrl) -> String {
+    match db {
+        DbUrl::Sqlite(path) => std::fs::canonicalize(path)
+            .or_else(|_| std::env::current_dir().map(|d| d.join(path)))
+            .unwrap_or_else(|_| path.clone())
+            .to_string_lossy()
+            .into_owned(),
+    }
 }
 
 impl Settings {
     /// Merges flags/env (already in `cli`), the TOML file and the seed script's variables, then
-    /// validates every value.
-    pub fn resolve(cli: RunArgs) -> Result<Settings, ConfigError> {
+    /// validates every value the command needs.
+    pub fn resolve(mode: Mode, cli: RunArgs) -> Result<Settings, ConfigError> {
         let file = match &cli.config {
             Some(path) => load_file(path)?,
             None => RunArgs::default(),
         };
         let a = cli.or(file);
 
-        let broker = match (a.broker.as_deref(), env("BROKER_ADDR")) {
-            (Some(b), _) => BrokerUrl::parse(b)?,
-            (None, Some(seed)) => BrokerUrl::from_seed_host(&seed)?,
-            (None, None) => {
-                return Err(ConfigError::new(
-                    "broker",
-                    "no broker given; pass --broker mqtts://HOST:8883 or set TIDEGATE_BROKER (or BROKER_ADDR in .env)",
-                ))
-            }
-        };
-
-        let topics = a.topics.unwrap_or_else(|| vec!["#".into()]);
-        let topics: Vec<String> = topics.into_iter().map(|t| t.trim().to_string()).collect();
-        if topics.is_empty() {
-            return Err(ConfigError::new("topic", "at least one topic filter is needed"));
-        }
-        for t in &topics {
-            validate_filter(t).map_err(|e| ConfigError::new("topic", e))?;
-        }
-
-        let qos = a.qos.unwrap_or(1);
-        if qos > 1 {
-            return Err(ConfigError::new(
-                "qos",
-                format!("{qos} is not supported; use 1 (at least once, nothing lost) or 0"),
-            ));
-        }
-
-        let db = DbUrl::parse(a.db.as_deref().unwrap_or("tidegate.db"))?;
-
-        let version = match a.mqtt_version.as_deref().map(str::trim) {
-            None | Some("5") | Some("5.0") => MqttVersion::V5,
-            Some("3.1.1") | Some("3") | Some("4") | Some("311") => MqttVersion::V311,
-            Some(other) => {
-                return Err(ConfigError::new(
-                    "mqtt-version",
-                    format!("`{other}` is not 5 or 3.1.1"),
-                ))
-            }
-        };
-
-        let client_id = a.client_id.unwrap_or_else(|| default_client_id(&db));
-        if client_id.is_empty() || client_id.len() > 256 || client_id.chars().any(char::is_control) {
-            return Err(ConfigError::new(
-                "client-id",
-                "must be 1 to 256 printable characters, stable and unique per instance",
-            ));
-        }
-
-        let username = a.username.or_else(|| env("HIVE_USER"));
-        let password = match (a.password, a.password_file) {
-            (Some(p), _) => Some(Secret::new(p)),
-            (None, Some(path)) => {
-                let text = std::fs::read_to_string(&path).map_err(|e| {
-                    ConfigError::new(
-                        "password-file",
-                        format!("cannot read {}: {}", path.display(), e.kind()),
-                    )
-                })?;
-                Some(Secret::new(text.lines().next().unwrap_or("").to_string()))
-            }
-            (None, None) => env("HIVE_PSWD").map(Secret::new),
-        };
-        if password.is_some() && username.is_none() {
-            return Err(ConfigError::new(
-                "username",
-                "a password is set but no user name; pass --username",
-            ));
-        }
-
-        let tls = TlsFiles {
-            ca_file: a.ca_file,
-            client_cert: a.client_cert,
-            client_key: a.client_key,
-        };
-        check_file("ca-file", &tls.ca_file)?;
-        check_file("client-cert", &tls.client_cert)?;
-        check_file("client-key", &tls.client_key)?;
-        if tls.client_cert.is_some() != tls.client_key.is_some() {
-            return Err(ConfigError::new(
-                "client-cert",
-                "--client-cert and --client-key go together",
-            ));
-        }
-        if !broker.transport.is_tls() && (tls.ca_file.is_some() || tls.client_cert.is_some()) {
-            return Err(ConfigError::new(
-                "ca-file",
-                format!(
-                    "TLS files were given but the broker URL `{broker}` is not TLS; use mqtts:// or wss://"
-                ),
-            ));
-        }
-
-        let session_expiry = a.session_expiry.map(|s| s.0).unwrap_or(Duration::from_secs(3600));
-        if session_expiry.as_secs() > u32::MAX as u64 {
-            return Err(ConfigError::new(
-                "session-expiry",
-                "is longer than MQTT allows (about 136 years)",
-            ));
-        }
-        let keep_alive = a.keep_alive.map(|s| s.0).unwrap_or(Duration::from_secs(30));
-        if keep_alive < Duration::from_secs(1) || keep_alive.as_secs() > u16::MAX as u64 {
-            return Err(ConfigError::new("keep-alive", "must be between 1s and 18h"));
-        }
         let max_payload = a.max_payload.map(|s| s.0).unwrap_or(1 << 20);
         if max_payload == 0 || max_payload > 256 << 20 {
             return Err(ConfigError::new(
@@ -299,49 +238,255 @@ impl Settings {
                 "must be between 1 byte and 256MiB",
             ));
         }
-        let sqlite_sync = match a.sqlite_sync.as_deref().map(str::to_ascii_lowercase).as_deref() {
-            None | Some("full") => SqliteSync::Full,
-            Some("normal") => SqliteSync::Normal,
-            Some(other) => {
-                return Err(ConfigError::new(
-                    "sqlite-sync",
-                    format!("`{other}` is not full or normal"),
-                ))
-            }
+        let pipeline = resolve_pipeline(&a)?;
+        let store = match mode {
+            Mode::Run | Mode::Serve => Some(resolve_store(&a)?),
+            Mode::Subscribe => None,
         };
-        let batch_size = a.batch_size.unwrap_or(5000);
-        if !(1..=100_000).contains(&batch_size) {
-            return Err(ConfigError::new("batch-size", "must be between 1 and 100000"));
-        }
-        let batch_delay = a.batch_delay.map(|s| s.0).unwrap_or(Duration::ZERO);
-        if batch_delay > Duration::from_secs(10) {
-            return Err(ConfigError::new(
-                "batch-delay",
-                "must be at most 10s (the broker waits for acks)",
-            ));
-        }
-
+        let remote = match mode {
+            Mode::Subscribe => Some(resolve_remote(&a)?),
+            _ => None,
+        };
+        let api = match mode {
+            Mode::Run | Mode::Serve => resolve_api(&a, mode)?,
+            Mode::Subscribe => None,
+        };
+        let mqtt = match mode {
+            Mode::Run | Mode::Subscribe => {
+                let target = match (&store, &remote) {
+                    (Some(s), _) => db_key(&s.db),
+                    (None, Some(r)) => r.url.clone(),
+                    _ => String::new(),
+                };
+                Some(resolve_mqtt(&a, &target, max_payload)?)
+            }
+            Mode::Serve => None,
+        };
         Ok(Settings {
-            mqtt: MqttSettings {
-                broker,
-                topics,
-                qos,
-                client_id,
-                username,
-                password,
-                version,
-                tls,
-                session_expiry,
-                keep_alive,
-                max_payload,
-            },
-            pipeline: PipelineSettings {
-                batch_size,
-                batch_delay,
-            },
-            store: StoreSettings { db, sqlite_sync },
+            mqtt,
+            pipeline,
+            store,
+            api,
+            remote,
+            max_payload,
         })
     }
+}
+
+fn resolve_mqtt(a: &RunArgs, target: &str, max_payload: usize) -> Result<MqttSettings, ConfigError> {
+    let broker = match (a.broker.as_deref(), env("BROKER_ADDR")) {
+        (Some(b), _) => BrokerUrl::parse(b)?,
+        (None, Some(seed)) => BrokerUrl::from_seed_host(&seed)?,
+        (None, None) => {
+            return Err(ConfigError::new(
+                "broker",
+                "no broker given; pass --broker mqtts://HOST:8883 or set TIDEGATE_BROKER (or BROKER_ADDR in .env)",
+            ))
+        }
+    };
+
+    let topics: Vec<String> = a
+        .topics
+        .clone()
+        .unwrap_or_else(|| vec!["#".into()])
+        .into_iter()
+        .map(|t| t.trim().to_string())
+        .collect();
+    if topics.is_empty() {
+        return Err(ConfigError::new("topic", "at least one topic filter is needed"));
+    }
+    for t in &topics {
+        validate_filter(t).map_err(|e| ConfigError::new("topic", e))?;
+    }
+
+    let qos = a.qos.unwrap_or(1);
+    if qos > 1 {
+        return Err(ConfigError::new(
+            "qos",
+            format!("{qos} is not supported; use 1 (at least once, nothing lost) or 0"),
+        ));
+    }
+
+    let version = match a.mqtt_version.as_deref().map(str::trim) {
+        None | Some("5") | Some("5.0") => MqttVersion::V5,
+        Some("3.1.1") | Some("3") | Some("4") | Some("311") => MqttVersion::V311,
+        Some(other) => {
+            return Err(ConfigError::new(
+                "mqtt-version",
+                format!("`{other}` is not 5 or 3.1.1"),
+            ))
+        }
+    };
+
+    let client_id = a.client_id.clone().unwrap_or_else(|| default_client_id(target));
+    if client_id.is_empty() || client_id.len() > 256 || client_id.chars().any(char::is_control) {
+        return Err(ConfigError::new(
+            "client-id",
+            "must be 1 to 256 printable characters, stable and unique per instance",
+        ));
+    }
+
+    let username = a.username.clone().or_else(|| env("HIVE_USER"));
+    let password = match (&a.password, &a.password_file) {
+        (Some(p), _) => Some(Secret::new(p.clone())),
+        (None, Some(path)) => Some(read_secret_file("password-file", path)?),
+        (None, None) => env("HIVE_PSWD").map(Secret::new),
+    };
+    if password.is_some() && username.is_none() {
+        return Err(ConfigError::new(
+            "username",
+            "a password is set but no user name; pass --username",
+        ));
+    }
+
+    let tls = TlsFiles {
+        ca_file: a.ca_file.clone(),
+        client_cert: a.client_cert.clone(),
+        client_key: a.client_key.clone(),
+    };
+    check_file("ca-file", &tls.ca_file)?;
+    check_file("client-cert", &tls.client_cert)?;
+    check_file("client-key", &tls.client_key)?;
+    if tls.client_cert.is_some() != tls.client_key.is_some() {
+        return Err(ConfigError::new(
+            "client-cert",
+            "--client-cert and --client-key go together",
+        ));
+    }
+    if !broker.transport.is_tls() && (tls.ca_file.is_some() || tls.client_cert.is_some()) {
+        return Err(ConfigError::new(
+            "ca-file",
+            format!("TLS files were given but the broker URL `{broker}` is not TLS; use mqtts:// or wss://"),
+        ));
+    }
+
+    let session_expiry = a.session_expiry.map(|s| s.0).unwrap_or(Duration::from_secs(3600));
+    if session_expiry.as_secs() > u32::MAX as u64 {
+        return Err(ConfigError::new(
+            "session-expiry",
+            "is longer than MQTT allows (about 136 years)",
+        ));
+    }
+    let keep_alive = a.keep_alive.map(|s| s.0).unwrap_or(Duration::from_secs(30));
+    if keep_alive < Duration::from_secs(1) || keep_alive.as_secs() > u16::MAX as u64 {
+        return Err(ConfigError::new("keep-alive", "must be between 1s and 18h"));
+    }
+    Ok(MqttSettings {
+        broker,
+        topics,
+        qos,
+        client_id,
+        username,
+        password,
+        version,
+        tls,
+        session_expiry,
+        keep_alive,
+        max_payload,
+    })
+}
+
+fn resolve_pipeline(a: &RunArgs) -> Result<PipelineSettings, ConfigError> {
+    let batch_size = a.batch_size.unwrap_or(5000);
+    if !(1..=100_000).contains(&batch_size) {
+        return Err(ConfigError::new("batch-size", "must be between 1 and 100000"));
+    }
+    let batch_delay = a.batch_delay.map(|s| s.0).unwrap_or(Duration::ZERO);
+    if batch_delay > Duration::from_secs(10) {
+        return Err(ConfigError::new(
+            "batch-delay",
+            "must be at most 10s (the broker waits for acks)",
+        ));
+    }
+    Ok(PipelineSettings {
+        batch_size,
+        batch_delay,
+    })
+}
+
+fn resolve_store(a: &RunArgs) -> Result<StoreSettings, ConfigError> {
+    let db = DbUrl::parse(a.db.as_deref().unwrap_or("tidegate.db"))?;
+    let sqlite_sync = match a.sqlite_sync.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("full") => SqliteSync::Full,
+        Some("normal") => SqliteSync::Normal,
+        Some(other) => {
+            return Err(ConfigError::new(
+                "sqlite-sync",
+                format!("`{other}` is not full or normal"),
+            ))
+        }
+    };
+    Ok(StoreSettings { db, sqlite_sync })
+}
+
+fn api_token(a: &RunArgs) -> Result<Option<Secret>, ConfigError> {
+    let token = match (&a.api_token, &a.api_token_file) {
+        (Some(t), _) => Some(Secret::new(t.clone())),
+        (None, Some(path)) => Some(read_secret_file("api-token-file", path)?),
+        (None, None) => None,
+    };
+    if let Some(t) = &token {
+        if t.expose().len() < 16 {
+            return Err(ConfigError::new(
+                "api-token",
+                "is shorter than 16 characters; use a long random token",
+            ));
+        }
+    }
+    Ok(token)
+}
+
+fn resolve_api(a: &RunArgs, mode: Mode) -> Result<Option<ApiSettings>, ConfigError> {
+    let listen = a.listen.as_deref().unwrap_or("127.0.0.1:8080").trim();
+    if listen.eq_ignore_ascii_case("off") {
+        if mode == Mode::Serve {
+            return Err(ConfigError::new("listen", "`serve` is the API; it cannot be off"));
+        }
+        return Ok(None);
+    }
+    let listen: SocketAddr = listen.parse().map_err(|_| {
+        ConfigError::new(
+            "listen",
+            format!("`{listen}` is not an address such as 127.0.0.1:8080 (or `off`)"),
+        )
+    })?;
+    let token = api_token(a)?;
+    if !listen.ip().is_loopback() && token.is_none() {
+        return Err(ConfigError::new(
+            "listen",
+            format!("{listen} is reachable from other machines; set TIDEGATE_API_TOKEN (or --api-token-file) first"),
+        ));
+    }
+    let max_body = a.max_body.map(|s| s.0).unwrap_or(8 << 20);
+    if max_body < 1024 {
+        return Err(ConfigError::new("max-body", "must be at least 1KiB"));
+    }
+    Ok(Some(ApiSettings {
+        listen,
+        token,
+        max_body,
+    }))
+}
+
+fn resolve_remote(a: &RunArgs) -> Result<RemoteSettings, ConfigError> {
+    let url = a.api.as_deref().ok_or_else(|| {
+        ConfigError::new(
+            "api",
+            "`subscribe` needs the API to forward to, e.g. --api http://127.0.0.1:8080",
+        )
+    })?;
+    let parsed =
+        url::Url::parse(url).map_err(|e| ConfigError::new("api", format!("`{url}` is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(ConfigError::new(
+            "api",
+            format!("`{url}` must be an http:// or https:// URL"),
+        ));
+    }
+    Ok(RemoteSettings {
+        url: url.trim_end_matches('/').to_string(),
+        token: api_token(a)?,
+    })
 }
 
 #[cfg(test)]
@@ -357,14 +502,16 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let s = Settings::resolve(args("mqtt://localhost")).unwrap();
-        assert_eq!(s.mqtt.topics, vec!["#"]);
-        assert_eq!(s.mqtt.qos, 1);
-        assert_eq!(s.mqtt.version, MqttVersion::V5);
-        assert_eq!(s.store.db, DbUrl::Sqlite("tidegate.db".into()));
-        assert_eq!(s.store.sqlite_sync, SqliteSync::Full);
-        assert!(s.mqtt.client_id.starts_with("tidegate-"));
-        assert_eq!(s.mqtt.max_payload, 1 << 20);
+        let s = Settings::resolve(Mode::Run, args("mqtt://localhost")).unwrap();
+        let (m, st) = (s.mqtt.clone().unwrap(), s.store.clone().unwrap());
+        assert_eq!(m.topics, vec!["#"]);
+        assert_eq!(m.qos, 1);
+        assert_eq!(m.version, MqttVersion::V5);
+        assert_eq!(st.db, DbUrl::Sqlite("tidegate.db".into()));
+        assert_eq!(st.sqlite_sync, SqliteSync::Full);
+        assert!(m.client_id.starts_with("tidegate-"));
+        assert_eq!(m.max_payload, 1 << 20);
+        assert_eq!(s.api.unwrap().listen.to_string(), "127.0.0.1:8080");
     }
 
     #[test]
@@ -420,22 +567,70 @@ mod tests {
                 "sqlite-sync",
             ),
             (args("bogus://h"), "broker"),
+            (
+                RunArgs {
+                    listen: Some("0.0.0.0:8080".into()),
+                    ..args("mqtt://h")
+                },
+                "listen",
+            ),
+            (
+                RunArgs {
+                    listen: Some("localhost".into()),
+                    ..args("mqtt://h")
+                },
+                "listen",
+            ),
+            (
+                RunArgs {
+                    api_token: Some("short".into()),
+                    ..args("mqtt://h")
+                },
+                "api-token",
+            ),
         ];
         for (a, setting) in cases {
-            let err = Settings::resolve(a).unwrap_err();
+            let err = Settings::resolve(Mode::Run, a).unwrap_err();
             assert_eq!(err.setting, setting, "{err}");
         }
     }
 
     #[test]
     fn password_is_not_in_debug_output() {
-        let s = Settings::resolve(RunArgs {
-            username: Some("u".into()),
-            password: Some("s3cr3t-pw".into()),
-            ..args("mqtt://h")
-        })
+        let s = Settings::resolve(
+            Mode::Run,
+            RunArgs {
+                username: Some("u".into()),
+                password: Some("s3cr3t-pw".into()),
+                ..args("mqtt://h")
+            },
+        )
         .unwrap();
         assert!(!format!("{s:?}").contains("s3cr3t-pw"));
+    }
+
+    #[test]
+    fn each_mode_takes_what_it_needs() {
+        let serve = Settings::resolve(Mode::Serve, RunArgs::default()).unwrap();
+        assert!(serve.mqtt.is_none() && serve.store.is_some() && serve.api.is_some());
+        let err = Settings::resolve(Mode::Subscribe, args("mqtt://h")).unwrap_err();
+        assert_eq!(err.setting, "api");
+        let sub = Settings::resolve(
+            Mode::Subscribe,
+            RunArgs {
+                api: Some("http://127.0.0.1:9/".into()),
+                ..args("mqtt://h")
+            },
+        )
+        .unwrap();
+        assert_eq!(sub.remote.unwrap().url, "http://127.0.0.1:9");
+        assert!(sub.store.is_none());
+        let open = RunArgs {
+            listen: Some("0.0.0.0:0".into()),
+            api_token: Some("0123456789abcdef".into()),
+            ..args("mqtt://h")
+        };
+        assert!(Settings::resolve(Mode::Run, open).is_ok());
     }
 
     #[test]

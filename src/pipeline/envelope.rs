@@ -77,17 +77,24 @@ pub struct SealedBatch {
 }
 
 impl SealedBatch {
-    /// Acknowledges every sender, in arrival order. Takes the store's proof of commit.
-    pub fn acknowledge(self, committed: &Committed) {
+    /// Acknowledges every sender, in arrival order. Takes the store's proof of commit; returns
+    /// how many acknowledgements went out.
+    pub fn acknowledge(self, committed: &Committed) -> usize {
         let outcomes = committed.outcomes();
+        let mut sent = 0;
         for (ack, range) in self.acks {
             match ack {
-                Ack::Mqtt(a) => a.acknowledge(),
+                Ack::Mqtt(a) => sent += usize::from(a.acknowledge()),
                 Ack::Reply(tx) => {
-                    let _ = tx.send(outcomes.get(range).map(<[Outcome]>::to_vec).unwrap_or_default());
+                    let n = range.len();
+                    let reply = outcomes.get(range).map(<[Outcome]>::to_vec).unwrap_or_default();
+                    if tx.send(reply).is_ok() {
+                        sent += n;
+                    }
                 }
                 Ack::None => {}
             }
         }
+        sent
     }
 }

@@ -4,61 +4,111 @@
 
 use std::{sync::Arc, time::Duration};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use super::{batcher, envelope::Ingest};
-use crate::{config::PipelineSettings, store::Store};
+use crate::{
+    config::PipelineSettings,
+    store::{Committed, Outcome, Store, StoredMessage},
+    telemetry as t,
+};
 
-/// Store health as the writer last saw it; `None` while writes succeed.
-pub type StoreFault = watch::Receiver<Option<String>>;
+/// Messages as they are committed, for the live stream.
+pub type Live = broadcast::Sender<Arc<StoredMessage>>;
 
-/// Runs until every source is gone and the queue is drained, or until `stop` fires while the
-/// store cannot write (then the pending batch is left unacknowledged for redelivery).
-pub async fn run(
-    store: Arc<dyn Store>,
-    mut rx: mpsc::Receiver<Ingest>,
-    settings: PipelineSettings,
-    fault: watch::Sender<Option<String>>,
-    mut stop: watch::Receiver<bool>,
-) {
-    while let Some(batch) = batcher::next_batch(&mut rx, settings.batch_size, settings.batch_delay).await {
-        let batch = batch.seal();
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match store.write(batch.messages.clone()).await {
-                Ok(committed) => {
-                    if fault.borrow().is_some() {
-                        tracing::info!(store = %store.describe(), "store writable again; resuming acknowledgements");
-                        let _ = fault.send(None);
+/// What the writer needs besides its queue.
+pub struct Writer {
+    pub store: Arc<dyn Store>,
+    pub settings: PipelineSettings,
+    /// Set to the reason while the store cannot be written; `None` when it works.
+    pub fault: watch::Sender<Option<String>>,
+    /// Fires when the process stops: a batch that cannot be committed is then abandoned
+    /// (unacknowledged, so redelivered later) instead of retried.
+    pub stop: watch::Receiver<bool>,
+    pub live: Live,
+}
+
+impl Writer {
+    /// Runs until every source is gone and the queue is drained, or until `stop` fires while the
+    /// store cannot write.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Ingest>) {
+        let PipelineSettings {
+            batch_size,
+            batch_delay,
+        } = self.settings.clone();
+        while let Some(batch) = batcher::next_batch(&mut rx, batch_size, batch_delay).await {
+            let batch = batch.seal();
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                let started = std::time::Instant::now();
+                match self.store.write(batch.messages.clone()).await {
+                    Ok(committed) => {
+                        metrics::histogram!(t::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+                        metrics::histogram!(t::BATCH_SIZE).record(batch.messages.len() as f64);
+                        metrics::counter!(t::BATCHES).increment(1);
+                        if self.fault.borrow().is_some() {
+                            tracing::info!(store = %self.store.describe(), "store writable again; resuming acknowledgements");
+                            let _ = self.fault.send(None);
+                            metrics::gauge!(t::STORE_WRITABLE).set(1.0);
+                        }
+                        self.publish_live(&batch.messages, &committed);
+                        record_outcomes(&committed);
+                        let acked = batch.acknowledge(&committed);
+                        metrics::counter!(t::ACKED).increment(acked as u64);
+                        break;
                     }
-                    tracing::debug!(rows = batch.messages.len(), "batch committed");
-                    batch.acknowledge(&committed);
-                    break;
-                }
-                Err(e) => {
-                    let reason = e.to_string();
-                    if fault.borrow().as_deref() != Some(reason.as_str()) {
-                        tracing::error!(
-                            store = %store.describe(),
-                            error = %reason,
-                            "cannot write to the store; nothing is acknowledged until it works again (retrying)"
-                        );
-                        let _ = fault.send(Some(reason));
+                    Err(e) => {
+                        let reason = e.to_string();
+                        if self.fault.borrow().as_deref() != Some(reason.as_str()) {
+                            tracing::error!(
+                                store = %self.store.describe(),
+                                error = %reason,
+                                "cannot write to the store; nothing is acknowledged until it works again (retrying)"
+                            );
+                            let _ = self.fault.send(Some(reason));
+                            metrics::gauge!(t::STORE_WRITABLE).set(0.0);
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = self.stop.changed() => {}
+                        }
+                        if *self.stop.borrow() {
+                            tracing::warn!(
+                                rows = batch.messages.len(),
+                                "stopping with an uncommitted batch; it was not acknowledged and will be redelivered"
+                            );
+                            return;
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = stop.changed() => {}
-                    }
-                    if *stop.borrow() {
-                        tracing::warn!(
-                            rows = batch.messages.len(),
-                            "stopping with an uncommitted batch; it was not acknowledged and will be redelivered"
-                        );
-                        return;
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
     }
+
+    fn publish_live(&self, messages: &[crate::message::Message], committed: &Committed) {
+        if self.live.receiver_count() == 0 {
+            return;
+        }
+        for (m, outcome) in messages.iter().zip(committed.outcomes()) {
+            if let Outcome::Stored { id } = outcome {
+                let _ = self.live.send(Arc::new(StoredMessage::from_message(*id, m)));
+            }
+        }
+    }
+}
+
+fn record_outcomes(committed: &Committed) {
+    let (mut stored, mut dup, mut rejected) = (0u64, 0u64, 0u64);
+    for o in committed.outcomes() {
+        match o {
+            Outcome::Stored { .. } => stored += 1,
+            Outcome::Duplicate => dup += 1,
+            Outcome::Rejected => rejected += 1,
+        }
+    }
+    metrics::counter!(t::COMMITTED).increment(stored);
+    metrics::counter!(t::DUPLICATES).increment(dup);
+    metrics::counter!(t::REJECTED).increment(rejected);
+    metrics::gauge!(t::IN_FLIGHT).decrement((stored + dup + rejected) as f64);
 }

@@ -68,9 +68,11 @@ impl MqttAck {
 
     /// Sends the PUBACK if the connection it arrived on is still the current one. Called only by
     /// the pipeline after the commit.
-    pub(crate) fn acknowledge(self) {
-        if !self.gate.ack(self.generation, &self.token) {
+    pub(crate) fn acknowledge(self) -> bool {
+        let sent = self.gate.ack(self.generation, &self.token);
+        if !sent {
             tracing::debug!("delivery from an earlier connection not acknowledged; the broker redelivers it");
         }
+        sent
     }
 }

@@ -141,6 +141,13 @@ async fn session_loop(
             }) => {
                 backoff = BACKOFF_MIN;
                 let previous_error = status.borrow().last_error.clone();
+                metrics::gauge!(crate::telemetry::MQTT_CONNECTED).set(1.0);
+                if ever_connected {
+                    metrics::counter!(crate::telemetry::MQTT_RECONNECTS).increment(1);
+                }
+                if ever_connected && !session_present {
+                    metrics::counter!(crate::telemetry::MQTT_SESSIONS_LOST).increment(1);
+                }
                 status.send_modify(|st| {
                     st.connected = true;
                     st.last_error = None;
@@ -184,7 +191,7 @@ async fn session_loop(
                 let ingest = Ingest::one(message, ack);
                 // Waiting here is the backpressure: the broker holds what we cannot take yet.
                 tokio::select! {
-                    _ = sender.send(ingest) => {}
+                    sent = sender.send(ingest) => if sent.is_ok() { crate::telemetry::received("mqtt", 1) },
                     _ = wake.notified() => {}
                 }
             }
@@ -223,6 +230,7 @@ async fn session_loop(
                 } else {
                     tracing::debug!(error = %reason, "still cannot connect");
                 }
+                metrics::gauge!(crate::telemetry::MQTT_CONNECTED).set(0.0);
                 status.send_modify(|st| {
                     st.connected = false;
                     st.last_error = Some(reason);

@@ -2,7 +2,11 @@
 //! A store commits a batch in one transaction and reports, per message, what became of it. It
 //! must never acknowledge anything itself: `Committed` is handed back to the pipeline, which acks.
 
+pub mod query;
+pub mod remote;
 pub mod sqlite;
+
+pub use query::{MessageQuery, Order, StoredMessage, TopicStats};
 
 use std::sync::Arc;
 
@@ -57,6 +61,12 @@ pub enum StoreError {
 pub trait Store: Send + Sync + 'static {
     /// Writes every message of `batch` in one transaction, or nothing.
     async fn write(&self, batch: Arc<Vec<Message>>) -> Result<Committed, StoreError>;
+
+    /// Messages matching `q`, in the order asked.
+    async fn messages(&self, q: MessageQuery) -> Result<Vec<StoredMessage>, StoreError>;
+
+    /// Every topic with its counts.
+    async fn topics(&self) -> Result<Vec<TopicStats>, StoreError>;
 
     /// A short description for logs, without secrets.
     fn describe(&self) -> String;

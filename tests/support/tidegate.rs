@@ -23,10 +23,17 @@ impl Tidegate {
     }
 
     pub fn start_with_env(args: &[&str], envs: &[(&str, &str)], log_dir: &Path) -> Tidegate {
+        let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        // Tests run side by side: each API gets a free port unless the test picks one.
+        if matches!(args.first().map(String::as_str), Some("run" | "serve"))
+            && !args.iter().any(|a| a == "--listen")
+        {
+            args.extend(["--listen".to_string(), "127.0.0.1:0".to_string()]);
+        }
         let mut t = Tidegate {
             child: None,
             log: log_dir.join(format!("tidegate-{}.log", super::free_port())),
-            args: args.iter().map(|s| s.to_string()).collect(),
+            args,
             envs: envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         t.spawn();
@@ -62,6 +69,20 @@ impl Tidegate {
     /// Waits until the log contains `needle`.
     pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
         super::wait_for(timeout, || self.log_text().contains(needle).then_some(())).is_some()
+    }
+
+    /// The API's base URL, read from the log (`API listening on http://…`).
+    pub fn api(&self) -> String {
+        let found = super::wait_for(Duration::from_secs(15), || {
+            let text = self.log_text();
+            let at = text.rfind("API listening on http://")?;
+            let rest = &text[at + "API listening on ".len()..];
+            let end = rest
+                .find(|c: char| c.is_whitespace() || c == '\x1b')
+                .unwrap_or(rest.len());
+            Some(rest[..end].to_string())
+        });
+        found.unwrap_or_else(|| panic!("no API address in the log:\n{}", self.log_text()))
     }
 
     pub fn kill9(&mut self) {

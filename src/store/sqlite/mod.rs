@@ -2,6 +2,7 @@
 //! transactions, `synchronous=FULL` by default), so readers such as Metabase are never locked
 //! out. It must never hold a write transaction open across anything but the batch itself.
 
+mod read;
 mod schema;
 mod write;
 
@@ -15,7 +16,7 @@ use async_trait::async_trait;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use super::{Committed, Store, StoreError};
+use super::{Committed, MessageQuery, Store, StoreError, StoredMessage, TopicStats};
 use crate::{config::SqliteSync, message::Message};
 
 pub use schema::VERSION as SCHEMA_VERSION;
@@ -28,6 +29,7 @@ enum Command {
 
 pub struct SqliteStore {
     path: PathBuf,
+    readers: Arc<read::Readers>,
     tx: std_mpsc::SyncSender<Command>,
 }
 
@@ -78,6 +80,7 @@ impl SqliteStore {
             .map_err(|e| open_err(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteStore {
             path: path.to_path_buf(),
+            readers: Arc::new(read::Readers::new(path)),
             tx,
         })
     }
@@ -113,6 +116,20 @@ impl Store for SqliteStore {
             .map_err(|_| StoreError::Closed)?;
         let outcomes = rx.await.map_err(|_| StoreError::Closed)??;
         Ok(Committed::new(outcomes))
+    }
+
+    async fn messages(&self, q: MessageQuery) -> Result<Vec<StoredMessage>, StoreError> {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || readers.with(|c| read::messages(c, &q)))
+            .await
+            .map_err(|_| StoreError::Closed)?
+    }
+
+    async fn topics(&self) -> Result<Vec<TopicStats>, StoreError> {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || readers.with(read::topics))
+            .await
+            .map_err(|_| StoreError::Closed)?
     }
 
     fn describe(&self) -> String {

@@ -34,6 +34,15 @@ CREATE TABLE rejected (
 );
 CREATE INDEX rejected_received_at ON rejected (received_at);
 
+-- One row per topic, kept up to date in each write transaction, so listing topics never scans
+-- the messages table.
+CREATE TABLE topics (
+    topic         TEXT PRIMARY KEY,
+    message_count INTEGER NOT NULL,
+    first_seen    DATETIME NOT NULL,
+    last_seen     DATETIME NOT NULL
+) WITHOUT ROWID;
+
 -- The last message committed for each packet id of each MQTT session: a redelivery (DUP flag)
 -- with the same packet id and content is a duplicate. Bounded: 65535 rows per session.
 CREATE TABLE delivery_marks (
@@ -88,6 +97,8 @@ pub fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
                        COALESCE(strftime('%Y-%m-%d %H:%M:%f', "timestamp"), "timestamp", '1970-01-01 00:00:00.000'),
                        'dados', CAST(valor AS TEXT), COALESCE(length(CAST(valor AS BLOB)), 0), 1, 0, 'seed'
                 FROM dados_seed;
+                INSERT INTO topics (topic, message_count, first_seen, last_seen)
+                SELECT topic, count(*), min(received_at), max(received_at) FROM messages GROUP BY topic;
                 "#,
             )?;
         }

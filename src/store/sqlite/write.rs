@@ -11,6 +11,7 @@ use crate::{
 pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result<Vec<Outcome>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut outcomes = Vec::with_capacity(batch.len());
+    let mut topics = TopicTally::default();
     {
         let mut insert_msg = tx.prepare_cached(
             "INSERT INTO messages (received_at, topic, payload, payload_raw, payload_size, qos, retain, content_type, user_properties, source)
@@ -90,6 +91,7 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
                         source,
                     ])?;
                     let id = tx.last_insert_rowid();
+                    topics.add(&m.topic, &received_at);
                     (Outcome::Stored { id }, Some(id))
                 }
             };
@@ -100,7 +102,32 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
             }
             outcomes.push(outcome);
         }
+        let mut upsert_topic = tx.prepare_cached(
+            "INSERT INTO topics (topic, message_count, first_seen, last_seen) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (topic) DO UPDATE SET message_count = message_count + excluded.message_count,
+                                               last_seen = max(last_seen, excluded.last_seen)",
+        )?;
+        for (topic, (count, first, last)) in topics.0 {
+            upsert_topic.execute(params![topic, count, first, last])?;
+        }
     }
     tx.commit()?;
     Ok(outcomes)
+}
+
+/// Per-topic counts of one batch, folded into `topics` with one upsert per topic.
+#[derive(Default)]
+struct TopicTally<'a>(std::collections::HashMap<&'a str, (i64, String, String)>);
+
+impl<'a> TopicTally<'a> {
+    fn add(&mut self, topic: &'a str, at: &str) {
+        let e = self
+            .0
+            .entry(topic)
+            .or_insert_with(|| (0, at.to_string(), at.to_string()));
+        e.0 += 1;
+        if at > e.2.as_str() {
+            e.2 = at.to_string();
+        }
+    }
 }

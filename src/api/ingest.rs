@@ -1,0 +1,107 @@
+//! `POST /api/v1/messages`: messages go through the same writer as MQTT deliveries and the
+//! answer waits for the commit. A request's messages are committed together or not at all.
+
+use axum::{
+    body::Bytes,
+    extract::{rejection::BytesRejection, State},
+    http::{header, HeaderMap, StatusCode},
+    Json,
+};
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::oneshot;
+use utoipa::ToSchema;
+
+use super::{
+    ingest_body::{self, IncomingMessage},
+    ApiError, AppState,
+};
+use crate::{
+    pipeline::{Ack, Ingest},
+    store::Outcome,
+};
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IngestResult {
+    /// Messages now stored as rows.
+    pub stored: usize,
+    /// Messages recognised as already stored (a retried delivery).
+    pub duplicates: usize,
+    /// Messages recorded in `rejected`.
+    pub rejected: usize,
+}
+
+/// Store messages. Answers 201 only after they are committed.
+#[utoipa::path(
+    post,
+    path = "/api/v1/messages",
+    tag = "messages",
+    request_body(
+        content(
+            (Vec<IncomingMessage> = "application/json"),
+            (IncomingMessage = "application/x-ndjson")
+        ),
+        description = "One message object, an array of them, or NDJSON (one object per line)"
+    ),
+    responses(
+        (status = 201, description = "committed", body = IngestResult),
+        (status = 400, description = "not parseable", body = ApiError),
+        (status = 401, description = "missing or wrong token", body = ApiError),
+        (status = 413, description = "body or a payload too large", body = ApiError),
+        (status = 415, description = "unsupported Content-Type", body = ApiError),
+        (status = 422, description = "a message is invalid; `detail.index` says which", body = ApiError),
+        (status = 503, description = "the store cannot write now; retry after `Retry-After`", body = ApiError)
+    )
+)]
+pub async fn post_messages(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<IngestResult>), ApiError> {
+    let body =
+        body.map_err(|e| ApiError::new(e.status(), format!("cannot read the body: {}", e.body_text())))?;
+    let format = ingest_body::format_of(headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()))
+        .map_err(body_error)?;
+    let messages = ingest_body::parse(format, &body, s.max_payload).map_err(body_error)?;
+    if let Some(reason) = s.fault.borrow().as_ref() {
+        return Err(ApiError::unavailable(
+            format!("the store cannot write right now ({reason}); nothing was stored"),
+            5,
+        ));
+    }
+    let n = messages.len();
+    let (tx, rx) = oneshot::channel();
+    s.ingest
+        .send(Ingest {
+            messages,
+            ack: Ack::Reply(tx),
+        })
+        .await
+        .map_err(|_| ApiError::unavailable("tidegate is stopping; nothing was stored", 5))?;
+    crate::telemetry::received("http", n);
+    let outcomes = rx
+        .await
+        .map_err(|_| ApiError::unavailable("tidegate stopped before the commit; nothing was stored", 5))?;
+    let mut r = IngestResult {
+        stored: 0,
+        duplicates: 0,
+        rejected: 0,
+    };
+    for o in &outcomes {
+        match o {
+            Outcome::Stored { .. } => r.stored += 1,
+            Outcome::Duplicate => r.duplicates += 1,
+            Outcome::Rejected => r.rejected += 1,
+        }
+    }
+    Ok((StatusCode::CREATED, Json(r)))
+}
+
+fn body_error(e: ingest_body::BodyError) -> ApiError {
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
+    let err = ApiError::new(status, e.message);
+    match e.index {
+        Some(i) => err.detail(json!({ "index": i })),
+        None => err,
+    }
+}

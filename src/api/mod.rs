@@ -1,0 +1,109 @@
+//! The HTTP API beside the pipeline: ingest (through the same writer and the same
+//! ack-after-commit rule as MQTT), queries, a live stream, health, metrics and the OpenAPI
+//! document generated from these handlers. It must never write to the store directly.
+
+mod auth;
+mod error;
+mod health;
+mod ingest;
+pub mod ingest_body;
+mod query;
+mod stream;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{extract::MatchedPath, http::Request, middleware, response::IntoResponse, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::watch;
+use utoipa::OpenApi;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use auth::SecurityAddon;
+pub use error::ApiError;
+
+use crate::{pipeline, pipeline::writer::Live, secret::Secret, source::SourceStatus, store::Store};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub ingest: pipeline::Sender,
+    pub fault: watch::Receiver<Option<String>>,
+    pub mqtt: Option<watch::Receiver<SourceStatus>>,
+    pub token: Option<Secret>,
+    pub live: Live,
+    pub metrics: Option<PrometheusHandle>,
+    pub max_payload: usize,
+    /// Fires when the process stops; ends live streams so the server can finish.
+    pub stop: watch::Receiver<bool>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "tidegate API",
+        description = "Ingest, query and follow MQTT messages stored by tidegate. Every route except /healthz needs `Authorization: Bearer <token>` when a token is configured."
+    ),
+    components(schemas(ApiError)),
+    modifiers(&SecurityAddon),
+    security(("bearer" = []))
+)]
+struct ApiDoc;
+
+/// The router with every route, auth, limits and request metrics.
+pub fn router(state: AppState, max_body: usize) -> Router {
+    let (api, spec) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(ingest::post_messages, query::get_messages))
+        .routes(routes!(query::get_topics))
+        .routes(routes!(stream::get_stream))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::metrics))
+        .split_for_parts();
+    let spec = Arc::new(spec);
+    api.route(
+        "/api/v1/openapi.json",
+        axum::routing::get(move || {
+            let spec = spec.clone();
+            async move { axum::Json(spec.as_ref().clone()) }
+        }),
+    )
+    .fallback(|| async { ApiError::not_found("no such route; see /api/v1/openapi.json").into_response() })
+    .layer(middleware::from_fn_with_state(state.clone(), auth::require_token))
+    .layer(middleware::from_fn(count_requests))
+    .layer(axum::extract::DefaultBodyLimit::max(max_body))
+    .layer(tower_http::catch_panic::CatchPanicLayer::new())
+    .with_state(state)
+}
+
+async fn count_requests(req: Request<axum::body::Body>, next: middleware::Next) -> axum::response::Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let resp = next.run(req).await;
+    metrics::counter!(crate::telemetry::HTTP_REQUESTS, "route" => route, "status" => resp.status().as_u16().to_string())
+        .increment(1);
+    resp
+}
+
+/// Binds `addr` and serves until `stop` fires. Returns the bound address through `bound`.
+pub async fn serve(
+    addr: SocketAddr,
+    router: Router,
+    mut stop: watch::Receiver<bool>,
+    bound: tokio::sync::oneshot::Sender<SocketAddr>,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    tracing::info!("API listening on http://{local}");
+    let _ = bound.send(local);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+            // Live streams never end by themselves; give requests a moment, then go.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        })
+        .await
+}
