@@ -92,6 +92,11 @@ impl Tidegate {
         }
     }
 
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "still running");
+        self.spawn();
+    }
+
     pub fn restart(&mut self) {
         self.kill9();
         self.spawn();

@@ -1,0 +1,594 @@
+//! The HTTP API over real HTTP against a real tidegate process: every route and its errors,
+//! auth, the live stream, readiness, the metrics invariant and the split deployment.
+
+mod support;
+
+use std::time::Duration;
+
+use reqwest::{blocking::Client, StatusCode};
+use serde_json::{json, Value};
+use support::{
+    broker::{BrokerOptions, Mosquitto},
+    db,
+    tidegate::Tidegate,
+};
+
+const TOKEN: &str = "test-token-0123456789abcdef";
+
+fn client() -> Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// A `serve` process on a temp database.
+fn serve(dir: &std::path::Path, extra: &[&str]) -> Tidegate {
+    let dbp = dir.join("api.db");
+    let mut args = vec!["serve", "--db", dbp.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let t = Tidegate::start(&args, dir);
+    t.api();
+    t
+}
+
+fn post(c: &Client, base: &str, ct: &str, body: impl Into<reqwest::blocking::Body>) -> (StatusCode, Value) {
+    let r = c
+        .post(format!("{base}/api/v1/messages"))
+        .header("content-type", ct)
+        .body(body)
+        .send()
+        .unwrap();
+    let s = r.status();
+    (s, r.json().unwrap_or(Value::Null))
+}
+
+fn get(c: &Client, url: &str) -> (StatusCode, Value) {
+    let r = c.get(url).send().unwrap();
+    let s = r.status();
+    (s, r.json().unwrap_or(Value::Null))
+}
+
+#[test]
+fn ingest_then_query_every_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = serve(dir.path(), &[]);
+    let base = t.api();
+    let c = client();
+
+    let (s, v) = post(
+        &c,
+        &base,
+        "application/json",
+        r#"{"topic":"s/1/temp","payload":{"t":21.40}}"#,
+    );
+    assert_eq!(
+        (s, v.clone()),
+        (
+            StatusCode::CREATED,
+            json!({"stored":1,"duplicates":0,"rejected":0})
+        )
+    );
+    let arr = json!([
+        {"topic":"s/2/temp","payload":"22.5","received_at":"2026-01-01T10:00:00Z"},
+        {"topic":"s/2/hum","payload":55,"qos":0},
+        {"topic":"other","payload_base64":"/wA="}
+    ]);
+    assert_eq!(
+        post(&c, &base, "application/json", arr.to_string()).0,
+        StatusCode::CREATED
+    );
+    let nd: String = (0..250)
+        .map(|i| format!("{{\"topic\":\"nd/x\",\"payload\":\"{i}\"}}\n"))
+        .collect();
+    let (s, v) = post(&c, &base, "application/x-ndjson", nd);
+    assert_eq!((s, v["stored"].as_u64()), (StatusCode::CREATED, Some(250)));
+
+    // Topic filters with wildcards; JSON payloads keep their exact text.
+    let (_, v) = get(
+        &c,
+        &format!("{base}/api/v1/messages?topic=s/%2B/temp&order=oldest"),
+    );
+    let topics: Vec<&str> = v["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["topic"].as_str().unwrap())
+        .collect();
+    assert_eq!(topics, ["s/1/temp", "s/2/temp"]);
+    assert_eq!(v["messages"][0]["payload"], r#"{"t":21.40}"#);
+    let (_, v) = get(&c, &format!("{base}/api/v1/messages?topic=s/%23"));
+    assert_eq!(v["messages"].as_array().unwrap().len(), 3);
+    let (_, v) = get(&c, &format!("{base}/api/v1/messages?topic=other"));
+    assert_eq!(v["messages"][0]["payload_base64"], "/wA=");
+
+    // Time range: only the message received at 10:00 on Jan 1.
+    let (_, v) = get(
+        &c,
+        &format!("{base}/api/v1/messages?since=2026-01-01T09:00:00Z&until=2026-01-01T11:00:00%2B00:00"),
+    );
+    assert_eq!(v["messages"].as_array().unwrap().len(), 1);
+    assert_eq!(v["messages"][0]["topic"], "s/2/temp");
+
+    // Cursor pagination walks all 250 NDJSON rows exactly once, newest first.
+    let mut url = format!("{base}/api/v1/messages?topic=nd/x&limit=100");
+    let mut seen = Vec::new();
+    loop {
+        let (s, v) = get(&c, &url);
+        assert_eq!(s, StatusCode::OK);
+        for m in v["messages"].as_array().unwrap() {
+            seen.push(m["payload"].as_str().unwrap().parse::<u32>().unwrap());
+        }
+        match v["next"].as_str() {
+            Some(n) => url = format!("{base}{n}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, (0..250).rev().collect::<Vec<_>>());
+
+    let (_, v) = get(&c, &format!("{base}/api/v1/topics"));
+    let nd = v["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["topic"] == "nd/x")
+        .unwrap()
+        .clone();
+    assert_eq!(nd["message_count"], 250);
+    assert_eq!(nd["last_minute"], 250);
+
+    let (s, spec) = get(&c, &format!("{base}/api/v1/openapi.json"));
+    assert_eq!(s, StatusCode::OK);
+    assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/api/v1/messages",
+        "/api/v1/topics",
+        "/api/v1/stream",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ] {
+        assert!(
+            spec["paths"].get(path).is_some(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+}
+
+#[test]
+fn bad_requests_get_clear_4xx_and_nothing_is_half_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = serve(dir.path(), &["--max-body", "64KiB", "--max-payload", "1KiB"]);
+    let base = t.api();
+    let c = client();
+    let cases: Vec<(&str, Vec<u8>, StatusCode, &str)> = vec![
+        (
+            "application/json",
+            b"{\"topic\":".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "EOF",
+        ),
+        (
+            "application/json",
+            b"[{\"topic\":\"ok\"},{\"payload\":\"x\"}]".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "topic",
+        ),
+        (
+            "application/json",
+            b"[{\"topic\":\"ok\"},{\"topic\":\"a/+\"}]".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "wildcard",
+        ),
+        (
+            "application/json",
+            b"{\"topic\":\"a\",\"qos\":\"x\"}".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid type",
+        ),
+        (
+            "application/json",
+            b"\xff\xfe".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "UTF-8",
+        ),
+        (
+            "text/plain",
+            b"hello".to_vec(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type",
+        ),
+        (
+            "application/json",
+            vec![b' '; 100 * 1024],
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "",
+        ),
+        (
+            "application/json",
+            format!("{{\"topic\":\"a\",\"payload\":\"{}\"}}", "x".repeat(2000)).into_bytes(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "limit",
+        ),
+    ];
+    for (ct, body, status, needle) in cases {
+        let (s, v) = post(&c, &base, ct, body);
+        assert_eq!(s, status, "{v}");
+        assert!(
+            v["error"].as_str().is_some_and(|e| e.contains(needle)),
+            "`{needle}` not in {v}"
+        );
+    }
+    // The valid first message of the refused arrays was not stored either.
+    assert_eq!(
+        db::count(&dir.path().join("api.db"), "SELECT count(*) FROM messages"),
+        0
+    );
+
+    post(&c, &base, "application/json", r#"{"topic":"keep","payload":"1"}"#);
+    let sql = "1' OR '1'='1'; DROP TABLE messages; --";
+    for q in [
+        format!("since={}", urlencode(sql)),
+        format!("until={}", urlencode(sql)),
+        format!("limit={}", urlencode(sql)),
+        format!("after_id={}", urlencode(sql)),
+        format!("order={}", urlencode(sql)),
+        "limit=0".into(),
+        "limit=10001".into(),
+        "limit=99999999999999999999999".into(),
+        "since=2026-13-45T99:00:00Z".into(),
+        format!("{}=1", urlencode(sql)),
+    ] {
+        let (s, v) = get(&c, &format!("{base}/api/v1/messages?{q}"));
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{q}: {v}");
+        assert!(v["error"].is_string());
+    }
+    // A topic that looks like SQL is just a topic.
+    let (s, v) = get(
+        &c,
+        &format!(
+            "{base}/api/v1/messages?topic={}",
+            urlencode("a'; DROP TABLE messages; --")
+        ),
+    );
+    assert_eq!(
+        (s, v["messages"].as_array().map(Vec::len)),
+        (StatusCode::OK, Some(0))
+    );
+    assert_eq!(
+        db::count(&dir.path().join("api.db"), "SELECT count(*) FROM messages"),
+        1
+    );
+    let (s, v) = get(&c, &format!("{base}/no/such/route"));
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(v["error"].is_string());
+    let (s, _) = get(&c, &format!("{base}/api/v1/stream?topic=a/%23/b"));
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[test]
+fn a_token_guards_every_route_but_healthz() {
+    let dir = tempfile::tempdir().unwrap();
+    let dbp = dir.path().join("auth.db");
+    let t = Tidegate::start_with_env(
+        &["serve", "--db", dbp.to_str().unwrap(), "--listen", "0.0.0.0:0"],
+        &[("TIDEGATE_API_TOKEN", TOKEN)],
+        dir.path(),
+    );
+    let base = t.api().replace("0.0.0.0", "127.0.0.1");
+    let c = client();
+    assert_eq!(
+        c.get(format!("{base}/healthz")).send().unwrap().status(),
+        StatusCode::OK
+    );
+    for path in [
+        "/readyz",
+        "/metrics",
+        "/api/v1/messages",
+        "/api/v1/topics",
+        "/api/v1/openapi.json",
+    ] {
+        let url = format!("{base}{path}");
+        assert_eq!(
+            c.get(&url).send().unwrap().status(),
+            StatusCode::UNAUTHORIZED,
+            "{path}"
+        );
+        assert_eq!(
+            c.get(&url)
+                .bearer_auth("wrong-token-0123456789")
+                .send()
+                .unwrap()
+                .status(),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            c.get(&url).bearer_auth(TOKEN).send().unwrap().status(),
+            StatusCode::OK,
+            "{path}"
+        );
+    }
+    let r = c
+        .get(format!("{base}/api/v1/messages?token={TOKEN}"))
+        .send()
+        .unwrap();
+    assert_ne!(r.status(), StatusCode::OK);
+    let r = c
+        .post(format!("{base}/api/v1/messages"))
+        .header("content-type", "application/json")
+        .body(r#"{"topic":"a","payload":"1"}"#)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let body = r.text().unwrap();
+    assert!(!body.contains(TOKEN));
+    assert!(!t.log_text().contains(TOKEN), "token in the log");
+}
+
+#[test]
+fn the_live_stream_carries_mqtt_messages_and_readiness_follows_the_broker() {
+    let mut broker = Mosquitto::start(BrokerOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let dbp = dir.path().join("live.db");
+    let url = broker.url();
+    let t = Tidegate::start(
+        &[
+            "run",
+            "--broker",
+            &url,
+            "--db",
+            dbp.to_str().unwrap(),
+            "--topic",
+            "live/#",
+            "--client-id",
+            "live",
+        ],
+        dir.path(),
+    );
+    assert!(t.wait_log("subscribed", Duration::from_secs(15)));
+    let base = t.api();
+    let c = client();
+    assert_eq!(get(&c, &format!("{base}/readyz")).0, StatusCode::OK);
+
+    let stream_client = Client::builder().build().unwrap();
+    let mut resp = stream_client
+        .get(format!("{base}/api/v1/stream?topic=live/%2B/temp"))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    std::thread::sleep(Duration::from_millis(300));
+    broker.publish_lines("live/other/hum", 1, &["55".into()]);
+    broker.publish_lines("live/s1/temp", 1, &["21.5".into()]);
+    let mut buf = String::new();
+    let mut chunk = [0u8; 4096];
+    let got = support::wait_for(Duration::from_secs(10), || {
+        use std::io::Read;
+        let n = resp.read(&mut chunk).ok()?;
+        buf.push_str(&String::from_utf8_lossy(&chunk[..n]));
+        buf.contains("21.5").then_some(())
+    });
+    assert!(got.is_some(), "stream did not deliver: {buf}");
+    assert!(buf.contains("event: message") && buf.contains("live/s1/temp"));
+    assert!(!buf.contains("live/other/hum"), "filter not applied: {buf}");
+
+    broker.stop();
+    let down = support::wait_for(Duration::from_secs(15), || {
+        let (s, v) = get(&c, &format!("{base}/readyz"));
+        (s == StatusCode::SERVICE_UNAVAILABLE).then_some(v)
+    })
+    .expect("readyz stayed 200 with the broker down");
+    assert!(down["reasons"][0].as_str().unwrap().contains("MQTT"), "{down}");
+    broker.start_again();
+    assert!(
+        support::wait_for(Duration::from_secs(40), || (get(&c, &format!("{base}/readyz")).0
+            == StatusCode::OK)
+            .then_some(()))
+        .is_some()
+    );
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn metrics_keep_the_invariant_after_a_run_with_duplicates_and_rejections() {
+    let broker = Mosquitto::start(BrokerOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let dbp = dir.path().join("m.db");
+    let url = broker.url();
+    let t = Tidegate::start(
+        &[
+            "run",
+            "--broker",
+            &url,
+            "--db",
+            dbp.to_str().unwrap(),
+            "--topic",
+            "m/#",
+            "--client-id",
+            "metrics",
+            "--max-payload",
+            "100",
+        ],
+        dir.path(),
+    );
+    assert!(t.wait_log("subscribed", Duration::from_secs(15)));
+    let base = t.api();
+    broker.publish_lines("m/a", 1, &db::seq_lines(0, 500));
+    broker.publish_bytes("m/big", &[b'x'; 500], &[]);
+    let c = client();
+    // A retried forward (same MQTT delivery, marked redelivery) is recognised as a duplicate.
+    let line =
+        json!({"topic":"m/http","payload":"p","mqtt":{"session":"other","packet_id":7,"redelivery":false}});
+    let retry =
+        json!({"topic":"m/http","payload":"p","mqtt":{"session":"other","packet_id":7,"redelivery":true}});
+    assert_eq!(
+        post(&c, &base, "application/json", line.to_string()).1["stored"],
+        1
+    );
+    assert_eq!(
+        post(&c, &base, "application/json", retry.to_string()).1["duplicates"],
+        1
+    );
+    db::wait_count(
+        &dbp,
+        "SELECT count(*) FROM messages",
+        501,
+        Duration::from_secs(20),
+    );
+    let text = support::wait_for(Duration::from_secs(10), || {
+        let text = c.get(format!("{base}/metrics")).send().ok()?.text().ok()?;
+        (metric(&text, "tidegate_messages_committed_total") >= 501.0).then_some(text)
+    })
+    .unwrap();
+    let received = metric(&text, "tidegate_messages_received_total");
+    let committed = metric(&text, "tidegate_messages_committed_total");
+    let dups = metric(&text, "tidegate_duplicates_suppressed_total");
+    let rejected = metric(&text, "tidegate_messages_rejected_total");
+    let in_flight = metric(&text, "tidegate_in_flight_messages");
+    assert_eq!(
+        (received, committed, dups, rejected, in_flight),
+        (503.0, 501.0, 1.0, 1.0, 0.0),
+        "{text}"
+    );
+    assert_eq!(received, committed + dups + rejected + in_flight);
+    assert_eq!(metric(&text, "tidegate_mqtt_connected"), 1.0);
+    assert!(metric(&text, "tidegate_messages_acked_total") >= 501.0);
+    assert!(
+        text.contains("tidegate_http_requests_total{route=\"/api/v1/messages\",status=\"201\"}"),
+        "{text}"
+    );
+    assert!(text.contains("tidegate_commit_seconds_bucket"));
+}
+
+#[test]
+fn ingest_answers_503_while_the_store_cannot_write_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = serve(dir.path(), &[]);
+    let base = t.api();
+    let c = client();
+    assert_eq!(
+        post(&c, &base, "application/json", r#"{"topic":"a","payload":"0"}"#).0,
+        StatusCode::CREATED
+    );
+    let mut locker = rusqlite::Connection::open(dir.path().join("api.db")).unwrap();
+    let tx = locker
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)
+        .unwrap();
+    let waiting = {
+        let base = base.clone();
+        std::thread::spawn(move || {
+            post(
+                &client(),
+                &base,
+                "application/json",
+                r#"{"topic":"a","payload":"1"}"#,
+            )
+            .0
+        })
+    };
+    let v = support::wait_for(Duration::from_secs(20), || {
+        let (s, v) = get(&c, &format!("{base}/readyz"));
+        (s == StatusCode::SERVICE_UNAVAILABLE).then_some(v)
+    })
+    .expect("readyz did not report the store");
+    assert!(v["reasons"][0].as_str().unwrap().contains("store"), "{v}");
+    let r = c
+        .post(format!("{base}/api/v1/messages"))
+        .header("content-type", "application/json")
+        .body(r#"{"topic":"a","payload":"2"}"#)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers().get("retry-after").is_some());
+    tx.rollback().unwrap();
+    drop(locker);
+    assert_eq!(
+        waiting.join().unwrap(),
+        StatusCode::CREATED,
+        "the waiting request was not committed"
+    );
+    assert_eq!(db::payloads(&dir.path().join("api.db"), "a"), ["0", "1"]);
+}
+
+#[test]
+fn split_deployment_survives_kill9_of_serve_exactly_once() {
+    const TOTAL: usize = 10_000;
+    let broker = Mosquitto::start(BrokerOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let dbp = dir.path().join("split.db");
+    let port = support::free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let mut server = Tidegate::start(
+        &["serve", "--db", dbp.to_str().unwrap(), "--listen", &listen],
+        dir.path(),
+    );
+    let api = server.api();
+    let url = broker.url();
+    let sub = Tidegate::start(
+        &[
+            "subscribe",
+            "--broker",
+            &url,
+            "--topic",
+            "sp/#",
+            "--api",
+            &api,
+            "--client-id",
+            "split-sub",
+        ],
+        dir.path(),
+    );
+    assert!(
+        sub.wait_log("subscribed", Duration::from_secs(15)),
+        "{}",
+        sub.log_text()
+    );
+    // serve is down while messages arrive: the subscriber must hold them (no ack) and retry.
+    server.kill9();
+    broker.publish_lines("sp/x", 1, &db::seq_lines(0, 2000));
+    assert!(
+        sub.wait_log("cannot write to the store", Duration::from_secs(15)),
+        "{}",
+        sub.log_text()
+    );
+    server.start_again();
+    // Then crashes of serve in the middle of a stream.
+    let port_n = broker.port;
+    let publisher =
+        std::thread::spawn(move || Mosquitto::publish_lines_on(port_n, "sp/x", &db::seq_lines(2000, TOTAL)));
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(300));
+        server.restart();
+    }
+    publisher.join().unwrap();
+    db::wait_count(
+        &dbp,
+        "SELECT count(*) FROM messages",
+        TOTAL as i64,
+        Duration::from_secs(60),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let (missing, dup) = db::exactly_once(&dbp, "sp/x", TOTAL);
+    assert!(missing.is_empty(), "{} missing", missing.len());
+    assert!(
+        dup.is_empty(),
+        "{} duplicated: {:?}",
+        dup.len(),
+        &dup[..dup.len().min(10)]
+    );
+}
