@@ -29,9 +29,14 @@ pub struct RunArgs {
     #[arg(long, env = "TIDEGATE_QOS")]
     pub qos: Option<u8>,
 
-    /// Database: a SQLite path or sqlite://PATH (default tidegate.db).
+    /// Database: a SQLite path or sqlite://PATH (default tidegate.db), or
+    /// postgres://user@host:port/db?sslmode=disable|prefer|require|verify-full.
     #[arg(long, env = "TIDEGATE_DB")]
     pub db: Option<String>,
+
+    /// File whose first line is the PostgreSQL password (or set TIDEGATE_DB_PASSWORD).
+    #[arg(long, env = "TIDEGATE_DB_PASSWORD_FILE")]
+    pub db_password_file: Option<PathBuf>,
 
     /// MQTT client id; must be stable and unique per instance (default derived from host and db).
     #[arg(long, env = "TIDEGATE_CLIENT_ID")]
@@ -121,6 +126,7 @@ impl RunArgs {
             topics: self.topics.or(other.topics),
             qos: self.qos.or(other.qos),
             db: self.db.or(other.db),
+            db_password_file: self.db_password_file.or(other.db_password_file),
             client_id: self.client_id.or(other.client_id),
             username: self.username.or(other.username),
             password: self.password.or(other.password),

@@ -4,12 +4,14 @@
 
 mod args;
 mod broker;
+mod postgres;
 mod values;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 pub use args::RunArgs;
 pub use broker::{filter_matches, validate_filter, validate_topic_name, BrokerUrl, Transport};
+pub use postgres::{PgTarget, PgTls};
 pub use values::{Size, Span};
 
 use crate::secret::Secret;
@@ -47,10 +49,16 @@ pub enum SqliteSync {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DbUrl {
     Sqlite(PathBuf),
+    Postgres(Box<PgTarget>),
 }
 
 impl DbUrl {
     pub fn parse(input: &str) -> Result<Self, ConfigError> {
+        Self::parse_with_password(input, None)
+    }
+
+    /// As `parse`; `password` is used for PostgreSQL when the URL has none.
+    pub fn parse_with_password(input: &str, password: Option<Secret>) -> Result<Self, ConfigError> {
         let bad = |why: String| ConfigError::new("db", why);
         if input.trim().is_empty() {
             return Err(bad("is empty; give a file path such as tidegate.db".into()));
@@ -65,9 +73,7 @@ impl DbUrl {
             return Ok(DbUrl::Sqlite(PathBuf::from(path)));
         }
         if input.starts_with("postgres://") || input.starts_with("postgresql://") {
-            return Err(bad(
-                "PostgreSQL is not supported by this build yet; use a SQLite file".into(),
-            ));
+            return Ok(DbUrl::Postgres(Box::new(postgres::parse(input, password)?)));
         }
         if let Some((scheme, _)) = input.split_once("://") {
             return Err(bad(format!(
@@ -82,6 +88,7 @@ impl std::fmt::Display for DbUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             DbUrl::Sqlite(p) => write!(f, "sqlite://{}", p.display()),
+            DbUrl::Postgres(t) => f.write_str(&t.display),
         }
     }
 }
@@ -218,6 +225,7 @@ fn db_key(db: &DbUrl) -> String {
             .unwrap_or_else(|_| path.clone())
             .to_string_lossy()
             .into_owned(),
+        DbUrl::Postgres(t) => t.display.clone(),
     }
 }
 
@@ -405,7 +413,11 @@ fn resolve_pipeline(a: &RunArgs) -> Result<PipelineSettings, ConfigError> {
 }
 
 fn resolve_store(a: &RunArgs) -> Result<StoreSettings, ConfigError> {
-    let db = DbUrl::parse(a.db.as_deref().unwrap_or("tidegate.db"))?;
+    let password = match &a.db_password_file {
+        Some(path) => Some(read_secret_file("db-password-file", path)?),
+        None => env("TIDEGATE_DB_PASSWORD").map(Secret::new),
+    };
+    let db = DbUrl::parse_with_password(a.db.as_deref().unwrap_or("tidegate.db"), password)?;
     let sqlite_sync = match a.sqlite_sync.as_deref().map(str::to_ascii_lowercase).as_deref() {
         None | Some("full") => SqliteSync::Full,
         Some("normal") => SqliteSync::Normal,

@@ -2,6 +2,8 @@
 //! A store commits a batch in one transaction and reports, per message, what became of it. It
 //! must never acknowledge anything itself: `Committed` is handed back to the pipeline, which acks.
 
+pub mod dedup;
+pub mod postgres;
 pub mod query;
 pub mod remote;
 pub mod sqlite;
@@ -79,5 +81,6 @@ pub async fn open(settings: &StoreSettings) -> Result<Arc<dyn Store>, StoreError
             let store = sqlite::SqliteStore::open(path, settings.sqlite_sync)?;
             Ok(Arc::new(store))
         }
+        crate::config::DbUrl::Postgres(target) => Ok(Arc::new(postgres::PgStore::open(target).await?)),
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod broker;
 pub mod db;
+pub mod pg;
 pub mod tidegate;
 
 use std::time::{Duration, Instant};

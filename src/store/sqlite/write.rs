@@ -1,12 +1,47 @@
-//! One batch, one transaction: messages, rejections and the marks that recognise redeliveries.
-//! It must never commit part of a batch.
+//! One batch, one transaction: messages, rejections and the marks that recognise redeliveries
+//! (the rule itself is `store::dedup`). It must never commit part of a batch.
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, CachedStatement, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::{
     message::{Message, Origin},
-    store::Outcome,
+    store::{
+        dedup::{self, Hash, Marks, Verdict},
+        Outcome,
+    },
 };
+
+/// Marks read and written inside the write transaction.
+struct SqliteMarks<'c> {
+    get_mark: CachedStatement<'c>,
+    get_retained: CachedStatement<'c>,
+    put_retained: CachedStatement<'c>,
+}
+
+fn to_hash(v: Option<Vec<u8>>) -> Option<Hash> {
+    v.and_then(|b| b.try_into().ok())
+}
+
+impl Marks for SqliteMarks<'_> {
+    type Error = rusqlite::Error;
+    fn delivery(&mut self, session: &str, pkid: u16) -> rusqlite::Result<Option<Hash>> {
+        Ok(to_hash(
+            self.get_mark
+                .query_row(params![session, pkid], |r| r.get(0))
+                .optional()?,
+        ))
+    }
+    fn retained(&mut self, topic: &str) -> rusqlite::Result<Option<Hash>> {
+        Ok(to_hash(
+            self.get_retained
+                .query_row(params![topic], |r| r.get(0))
+                .optional()?,
+        ))
+    }
+    fn set_retained(&mut self, topic: &str, hash: Hash) -> rusqlite::Result<()> {
+        self.put_retained.execute(params![topic, &hash[..]]).map(|_| ())
+    }
+}
 
 pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result<Vec<Outcome>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -20,14 +55,16 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
         let mut insert_rejected = tx.prepare_cached(
             "INSERT INTO rejected (received_at, topic, size, qos, reason, source) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
-        let mut get_mark =
-            tx.prepare_cached("SELECT hash FROM delivery_marks WHERE session = ?1 AND pkid = ?2")?;
         let mut put_mark = tx.prepare_cached(
             "INSERT OR REPLACE INTO delivery_marks (session, pkid, hash, message_id) VALUES (?1, ?2, ?3, ?4)",
         )?;
-        let mut get_retained = tx.prepare_cached("SELECT hash FROM retained_marks WHERE topic = ?1")?;
-        let mut put_retained =
-            tx.prepare_cached("INSERT OR REPLACE INTO retained_marks (topic, hash) VALUES (?1, ?2)")?;
+        let mut marks = SqliteMarks {
+            get_mark: tx
+                .prepare_cached("SELECT hash FROM delivery_marks WHERE session = ?1 AND pkid = ?2")?,
+            get_retained: tx.prepare_cached("SELECT hash FROM retained_marks WHERE topic = ?1")?,
+            put_retained: tx
+                .prepare_cached("INSERT OR REPLACE INTO retained_marks (topic, hash) VALUES (?1, ?2)")?,
+        };
 
         for m in batch {
             let hash = m.content_hash();
@@ -36,32 +73,13 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
                 Origin::Mqtt { .. } => "mqtt",
                 Origin::Http => "http",
             };
-            if let Origin::Mqtt {
-                session,
-                pkid,
-                redelivery: true,
-            } = &m.origin
-            {
-                let seen: Option<Vec<u8>> = get_mark
-                    .query_row(params![session, pkid], |r| r.get(0))
-                    .optional()?;
-                if seen.as_deref() == Some(&hash[..]) {
+            let (outcome, id) = match dedup::verdict(m, hash, &mut marks)? {
+                Verdict::Duplicate => {
                     outcomes.push(Outcome::Duplicate);
                     continue;
                 }
-            }
-            if m.retain {
-                let seen: Option<Vec<u8>> = get_retained
-                    .query_row(params![m.topic], |r| r.get(0))
-                    .optional()?;
-                if seen.as_deref() == Some(&hash[..]) {
-                    outcomes.push(Outcome::Duplicate);
-                    continue;
-                }
-                put_retained.execute(params![m.topic, &hash[..]])?;
-            }
-            let (outcome, id) = match &m.rejection {
-                Some(reason) => {
+                Verdict::Reject => {
+                    let reason = m.rejection.as_deref().unwrap_or("rejected");
                     insert_rejected.execute(params![
                         received_at,
                         m.topic,
@@ -72,12 +90,9 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
                     ])?;
                     (Outcome::Rejected, None)
                 }
-                None => {
+                Verdict::Store => {
                     let text = m.payload_lossy();
-                    let raw: Option<&[u8]> = match m.payload_text() {
-                        Some(_) => None,
-                        None => Some(&m.payload),
-                    };
+                    let raw: Option<&[u8]> = m.payload_text().is_none().then_some(&m.payload[..]);
                     insert_msg.execute(params![
                         received_at,
                         m.topic,
@@ -95,10 +110,8 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
                     (Outcome::Stored { id }, Some(id))
                 }
             };
-            if let Origin::Mqtt { session, pkid, .. } = &m.origin {
-                if m.qos > 0 {
-                    put_mark.execute(params![session, pkid, &hash[..], id])?;
-                }
+            if let Some((session, pkid)) = dedup::delivery_mark(m) {
+                put_mark.execute(params![session, pkid, &hash[..], id])?;
             }
             outcomes.push(outcome);
         }

@@ -1,0 +1,138 @@
+//! Queries for the API. Values are bound parameters; the SQL text is fixed per query shape.
+
+use base64::Engine;
+use tokio_postgres::{types::ToSql, Client, Row};
+
+use crate::{
+    config::filter_matches,
+    store::query::{MessageQuery, Order, StoredMessage, TopicStats},
+};
+
+fn row_to_message(r: &Row) -> StoredMessage {
+    let raw: Option<Vec<u8>> = r.get(4);
+    let qos: i16 = r.get(5);
+    StoredMessage {
+        id: r.get(0),
+        received_at: r.get(1),
+        topic: r.get(2),
+        payload: r.get::<_, Option<String>>(3).unwrap_or_default(),
+        payload_base64: raw.map(|b| base64::engine::general_purpose::STANDARD.encode(b)),
+        qos: qos as u8,
+        retain: r.get(6),
+        content_type: r.get(7),
+    }
+}
+
+pub async fn messages(
+    client: &Client,
+    q: &MessageQuery,
+) -> Result<Vec<StoredMessage>, tokio_postgres::Error> {
+    let mut sql = String::from(
+        "SELECT id, received_at, topic, payload, payload_raw, qos, retain, content_type FROM messages WHERE true",
+    );
+    let mut args: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+    let mut n = 0;
+    let mut arg = |sql: &mut String, frag: &str, v: Box<dyn ToSql + Sync + Send>| {
+        n += 1;
+        sql.push_str(&frag.replace('$', &format!("${n}")));
+        args.push(v);
+    };
+    let prefix = q.topic_prefix();
+    match &prefix {
+        Some((p, true)) => {
+            arg(
+                &mut sql,
+                " AND left(topic, 256) COLLATE \"C\" = left($, 256)",
+                Box::new(p.clone()),
+            );
+            arg(&mut sql, " AND topic = $", Box::new(p.clone()));
+        }
+        Some((p, false)) if !p.is_empty() => {
+            if p.chars().count() <= 256 {
+                arg(
+                    &mut sql,
+                    " AND left(topic, 256) COLLATE \"C\" >= $",
+                    Box::new(p.clone()),
+                );
+                arg(
+                    &mut sql,
+                    " AND left(topic, 256) COLLATE \"C\" < $",
+                    Box::new(format!("{p}\u{10FFFF}")),
+                );
+            }
+            arg(&mut sql, " AND starts_with(topic, $)", Box::new(p.clone()));
+        }
+        _ => {}
+    }
+    if let Some(s) = q.since {
+        arg(&mut sql, " AND received_at >= $", Box::new(s));
+    }
+    if let Some(u) = q.until {
+        arg(&mut sql, " AND received_at < $", Box::new(u));
+    }
+    let (cmp, dir) = match q.order {
+        Order::NewestFirst => ("<", "DESC"),
+        Order::OldestFirst => (">", "ASC"),
+    };
+    let wildcard = matches!(prefix, Some((_, false)));
+    let page = if wildcard { q.limit.max(500) } else { q.limit };
+    let cursor_index = n + 1;
+    sql.push_str(&format!(
+        " AND id {cmp} ${cursor_index} ORDER BY id {dir} LIMIT {page}"
+    ));
+    let stmt = client.prepare(&sql).await?;
+    let mut cursor = q.after_id.unwrap_or(match q.order {
+        Order::NewestFirst => i64::MAX,
+        Order::OldestFirst => i64::MIN,
+    });
+    let mut out = Vec::new();
+    loop {
+        let mut params: Vec<&(dyn ToSql + Sync)> =
+            args.iter().map(|b| b.as_ref() as &(dyn ToSql + Sync)).collect();
+        params.push(&cursor);
+        let rows = client.query(&stmt, &params).await?;
+        let fetched = rows.len();
+        let mut last = cursor;
+        for r in &rows {
+            let m = row_to_message(r);
+            last = m.id;
+            let keep = match &q.topic {
+                Some(f) if wildcard => filter_matches(f, &m.topic),
+                _ => true,
+            };
+            if keep {
+                out.push(m);
+                if out.len() == q.limit {
+                    return Ok(out);
+                }
+            }
+        }
+        cursor = last;
+        if fetched < page {
+            return Ok(out);
+        }
+    }
+}
+
+pub async fn topics(client: &Client) -> Result<Vec<TopicStats>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT t.topic, t.message_count, t.first_seen, t.last_seen,
+                    (SELECT count(*) FROM messages m
+                     WHERE left(m.topic, 256) COLLATE \"C\" = left(t.topic, 256) AND m.topic = t.topic
+                       AND m.received_at >= now() - interval '1 minute')
+             FROM topics t ORDER BY t.topic",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| TopicStats {
+            topic: r.get(0),
+            message_count: r.get(1),
+            first_seen: r.get(2),
+            last_seen: r.get(3),
+            last_minute: r.get(4),
+        })
+        .collect())
+}

@@ -1,0 +1,317 @@
+//! One batch, one transaction, a fixed number of statements whatever its size: column arrays
+//! go through `UNNEST` (one prepared statement for any batch size). Dedup follows
+//! `store::dedup`, with the marks this batch needs read up front.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::{types::Json, Client, Transaction};
+
+use crate::{
+    message::{Message, Origin},
+    store::{
+        dedup::{self, Hash, Marks, Verdict},
+        Outcome,
+    },
+};
+
+/// PostgreSQL text cannot hold NUL; such text is kept with U+FFFD (the exact bytes go to
+/// `payload_raw`).
+pub fn pg_text(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') {
+        std::borrow::Cow::Owned(s.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
+/// Marks prefetched for the batch, updated in memory as the batch is decided.
+#[derive(Default)]
+struct Prefetched {
+    delivery: HashMap<(String, u16), Hash>,
+    retained: HashMap<String, Hash>,
+    retained_changed: HashMap<String, Hash>,
+}
+
+impl Marks for Prefetched {
+    type Error = std::convert::Infallible;
+    fn delivery(&mut self, session: &str, pkid: u16) -> Result<Option<Hash>, Self::Error> {
+        Ok(self.delivery.get(&(session.to_string(), pkid)).copied())
+    }
+    fn retained(&mut self, topic: &str) -> Result<Option<Hash>, Self::Error> {
+        Ok(self.retained.get(topic).copied())
+    }
+    fn set_retained(&mut self, topic: &str, hash: Hash) -> Result<(), Self::Error> {
+        self.retained.insert(topic.to_string(), hash);
+        self.retained_changed.insert(topic.to_string(), hash);
+        Ok(())
+    }
+}
+
+fn hash_of(v: Vec<u8>) -> Option<Hash> {
+    v.try_into().ok()
+}
+
+/// Writes `batch` in its own transaction.
+pub async fn write_batch(
+    client: &mut Client,
+    batch: &[Message],
+) -> Result<Vec<Outcome>, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    let outcomes = write_rows(&tx, batch).await?;
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+/// Writes `batch` inside the caller's transaction (or savepoint), without committing.
+pub async fn write_rows(
+    tx: &Transaction<'_>,
+    batch: &[Message],
+) -> Result<Vec<Outcome>, tokio_postgres::Error> {
+    let hashes: Vec<Hash> = batch.iter().map(Message::content_hash).collect();
+    let mut marks = Prefetched::default();
+
+    let (sessions, pkids): (Vec<&str>, Vec<i32>) = batch
+        .iter()
+        .filter_map(|m| match &m.origin {
+            Origin::Mqtt {
+                session,
+                pkid,
+                redelivery: true,
+            } => Some((session.as_str(), i32::from(*pkid))),
+            _ => None,
+        })
+        .unzip();
+    if !sessions.is_empty() {
+        let rows = tx
+            .query(
+                "SELECT d.session, d.pkid, d.hash FROM delivery_marks d
+                 JOIN unnest($1::text[], $2::int[]) AS k(session, pkid) USING (session, pkid)",
+                &[&sessions, &pkids],
+            )
+            .await?;
+        for r in rows {
+            let pkid: i32 = r.get(1);
+            if let Some(h) = hash_of(r.get(2)) {
+                marks.delivery.insert((r.get(0), pkid as u16), h);
+            }
+        }
+    }
+    let retained_topics: Vec<String> = batch
+        .iter()
+        .filter(|m| m.retain)
+        .map(|m| pg_text(&m.topic).into_owned())
+        .collect();
+    if !retained_topics.is_empty() {
+        let rows = tx
+            .query(
+                "SELECT topic, hash FROM retained_marks WHERE md5(topic) IN (SELECT md5(t) FROM unnest($1::text[]) t)",
+                &[&retained_topics],
+            )
+            .await?;
+        for r in rows {
+            if let Some(h) = hash_of(r.get(1)) {
+                marks.retained.insert(r.get(0), h);
+            }
+        }
+    }
+
+    // Decide every message in arrival order, as SQLite does row by row.
+    let mut verdicts = Vec::with_capacity(batch.len());
+    for (m, h) in batch.iter().zip(&hashes) {
+        let v = match dedup::verdict(m, *h, &mut marks) {
+            Ok(v) => v,
+            Err(never) => match never {},
+        };
+        if v != Verdict::Duplicate {
+            if let Some((s, p)) = dedup::delivery_mark(m) {
+                marks.delivery.insert((s.to_string(), p), *h);
+            }
+        }
+        verdicts.push(v);
+    }
+
+    let to_store: Vec<usize> = (0..batch.len())
+        .filter(|&i| verdicts[i] == Verdict::Store)
+        .collect();
+    let ids: Vec<i64> = if to_store.is_empty() {
+        Vec::new()
+    } else {
+        tx.query(
+            "SELECT nextval(pg_get_serial_sequence('messages', 'id')) FROM generate_series(1, $1::int)",
+            &[&(to_store.len() as i32)],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    };
+
+    let mut c = Columns::default();
+    for (&i, &id) in to_store.iter().zip(&ids) {
+        c.push(id, &batch[i]);
+    }
+    if !to_store.is_empty() {
+        tx.execute(
+            "INSERT INTO messages (id, received_at, topic, payload, payload_raw, payload_size, qos, retain, content_type, user_properties, source)
+             SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::bytea[], $6::int[], $7::smallint[], $8::bool[], $9::text[], $10::jsonb[], $11::text[])",
+            &[&c.id, &c.received_at, &c.topic, &c.payload, &c.raw, &c.size, &c.qos, &c.retain, &c.content_type, &c.props, &c.source],
+        )
+        .await?;
+    }
+
+    let rejected: Vec<&Message> = (0..batch.len())
+        .filter(|&i| verdicts[i] == Verdict::Reject)
+        .map(|i| &batch[i])
+        .collect();
+    if !rejected.is_empty() {
+        let at: Vec<DateTime<Utc>> = rejected.iter().map(|m| m.received_at).collect();
+        let topic: Vec<String> = rejected.iter().map(|m| pg_text(&m.topic).into_owned()).collect();
+        let size: Vec<i64> = rejected.iter().map(|m| m.size as i64).collect();
+        let qos: Vec<i16> = rejected.iter().map(|m| i16::from(m.qos)).collect();
+        let reason: Vec<String> = rejected
+            .iter()
+            .map(|m| pg_text(m.rejection.as_deref().unwrap_or("rejected")).into_owned())
+            .collect();
+        let source: Vec<&str> = rejected.iter().map(|m| source_of(m)).collect();
+        tx.execute(
+            "INSERT INTO rejected (received_at, topic, size, qos, reason, source)
+             SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::bigint[], $4::smallint[], $5::text[], $6::text[])",
+            &[&at, &topic, &size, &qos, &reason, &source],
+        )
+        .await?;
+    }
+
+    // Delivery marks: the last message per (session, packet id) wins.
+    let mut last_mark: HashMap<(&str, u16), (Hash, Option<i64>)> = HashMap::new();
+    let id_of: HashMap<usize, i64> = to_store.iter().copied().zip(ids.iter().copied()).collect();
+    for (i, m) in batch.iter().enumerate() {
+        if verdicts[i] == Verdict::Duplicate {
+            continue;
+        }
+        if let Some(k) = dedup::delivery_mark(m) {
+            last_mark.insert(k, (hashes[i], id_of.get(&i).copied()));
+        }
+    }
+    if !last_mark.is_empty() {
+        let mut s = Vec::new();
+        let mut p = Vec::new();
+        let mut h = Vec::new();
+        let mut id = Vec::new();
+        for ((session, pkid), (hash, mid)) in &last_mark {
+            s.push(*session);
+            p.push(i32::from(*pkid));
+            h.push(hash.to_vec());
+            id.push(*mid);
+        }
+        tx.execute(
+            "INSERT INTO delivery_marks (session, pkid, hash, message_id)
+             SELECT * FROM unnest($1::text[], $2::int[], $3::bytea[], $4::bigint[])
+             ON CONFLICT (session, pkid) DO UPDATE SET hash = excluded.hash, message_id = excluded.message_id",
+            &[&s, &p, &h, &id],
+        )
+        .await?;
+    }
+    if !marks.retained_changed.is_empty() {
+        let (t, h): (Vec<String>, Vec<Vec<u8>>) = marks
+            .retained_changed
+            .iter()
+            .map(|(t, h)| (t.clone(), h.to_vec()))
+            .unzip();
+        tx.execute(
+            "INSERT INTO retained_marks (topic, hash) SELECT * FROM unnest($1::text[], $2::bytea[])
+             ON CONFLICT ((md5(topic))) DO UPDATE SET hash = excluded.hash",
+            &[&t, &h],
+        )
+        .await?;
+    }
+
+    if !to_store.is_empty() {
+        let mut tally: HashMap<&str, (i64, DateTime<Utc>, DateTime<Utc>)> = HashMap::new();
+        for (t, at) in c.topic.iter().zip(&c.received_at) {
+            let e = tally.entry(t.as_str()).or_insert((0, *at, *at));
+            e.0 += 1;
+            e.1 = e.1.min(*at);
+            e.2 = e.2.max(*at);
+        }
+        let mut t = Vec::new();
+        let mut n = Vec::new();
+        let mut first = Vec::new();
+        let mut last = Vec::new();
+        for (topic, (count, f, l)) in tally {
+            t.push(topic);
+            n.push(count);
+            first.push(f);
+            last.push(l);
+        }
+        tx.execute(
+            "INSERT INTO topics (topic, message_count, first_seen, last_seen)
+             SELECT * FROM unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::timestamptz[])
+             ON CONFLICT ((md5(topic))) DO UPDATE SET message_count = topics.message_count + excluded.message_count,
+                 first_seen = least(topics.first_seen, excluded.first_seen),
+                 last_seen = greatest(topics.last_seen, excluded.last_seen)",
+            &[&t, &n, &first, &last],
+        )
+        .await?;
+    }
+
+    let mut next_id = ids.into_iter();
+    Ok(verdicts
+        .into_iter()
+        .map(|v| match v {
+            Verdict::Duplicate => Outcome::Duplicate,
+            Verdict::Reject => Outcome::Rejected,
+            Verdict::Store => Outcome::Stored {
+                id: next_id.next().unwrap_or_default(),
+            },
+        })
+        .collect())
+}
+
+fn source_of(m: &Message) -> &'static str {
+    match m.origin {
+        Origin::Mqtt { .. } => "mqtt",
+        Origin::Http => "http",
+    }
+}
+
+#[derive(Default)]
+struct Columns {
+    id: Vec<i64>,
+    received_at: Vec<DateTime<Utc>>,
+    topic: Vec<String>,
+    payload: Vec<String>,
+    raw: Vec<Option<Vec<u8>>>,
+    size: Vec<i32>,
+    qos: Vec<i16>,
+    retain: Vec<bool>,
+    content_type: Vec<Option<String>>,
+    props: Vec<Option<Json<Vec<(String, String)>>>>,
+    source: Vec<&'static str>,
+}
+
+impl Columns {
+    fn push(&mut self, id: i64, m: &Message) {
+        let text = m.payload_lossy();
+        let exact = m.payload_text().is_some() && !text.contains('\0');
+        self.id.push(id);
+        self.received_at.push(m.received_at);
+        self.topic.push(pg_text(&m.topic).into_owned());
+        self.payload.push(pg_text(&text).into_owned());
+        self.raw.push((!exact).then(|| m.payload.to_vec()));
+        self.size.push(i32::try_from(m.size).unwrap_or(i32::MAX));
+        self.qos.push(i16::from(m.qos));
+        self.retain.push(m.retain);
+        self.content_type
+            .push(m.content_type.as_deref().map(|c| pg_text(c).into_owned()));
+        self.props.push((!m.user_properties.is_empty()).then(|| {
+            Json(
+                m.user_properties
+                    .iter()
+                    .map(|(k, v)| (pg_text(k).into_owned(), pg_text(v).into_owned()))
+                    .collect(),
+            )
+        }));
+        self.source.push(source_of(m));
+    }
+}

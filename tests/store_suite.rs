@@ -1,0 +1,282 @@
+//! One suite, every store: the same writes and queries against SQLite and PostgreSQL (a fresh
+//! database on the machine's server), through the `Store` trait the pipeline and API use.
+
+mod support;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tidegate::{
+    config::{DbUrl, SqliteSync, StoreSettings},
+    message::{Message, Origin},
+    store::{self, MessageQuery, Order, Outcome, Store},
+};
+
+fn rt() -> tokio::runtime::Runtime {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn stores() -> Vec<(String, StoreSettings, Option<tempfile::TempDir>)> {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = StoreSettings {
+        db: DbUrl::Sqlite(dir.path().join("suite.db")),
+        sqlite_sync: SqliteSync::Full,
+    };
+    let pg_url = support::pg::fresh_database(support::pg::SHARED);
+    let pg = StoreSettings {
+        db: DbUrl::parse(&pg_url).unwrap(),
+        sqlite_sync: SqliteSync::Full,
+    };
+    vec![
+        ("sqlite".into(), sqlite, Some(dir)),
+        ("postgres".into(), pg, None),
+    ]
+}
+
+fn msg(topic: &str, payload: &[u8]) -> Message {
+    Message::new(
+        topic.into(),
+        Bytes::copy_from_slice(payload),
+        1,
+        false,
+        Origin::Http,
+        1 << 20,
+    )
+}
+
+fn mqtt(topic: &str, payload: &[u8], pkid: u16, dup: bool) -> Message {
+    let origin = Origin::Mqtt {
+        session: "suite-session".into(),
+        pkid,
+        redelivery: dup,
+    };
+    Message::new(
+        topic.into(),
+        Bytes::copy_from_slice(payload),
+        1,
+        false,
+        origin,
+        1 << 20,
+    )
+}
+
+async fn write(s: &Arc<dyn Store>, batch: Vec<Message>) -> Vec<Outcome> {
+    s.write(Arc::new(batch)).await.unwrap().outcomes().to_vec()
+}
+
+fn all(topic: Option<&str>) -> MessageQuery {
+    MessageQuery {
+        topic: topic.map(String::from),
+        since: None,
+        until: None,
+        after_id: None,
+        limit: 1000,
+        order: Order::OldestFirst,
+    }
+}
+
+#[test]
+fn every_store_writes_dedups_and_answers_queries_the_same_way() {
+    for (name, settings, _dir) in stores() {
+        rt().block_on(async {
+            let s = store::open(&settings)
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            // Rows, ids in order, outcomes per message.
+            let out = write(&s, vec![msg("a/1", b"x"), msg("a/2", b"y"), msg("b", b"z")]).await;
+            let ids: Vec<i64> = out
+                .iter()
+                .map(|o| match o {
+                    Outcome::Stored { id } => *id,
+                    other => panic!("{name}: {other:?}"),
+                })
+                .collect();
+            assert!(ids.windows(2).all(|w| w[0] < w[1]), "{name}: {ids:?}");
+
+            // Redelivery of a committed message is a duplicate; identical new messages are not.
+            assert_eq!(
+                write(&s, vec![mqtt("r", b"1", 7, false)]).await[0],
+                Outcome::Stored { id: ids[2] + 1 },
+                "{name}"
+            );
+            assert_eq!(
+                write(&s, vec![mqtt("r", b"1", 7, true)]).await,
+                [Outcome::Duplicate],
+                "{name}"
+            );
+            let out = write(
+                &s,
+                vec![
+                    mqtt("r", b"1", 8, false),
+                    mqtt("r", b"1", 9, false),
+                    mqtt("r", b"1", 8, true),
+                ],
+            )
+            .await;
+            assert!(
+                matches!(
+                    out[..],
+                    [Outcome::Stored { .. }, Outcome::Stored { .. }, Outcome::Duplicate]
+                ),
+                "{name}: {out:?}"
+            );
+
+            // Retained replays once; rejections recorded, not stored.
+            let mut ret = mqtt("status", b"on", 20, false);
+            ret.retain = true;
+            let mut ret2 = ret.clone();
+            ret2.origin = Origin::Mqtt {
+                session: "other".into(),
+                pkid: 1,
+                redelivery: false,
+            };
+            assert!(matches!(write(&s, vec![ret]).await[..], [Outcome::Stored { .. }]));
+            assert_eq!(write(&s, vec![ret2]).await, [Outcome::Duplicate], "{name}");
+            let big = Message::new(
+                "big".into(),
+                Bytes::from(vec![0u8; 100]),
+                1,
+                false,
+                Origin::Http,
+                10,
+            );
+            assert_eq!(write(&s, vec![big]).await, [Outcome::Rejected], "{name}");
+
+            // Hostile content is stored exactly (bytes kept where text cannot hold them).
+            let long = format!("t/{}", "ü".repeat(3000));
+            let odd = "t/it's \"quoted\"/100%/'; DROP TABLE messages; --/🚀";
+            let out = write(
+                &s,
+                vec![
+                    msg("t/nul", b"a\0b"),
+                    msg("t/bin", b"\xff\xfe\x00"),
+                    msg(&long, b"long"),
+                    msg(odd, b"odd"),
+                    msg("t/empty", b""),
+                ],
+            )
+            .await;
+            assert!(
+                out.iter().all(|o| matches!(o, Outcome::Stored { .. })),
+                "{name}: {out:?}"
+            );
+            let nul = &s.messages(all(Some("t/nul"))).await.unwrap()[0];
+            assert_eq!(
+                nul.payload.replace('\u{FFFD}', "\0").as_bytes(),
+                b"a\0b",
+                "{name}"
+            );
+            let bin = &s.messages(all(Some("t/bin"))).await.unwrap()[0];
+            assert_eq!(bin.payload_base64.as_deref(), Some("//4A"), "{name}");
+            assert_eq!(
+                s.messages(all(Some(&long))).await.unwrap()[0].payload,
+                "long",
+                "{name}"
+            );
+            assert_eq!(
+                s.messages(all(Some(odd))).await.unwrap()[0].payload,
+                "odd",
+                "{name}"
+            );
+            assert_eq!(
+                s.messages(all(Some("t/empty"))).await.unwrap()[0].payload,
+                "",
+                "{name}"
+            );
+
+            // Filters, order, cursor, time range.
+            let a: Vec<String> = s
+                .messages(all(Some("a/+")))
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|m| m.topic)
+                .collect();
+            assert_eq!(a, ["a/1", "a/2"], "{name}");
+            let t = s.messages(all(Some("t/#"))).await.unwrap();
+            assert_eq!(t.len(), 5, "{name}");
+            let newest = s
+                .messages(MessageQuery {
+                    order: Order::NewestFirst,
+                    limit: 2,
+                    ..all(None)
+                })
+                .await
+                .unwrap();
+            let next = s
+                .messages(MessageQuery {
+                    order: Order::NewestFirst,
+                    limit: 2,
+                    after_id: Some(newest[1].id),
+                    ..all(None)
+                })
+                .await
+                .unwrap();
+            assert!(newest[0].id > newest[1].id && newest[1].id > next[0].id, "{name}");
+            let future = chrono::Utc::now() + chrono::Duration::hours(1);
+            assert!(s
+                .messages(MessageQuery {
+                    since: Some(future),
+                    ..all(None)
+                })
+                .await
+                .unwrap()
+                .is_empty());
+            assert_eq!(
+                s.messages(MessageQuery {
+                    until: Some(future),
+                    ..all(Some("b"))
+                })
+                .await
+                .unwrap()
+                .len(),
+                1
+            );
+
+            let topics = s.topics().await.unwrap();
+            let r = topics.iter().find(|t| t.topic == "r").unwrap();
+            assert_eq!((r.message_count, r.last_minute), (3, 3), "{name}");
+            assert!(
+                topics.iter().all(|t| t.topic != "big"),
+                "{name}: rejected messages are not topics"
+            );
+        });
+    }
+}
+
+#[test]
+fn every_store_migrates_once_and_keeps_the_seed_contract() {
+    for (name, settings, _dir) in stores() {
+        rt().block_on(async {
+            let a = store::open(&settings).await.unwrap();
+            write(&a, vec![msg("x", b"1")]).await;
+            drop(a);
+            // Opening again is a no-op migration; the row is still there, through `dados` too.
+            let b = store::open(&settings).await.unwrap();
+            assert_eq!(b.messages(all(None)).await.unwrap().len(), 1, "{name}");
+        });
+        match &settings.db {
+            DbUrl::Sqlite(p) => {
+                let c = rusqlite::Connection::open(p).unwrap();
+                let v: String = c.query_row("SELECT valor FROM dados", [], |r| r.get(0)).unwrap();
+                assert_eq!(v, "1");
+                c.pragma_update(None, "user_version", 99).unwrap();
+            }
+            DbUrl::Postgres(t) => {
+                let db = t.config.get_dbname().unwrap();
+                assert_eq!(
+                    support::pg::psql(support::pg::SHARED, db, "SELECT valor FROM dados"),
+                    "1"
+                );
+                support::pg::psql(support::pg::SHARED, db, "INSERT INTO tidegate_schema VALUES (99)");
+            }
+        }
+        // A database from a newer tidegate is refused, not touched.
+        let err = rt().block_on(store::open(&settings)).err().unwrap().to_string();
+        assert!(err.contains("newer tidegate"), "{name}: {err}");
+    }
+}

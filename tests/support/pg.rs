@@ -1,0 +1,175 @@
+//! PostgreSQL for tests: a fresh database on the machine's server (for plain tests), or a whole
+//! server of our own started from the system binaries (for tests that stop and start it).
+
+use std::{
+    os::unix::process::CommandExt,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+/// The machine's PostgreSQL (trust auth on loopback), as set up by the test command.
+pub const SHARED: &str = "postgres://postgres@127.0.0.1:5432";
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Creates a fresh database on the shared server and returns its URL.
+pub fn fresh_database(server: &str) -> String {
+    let name = format!(
+        "tidegate_t_{}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+            % 100_000
+    );
+    psql(server, "postgres", &format!("CREATE DATABASE {name}"));
+    format!("{server}/{name}?sslmode=disable")
+}
+
+/// Runs SQL with psql and returns its unaligned output.
+pub fn psql(server: &str, db: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args([&format!("{server}/{db}"), "-v", "ON_ERROR_STOP=1", "-tAc", sql])
+        .output()
+        .expect("psql not installed");
+    assert!(
+        out.status.success(),
+        "psql failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn bin_dir() -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL server binaries missing (the test command installs them)")
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|p| p.join("postgres").exists())
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .expect("no PostgreSQL version under /usr/lib/postgresql")
+}
+
+fn user_ids() -> Option<(u32, u32)> {
+    let id = |flag: &str| -> Option<u32> {
+        let o = Command::new("id").args([flag, "postgres"]).output().ok()?;
+        String::from_utf8_lossy(&o.stdout).trim().parse().ok()
+    };
+    Some((id("-u")?, id("-g")?))
+}
+
+/// A PostgreSQL server of our own on a free port; it refuses to run as root, so it runs as the
+/// `postgres` user when we are root.
+pub struct PgServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl PgServer {
+    pub fn start() -> PgServer {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let ids = user_ids();
+        if let Some((uid, gid)) = ids {
+            Command::new("chown")
+                .args(["-R", &format!("{uid}:{gid}"), dir.path().to_str().unwrap()])
+                .status()
+                .unwrap();
+        }
+        let mut initdb = Command::new(bin_dir().join("initdb"));
+        initdb
+            .args([
+                "-D",
+                data.to_str().unwrap(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let (Some((uid, gid)), true) = (ids, is_root()) {
+            initdb.uid(uid).gid(gid);
+        }
+        assert!(initdb.status().unwrap().success(), "initdb failed");
+        let mut s = PgServer {
+            port: super::free_port(),
+            dir,
+            child: None,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let data = self.dir.path().join("data");
+        let mut cmd = Command::new(bin_dir().join("postgres"));
+        cmd.args([
+            "-D",
+            data.to_str().unwrap(),
+            "-p",
+            &self.port.to_string(),
+            "-k",
+            self.dir.path().to_str().unwrap(),
+        ])
+        .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        if let (Some((uid, gid)), true) = (user_ids(), is_root()) {
+            cmd.uid(uid).gid(gid);
+        }
+        self.child = Some(cmd.spawn().unwrap());
+        let port = self.port;
+        let up = super::wait_for(Duration::from_secs(30), || {
+            Command::new("pg_isready")
+                .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .status()
+                .ok()
+                .filter(|s| s.success())
+        });
+        assert!(up.is_some(), "postgres did not start on {port}");
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}", self.port)
+    }
+
+    /// Fast shutdown (SIGINT), as an operator's restart would do.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").args(["-INT", &c.id().to_string()]).status();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none());
+        self.spawn();
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").args(["-QUIT", &c.id().to_string()]).status();
+            let _ = c.wait();
+        }
+    }
+}
