@@ -275,6 +275,9 @@ fn source_of(m: &Message) -> &'static str {
     }
 }
 
+/// MQTT 5 user properties as stored in `jsonb`: `[[name, value], ...]`.
+type UserProperties = Json<Vec<(String, String)>>;
+
 #[derive(Default)]
 struct Columns {
     id: Vec<i64>,
@@ -286,7 +289,7 @@ struct Columns {
     qos: Vec<i16>,
     retain: Vec<bool>,
     content_type: Vec<Option<String>>,
-    props: Vec<Option<Json<Vec<(String, String)>>>>,
+    props: Vec<Option<UserProperties>>,
     source: Vec<&'static str>,
 }
 
