@@ -25,6 +25,11 @@ pub struct RunArgs {
     #[arg(long = "topic", env = "TIDEGATE_TOPICS", value_delimiter = ',')]
     pub topics: Option<Vec<String>>,
 
+    /// Share the stream with other instances: subscribes to `$share/NAME/<filter>` for every
+    /// topic, so each message goes to one member of the group.
+    #[arg(long, env = "TIDEGATE_SHARE_GROUP")]
+    pub share_group: Option<String>,
+
     /// Subscription QoS: 1 (at least once, the default) or 0 (at most once).
     #[arg(long, env = "TIDEGATE_QOS")]
     pub qos: Option<u8>,
@@ -125,6 +130,7 @@ impl RunArgs {
             broker: self.broker.or(other.broker),
             topics: self.topics.or(other.topics),
             qos: self.qos.or(other.qos),
+            share_group: self.share_group.or(other.share_group),
             db: self.db.or(other.db),
             db_password_file: self.db_password_file.or(other.db_password_file),
             client_id: self.client_id.or(other.client_id),

@@ -307,6 +307,19 @@ fn resolve_mqtt(a: &RunArgs, target: &str, max_payload: usize) -> Result<MqttSet
         validate_filter(t).map_err(|e| ConfigError::new("topic", e))?;
     }
 
+    let topics = match &a.share_group {
+        None => topics,
+        Some(g) => {
+            if g.is_empty() || g.contains(['/', '+', '#']) || g.chars().any(char::is_control) {
+                return Err(ConfigError::new("share-group", format!("`{g}` must be a name without /, + or #")));
+            }
+            if let Some(t) = topics.iter().find(|t| t.starts_with("$share/")) {
+                return Err(ConfigError::new("share-group", format!("topic `{t}` is already a shared subscription")));
+            }
+            topics.into_iter().map(|t| format!("$share/{g}/{t}")).collect()
+        }
+    };
+
     let qos = a.qos.unwrap_or(1);
     if qos > 1 {
         return Err(ConfigError::new(
@@ -643,6 +656,18 @@ mod tests {
             ..args("mqtt://h")
         };
         assert!(Settings::resolve(Mode::Run, open).is_ok());
+    }
+
+    #[test]
+    fn share_group_prefixes_every_topic() {
+        let s = Settings::resolve(
+            Mode::Run,
+            RunArgs { share_group: Some("ingest".into()), topics: Some(vec!["a/#".into(), "b".into()]), ..args("mqtt://h") },
+        )
+        .unwrap();
+        assert_eq!(s.mqtt.unwrap().topics, ["$share/ingest/a/#", "$share/ingest/b"]);
+        let bad = RunArgs { share_group: Some("a/b".into()), ..args("mqtt://h") };
+        assert_eq!(Settings::resolve(Mode::Run, bad).unwrap_err().setting, "share-group");
     }
 
     #[test]

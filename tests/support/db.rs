@@ -68,3 +68,34 @@ pub fn exactly_once(path: &Path, topic: &str, total: usize) -> (Vec<usize>, Vec<
 pub fn seq_lines(from: usize, to: usize) -> Vec<String> {
     (from..to).map(|i| format!("seq-{i}")).collect()
 }
+
+/// `exactly_once` for a PostgreSQL database (by URL, via psql).
+pub fn pg_exactly_once(url: &str, topic: &str, total: usize) -> (Vec<usize>, Vec<usize>) {
+    let out = std::process::Command::new("psql")
+        .args([url, "-tAc", &format!("SELECT payload FROM messages WHERE topic = '{topic}'")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut seen = vec![0u32; total];
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Some(n) = line.strip_prefix("seq-").and_then(|s| s.parse::<usize>().ok()) {
+            if n < total {
+                seen[n] += 1;
+            }
+        }
+    }
+    let missing = seen.iter().enumerate().filter(|(_, c)| **c == 0).map(|(i, _)| i).collect();
+    let dup = seen.iter().enumerate().filter(|(_, c)| **c > 1).map(|(i, _)| i).collect();
+    (missing, dup)
+}
+
+/// Waits until `sql` (a count) on a PostgreSQL database reaches `n`.
+pub fn pg_wait_count(url: &str, sql: &str, n: i64, timeout: std::time::Duration) -> i64 {
+    let mut last = 0;
+    super::wait_for(timeout, || {
+        let out = std::process::Command::new("psql").args([url, "-tAc", sql]).output().ok()?;
+        last = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+        (last >= n).then_some(())
+    });
+    last
+}
