@@ -12,7 +12,7 @@ use crate::{
     config::Settings,
     pipeline::{self, writer::Writer},
     source::MqttSource,
-    store::{self, remote::RemoteStore, Store},
+    store::{self, remote::RemoteStore, spool::SpoolStore, Store},
 };
 
 /// Runs `run`, `serve` or `subscribe` (whichever parts `settings` has) until SIGINT/SIGTERM.
@@ -31,13 +31,27 @@ pub async fn run_until(
         (None, Some(r)) => Arc::new(RemoteStore::new(r)?),
         (None, None) => anyhow::bail!("nothing to store into"),
     };
-    tracing::info!(store = %store.describe(), "store ready");
     let metrics = crate::telemetry::install();
-
     let (tx, rx) = pipeline::channel();
     let (fault_tx, fault_rx) = watch::channel(None);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (live, _) = broadcast::channel(4096);
+
+    let mut forwarder = None;
+    let store: Arc<dyn Store> = match &settings.spool {
+        None => store,
+        Some(sp) => {
+            let spool = SpoolStore::open(&sp.dir, sp.max_bytes, store).context("opening the spool")?;
+            let name = settings
+                .mqtt
+                .as_ref()
+                .map(|m| m.client_id.clone())
+                .unwrap_or_else(|| "tidegate".into());
+            forwarder = Some(spool.start_forwarder(name, live.clone(), stop_rx.clone()));
+            Arc::new(spool)
+        }
+    };
+    tracing::info!(store = %store.describe(), "store ready");
     let writer = tokio::spawn(
         Writer {
             store: store.clone(),
@@ -101,6 +115,9 @@ pub async fn run_until(
         let _ = task.await;
     }
     writer.await.context("writer task")?;
+    if let Some(f) = forwarder {
+        let _ = f.await;
+    }
     if let Some(s) = source {
         s.disconnect().await;
     }

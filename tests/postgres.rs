@@ -26,7 +26,9 @@ fn metric(base: &str, name: &str) -> f64 {
 
 fn reqwest_get(url: &str) -> String {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::blocking::get(url).and_then(|r| r.text()).unwrap_or_default()
+    reqwest::blocking::get(url)
+        .and_then(|r| r.text())
+        .unwrap_or_default()
 }
 
 #[test]
@@ -34,26 +36,48 @@ fn three_instances_share_one_stream_exactly_once_even_when_one_crashes() {
     const TOTAL: usize = 50_000;
     let broker = Mosquitto::start(BrokerOptions::default());
     let dir = tempfile::tempdir().unwrap();
-    let url = pg::fresh_database(pg::SHARED);
+    let url = pg::fresh_database(&pg::shared());
     let broker_url = broker.url();
     let mut instances: Vec<Tidegate> = (0..3)
         .map(|i| {
             let id = format!("scale-{i}");
             let t = Tidegate::start(
-                &["run", "--broker", &broker_url, "--db", &url, "--topic", "seq/#", "--share-group", "g", "--client-id", &id],
+                &[
+                    "run",
+                    "--broker",
+                    &broker_url,
+                    "--db",
+                    &url,
+                    "--topic",
+                    "seq/#",
+                    "--share-group",
+                    "g",
+                    "--client-id",
+                    &id,
+                ],
                 dir.path(),
             );
-            assert!(t.wait_log("subscribed", Duration::from_secs(20)), "{}", t.log_text());
+            assert!(
+                t.wait_log("subscribed", Duration::from_secs(20)),
+                "{}",
+                t.log_text()
+            );
             t
         })
         .collect();
     let port = broker.port;
-    let publisher = std::thread::spawn(move || Mosquitto::publish_lines_on(port, "seq/x", &db::seq_lines(0, TOTAL)));
+    let publisher =
+        std::thread::spawn(move || Mosquitto::publish_lines_on(port, "seq/x", &db::seq_lines(0, TOTAL)));
     std::thread::sleep(Duration::from_millis(800));
     instances[1].restart();
     publisher.join().unwrap();
     let plain = pg_url_without_params(&url);
-    let n = db::pg_wait_count(&plain, "SELECT count(*) FROM messages", TOTAL as i64, Duration::from_secs(120));
+    let n = db::pg_wait_count(
+        &plain,
+        "SELECT count(*) FROM messages",
+        TOTAL as i64,
+        Duration::from_secs(120),
+    );
     std::thread::sleep(Duration::from_millis(500));
     let (missing, dup) = db::pg_exactly_once(&plain, "seq/x", TOTAL);
     assert!(missing.is_empty(), "{} missing (rows {n})", missing.len());
@@ -74,28 +98,272 @@ fn postgres_down_for_20s_loses_nothing_and_acks_nothing_meanwhile() {
     let dir = tempfile::tempdir().unwrap();
     let broker_url = broker.url();
     let t = Tidegate::start(
-        &["run", "--broker", &broker_url, "--db", &url, "--topic", "pgd/#", "--client-id", "pg-down"],
+        &[
+            "run",
+            "--broker",
+            &broker_url,
+            "--db",
+            &url,
+            "--topic",
+            "pgd/#",
+            "--client-id",
+            "pg-down",
+        ],
         dir.path(),
     );
-    assert!(t.wait_log("subscribed", Duration::from_secs(20)), "{}", t.log_text());
+    assert!(
+        t.wait_log("subscribed", Duration::from_secs(20)),
+        "{}",
+        t.log_text()
+    );
     let api = t.api();
     broker.publish_lines("pgd/x", 1, &db::seq_lines(0, 2000));
     let plain = pg_url_without_params(&url);
-    assert_eq!(db::pg_wait_count(&plain, "SELECT count(*) FROM messages", 2000, Duration::from_secs(30)), 2000);
+    assert_eq!(
+        db::pg_wait_count(
+            &plain,
+            "SELECT count(*) FROM messages",
+            2000,
+            Duration::from_secs(30)
+        ),
+        2000
+    );
 
     server.stop();
     broker.publish_lines("pgd/x", 1, &db::seq_lines(2000, TOTAL));
-    assert!(t.wait_log("cannot write to the store", Duration::from_secs(20)), "{}", t.log_text());
+    assert!(
+        t.wait_log("cannot write to the store", Duration::from_secs(20)),
+        "{}",
+        t.log_text()
+    );
     let ready = reqwest_get(&format!("{api}/readyz"));
     assert!(ready.contains("store not writable"), "{ready}");
     let acked_at_stop = metric(&api, "tidegate_messages_acked_total");
     std::thread::sleep(Duration::from_secs(20));
-    assert_eq!(metric(&api, "tidegate_messages_acked_total"), acked_at_stop, "acked while PostgreSQL was down");
+    assert_eq!(
+        metric(&api, "tidegate_messages_acked_total"),
+        acked_at_stop,
+        "acked while PostgreSQL was down"
+    );
     server.start_again();
 
-    assert!(t.wait_log("store writable again", Duration::from_secs(60)), "{}", t.log_text());
-    db::pg_wait_count(&plain, "SELECT count(*) FROM messages", TOTAL as i64, Duration::from_secs(60));
+    assert!(
+        t.wait_log("store writable again", Duration::from_secs(60)),
+        "{}",
+        t.log_text()
+    );
+    db::pg_wait_count(
+        &plain,
+        "SELECT count(*) FROM messages",
+        TOTAL as i64,
+        Duration::from_secs(60),
+    );
     std::thread::sleep(Duration::from_millis(500));
     let (missing, dup) = db::pg_exactly_once(&plain, "pgd/x", TOTAL);
-    assert!(missing.is_empty() && dup.is_empty(), "missing {} dup {}", missing.len(), dup.len());
+    assert!(
+        missing.is_empty() && dup.is_empty(),
+        "missing {} dup {}",
+        missing.len(),
+        dup.len()
+    );
+}
+
+/// Publishes `seq-<from..to>` at about `rate` messages a second.
+fn publish_paced(port: u16, topic: &str, from: usize, to: usize, rate: usize) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            topic,
+            "-q",
+            "1",
+            "-l",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let tick = Duration::from_millis(100);
+    let per_tick = (rate / 10).max(1);
+    let start = std::time::Instant::now();
+    let mut i = from;
+    let mut ticks = 0u32;
+    while i < to {
+        let end = (i + per_tick).min(to);
+        let lines: String = (i..end).map(|n| format!("seq-{n}\n")).collect();
+        stdin.write_all(lines.as_bytes()).unwrap();
+        i = end;
+        ticks += 1;
+        let due = start + tick * ticks;
+        if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn a_60s_postgres_outage_at_500_msgs_loses_nothing_with_the_spool_and_the_broker_drops_without() {
+    const RATE: usize = 500;
+    const TOTAL: usize = RATE * 70;
+    let mut server = PgServer::start();
+    let with_spool = pg::fresh_database(&server.url());
+    let without = pg::fresh_database(&server.url());
+    // Mosquitto's default queue for an offline or slow persistent session: 1000 messages.
+    let broker = Mosquitto::start(BrokerOptions {
+        max_queued: Some(1000),
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().join("spool");
+    let b = broker.url();
+    let spooled = Tidegate::start(
+        &[
+            "run",
+            "--broker",
+            &b,
+            "--db",
+            &with_spool,
+            "--topic",
+            "out/#",
+            "--client-id",
+            "spooled",
+            "--spool",
+            spool_dir.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    let plain = Tidegate::start(
+        &[
+            "run",
+            "--broker",
+            &b,
+            "--db",
+            &without,
+            "--topic",
+            "out/#",
+            "--client-id",
+            "unspooled",
+        ],
+        dir.path(),
+    );
+    for t in [&spooled, &plain] {
+        assert!(
+            t.wait_log("subscribed", Duration::from_secs(20)),
+            "{}",
+            t.log_text()
+        );
+    }
+    let port = broker.port;
+    let publisher = std::thread::spawn(move || publish_paced(port, "out/x", 0, TOTAL, RATE));
+    std::thread::sleep(Duration::from_secs(5));
+    server.stop();
+    std::thread::sleep(Duration::from_secs(60));
+    server.start_again();
+    publisher.join().unwrap();
+
+    let with_plain = pg_url_without_params(&with_spool);
+    let n = db::pg_wait_count(
+        &with_plain,
+        "SELECT count(*) FROM messages",
+        TOTAL as i64,
+        Duration::from_secs(90),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let (missing, dup) = db::pg_exactly_once(&with_plain, "out/x", TOTAL);
+    assert!(
+        missing.is_empty() && dup.is_empty(),
+        "with spool: {} missing, {} duplicated (rows {n})",
+        missing.len(),
+        dup.len()
+    );
+    assert!(
+        spooled.log_text().contains("cannot forward the spool yet"),
+        "{}",
+        spooled.log_text()
+    );
+
+    let without_plain = pg_url_without_params(&without);
+    std::thread::sleep(Duration::from_secs(5));
+    let (lost, dup) = db::pg_exactly_once(&without_plain, "out/x", TOTAL);
+    println!(
+        "BROKER-LOSS without spool: {} of {TOTAL} messages lost at the broker (queue limit 1000, 60 s outage at {RATE} msg/s); with spool: 0",
+        lost.len()
+    );
+    assert!(dup.is_empty());
+    assert!(
+        lost.len() > 10_000,
+        "expected the broker to drop most of the outage's messages, lost {}",
+        lost.len()
+    );
+}
+
+#[test]
+fn a_full_spool_stops_acknowledging_and_says_so_then_drains() {
+    const TOTAL: usize = 3000;
+    let mut server = PgServer::start();
+    let url = pg::fresh_database(&server.url());
+    let broker = Mosquitto::start(BrokerOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().join("spool");
+    let b = broker.url();
+    let t = Tidegate::start(
+        &[
+            "run",
+            "--broker",
+            &b,
+            "--db",
+            &url,
+            "--topic",
+            "full/#",
+            "--client-id",
+            "full",
+            "--spool",
+            spool_dir.to_str().unwrap(),
+            "--spool-max",
+            "1MiB",
+        ],
+        dir.path(),
+    );
+    assert!(
+        t.wait_log("subscribed", Duration::from_secs(20)),
+        "{}",
+        t.log_text()
+    );
+    let api = t.api();
+    server.stop();
+    // About 3 MB of payload: three times what the spool may hold.
+    let pad = "x".repeat(1000);
+    let lines: Vec<String> = (0..TOTAL).map(|i| format!("seq-{i} {pad}")).collect();
+    broker.publish_lines("full/x", 1, &lines);
+    assert!(
+        t.wait_log("the spool is full", Duration::from_secs(30)),
+        "{}",
+        t.log_text()
+    );
+    let ready = reqwest_get(&format!("{api}/readyz"));
+    assert!(ready.contains("spool is full"), "{ready}");
+    server.start_again();
+    let plain = pg_url_without_params(&url);
+    let n = db::pg_wait_count(
+        &plain,
+        "SELECT count(*) FROM messages",
+        TOTAL as i64,
+        Duration::from_secs(90),
+    );
+    assert_eq!(n, TOTAL as i64);
+    let out = std::process::Command::new("psql")
+        .args([
+            &plain,
+            "-tAc",
+            "SELECT count(DISTINCT split_part(payload, ' ', 1)) FROM messages",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), TOTAL.to_string());
 }

@@ -26,7 +26,7 @@ fn stores() -> Vec<(String, StoreSettings, Option<tempfile::TempDir>)> {
         db: DbUrl::Sqlite(dir.path().join("suite.db")),
         sqlite_sync: SqliteSync::Full,
     };
-    let pg_url = support::pg::fresh_database(support::pg::SHARED);
+    let pg_url = support::pg::fresh_database(&support::pg::shared());
     let pg = StoreSettings {
         db: DbUrl::parse(&pg_url).unwrap(),
         sqlite_sync: SqliteSync::Full,
@@ -269,10 +269,14 @@ fn every_store_migrates_once_and_keeps_the_seed_contract() {
             DbUrl::Postgres(t) => {
                 let db = t.config.get_dbname().unwrap();
                 assert_eq!(
-                    support::pg::psql(support::pg::SHARED, db, "SELECT valor FROM dados"),
+                    support::pg::psql(&support::pg::shared(), db, "SELECT valor FROM dados"),
                     "1"
                 );
-                support::pg::psql(support::pg::SHARED, db, "INSERT INTO tidegate_schema VALUES (99)");
+                support::pg::psql(
+                    &support::pg::shared(),
+                    db,
+                    "INSERT INTO tidegate_schema VALUES (99)",
+                );
             }
         }
         // A database from a newer tidegate is refused, not touched.

@@ -89,7 +89,7 @@ pub async fn post_messages(
     };
     for o in &outcomes {
         match o {
-            Outcome::Stored { .. } => r.stored += 1,
+            Outcome::Stored { .. } | Outcome::Spooled => r.stored += 1,
             Outcome::Duplicate => r.duplicates += 1,
             Outcome::Rejected => r.rejected += 1,
         }

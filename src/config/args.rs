@@ -116,6 +116,16 @@ pub struct RunArgs {
     #[arg(long, env = "TIDEGATE_API")]
     pub api: Option<String>,
 
+    /// Directory of a durable local spool: acknowledge after an fsync'd local append and forward
+    /// to PostgreSQL (or the `subscribe` API) in order, so an outage longer than the broker's
+    /// queue loses nothing.
+    #[arg(long, env = "TIDEGATE_SPOOL")]
+    pub spool: Option<PathBuf>,
+
+    /// Largest spool before tidegate stops acknowledging (default 1GiB).
+    #[arg(long, env = "TIDEGATE_SPOOL_MAX")]
+    pub spool_max: Option<Size>,
+
     /// How long a batch may wait for more messages before it is committed (default 0ms: commit
     /// as soon as the writer is free; batches grow by themselves under load).
     #[arg(long, env = "TIDEGATE_BATCH_DELAY")]
@@ -152,6 +162,8 @@ impl RunArgs {
             api_token_file: self.api_token_file.or(other.api_token_file),
             max_body: self.max_body.or(other.max_body),
             api: self.api.or(other.api),
+            spool: self.spool.or(other.spool),
+            spool_max: self.spool_max.or(other.spool_max),
         }
     }
 }

@@ -145,6 +145,13 @@ pub struct RemoteSettings {
     pub token: Option<Secret>,
 }
 
+/// The local spool in front of PostgreSQL or the remote API.
+#[derive(Debug, Clone)]
+pub struct SpoolSettings {
+    pub dir: PathBuf,
+    pub max_bytes: u64,
+}
+
 /// Which command the settings are for; each needs a different part.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -164,6 +171,7 @@ pub struct Settings {
     pub store: Option<StoreSettings>,
     pub api: Option<ApiSettings>,
     pub remote: Option<RemoteSettings>,
+    pub spool: Option<SpoolSettings>,
     pub max_payload: usize,
 }
 
@@ -270,12 +278,35 @@ impl Settings {
             }
             Mode::Serve => None,
         };
+        let spool = match &a.spool {
+            None => None,
+            Some(dir) => {
+                if let Some(StoreSettings {
+                    db: DbUrl::Sqlite(_), ..
+                }) = &store
+                {
+                    return Err(ConfigError::new(
+                        "spool",
+                        "a SQLite file is already local and durable; --spool is for PostgreSQL or `subscribe`",
+                    ));
+                }
+                let max_bytes = a.spool_max.map(|s| s.0 as u64).unwrap_or(1 << 30);
+                if max_bytes < 1 << 20 {
+                    return Err(ConfigError::new("spool-max", "must be at least 1MiB"));
+                }
+                Some(SpoolSettings {
+                    dir: dir.clone(),
+                    max_bytes,
+                })
+            }
+        };
         Ok(Settings {
             mqtt,
             pipeline,
             store,
             api,
             remote,
+            spool,
             max_payload,
         })
     }
@@ -311,10 +342,16 @@ fn resolve_mqtt(a: &RunArgs, target: &str, max_payload: usize) -> Result<MqttSet
         None => topics,
         Some(g) => {
             if g.is_empty() || g.contains(['/', '+', '#']) || g.chars().any(char::is_control) {
-                return Err(ConfigError::new("share-group", format!("`{g}` must be a name without /, + or #")));
+                return Err(ConfigError::new(
+                    "share-group",
+                    format!("`{g}` must be a name without /, + or #"),
+                ));
             }
             if let Some(t) = topics.iter().find(|t| t.starts_with("$share/")) {
-                return Err(ConfigError::new("share-group", format!("topic `{t}` is already a shared subscription")));
+                return Err(ConfigError::new(
+                    "share-group",
+                    format!("topic `{t}` is already a shared subscription"),
+                ));
             }
             topics.into_iter().map(|t| format!("$share/{g}/{t}")).collect()
         }
@@ -662,12 +699,22 @@ mod tests {
     fn share_group_prefixes_every_topic() {
         let s = Settings::resolve(
             Mode::Run,
-            RunArgs { share_group: Some("ingest".into()), topics: Some(vec!["a/#".into(), "b".into()]), ..args("mqtt://h") },
+            RunArgs {
+                share_group: Some("ingest".into()),
+                topics: Some(vec!["a/#".into(), "b".into()]),
+                ..args("mqtt://h")
+            },
         )
         .unwrap();
         assert_eq!(s.mqtt.unwrap().topics, ["$share/ingest/a/#", "$share/ingest/b"]);
-        let bad = RunArgs { share_group: Some("a/b".into()), ..args("mqtt://h") };
-        assert_eq!(Settings::resolve(Mode::Run, bad).unwrap_err().setting, "share-group");
+        let bad = RunArgs {
+            share_group: Some("a/b".into()),
+            ..args("mqtt://h")
+        };
+        assert_eq!(
+            Settings::resolve(Mode::Run, bad).unwrap_err().setting,
+            "share-group"
+        );
     }
 
     #[test]

@@ -102,7 +102,7 @@ fn record_outcomes(committed: &Committed) {
     let (mut stored, mut dup, mut rejected) = (0u64, 0u64, 0u64);
     for o in committed.outcomes() {
         match o {
-            Outcome::Stored { .. } => stored += 1,
+            Outcome::Stored { .. } | Outcome::Spooled => stored += 1,
             Outcome::Duplicate => dup += 1,
             Outcome::Rejected => rejected += 1,
         }

@@ -6,6 +6,7 @@ pub mod dedup;
 pub mod postgres;
 pub mod query;
 pub mod remote;
+pub mod spool;
 pub mod sqlite;
 
 pub use query::{MessageQuery, Order, StoredMessage, TopicStats};
@@ -25,6 +26,8 @@ pub enum Outcome {
     Duplicate,
     /// Recorded in `rejected` with the message's rejection reason.
     Rejected,
+    /// Appended to the local spool (fsync'd); forwarded to the database later.
+    Spooled,
 }
 
 /// Proof that a batch is committed. Only a store can make one (the field is private to this
@@ -70,8 +73,31 @@ pub trait Store: Send + Sync + 'static {
     /// Every topic with its counts.
     async fn topics(&self) -> Result<Vec<TopicStats>, StoreError>;
 
+    /// Writes `batch` and records `position` as the last spool row it covers, in the same
+    /// transaction, so a spool forwarder that crashed after the commit knows where to resume.
+    /// Stores that cannot (the remote API) answer `None`.
+    async fn write_from_spool(
+        &self,
+        _batch: Arc<Vec<Message>>,
+        _position: SpoolPosition,
+    ) -> Option<Result<Committed, StoreError>> {
+        None
+    }
+
+    /// The last spool row committed for spool `name`, for stores that record it.
+    async fn spool_position(&self, _name: &str) -> Result<Option<i64>, StoreError> {
+        Ok(None)
+    }
+
     /// A short description for logs, without secrets.
     fn describe(&self) -> String;
+}
+
+/// A spool's name and the id of the last spool row a batch covers.
+#[derive(Debug, Clone)]
+pub struct SpoolPosition {
+    pub name: String,
+    pub last_id: i64,
 }
 
 /// Opens the store the settings name, running migrations first.

@@ -72,7 +72,11 @@ pub fn seq_lines(from: usize, to: usize) -> Vec<String> {
 /// `exactly_once` for a PostgreSQL database (by URL, via psql).
 pub fn pg_exactly_once(url: &str, topic: &str, total: usize) -> (Vec<usize>, Vec<usize>) {
     let out = std::process::Command::new("psql")
-        .args([url, "-tAc", &format!("SELECT payload FROM messages WHERE topic = '{topic}'")])
+        .args([
+            url,
+            "-tAc",
+            &format!("SELECT payload FROM messages WHERE topic = '{topic}'"),
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -84,8 +88,18 @@ pub fn pg_exactly_once(url: &str, topic: &str, total: usize) -> (Vec<usize>, Vec
             }
         }
     }
-    let missing = seen.iter().enumerate().filter(|(_, c)| **c == 0).map(|(i, _)| i).collect();
-    let dup = seen.iter().enumerate().filter(|(_, c)| **c > 1).map(|(i, _)| i).collect();
+    let missing = seen
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| **c == 0)
+        .map(|(i, _)| i)
+        .collect();
+    let dup = seen
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| **c > 1)
+        .map(|(i, _)| i)
+        .collect();
     (missing, dup)
 }
 
@@ -93,7 +107,10 @@ pub fn pg_exactly_once(url: &str, topic: &str, total: usize) -> (Vec<usize>, Vec
 pub fn pg_wait_count(url: &str, sql: &str, n: i64, timeout: std::time::Duration) -> i64 {
     let mut last = 0;
     super::wait_for(timeout, || {
-        let out = std::process::Command::new("psql").args([url, "-tAc", sql]).output().ok()?;
+        let out = std::process::Command::new("psql")
+            .args([url, "-tAc", sql])
+            .output()
+            .ok()?;
         last = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
         (last >= n).then_some(())
     });

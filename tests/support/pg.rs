@@ -9,8 +9,11 @@ use std::{
     time::Duration,
 };
 
-/// The machine's PostgreSQL (trust auth on loopback), as set up by the test command.
-pub const SHARED: &str = "postgres://postgres@127.0.0.1:5432";
+/// The shared PostgreSQL server (trust auth on loopback) the test command provides:
+/// `TIDEGATE_TEST_PG`, else the machine's own on 5432.
+pub fn shared() -> String {
+    std::env::var("TIDEGATE_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 

@@ -15,7 +15,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use rustls::RootCertStore;
 use rustls_pki_types::{pem::PemObject, CertificateDer};
 
-use super::{Committed, MessageQuery, Outcome, Store, StoreError, StoredMessage, TopicStats};
+use super::{Committed, MessageQuery, Outcome, SpoolPosition, Store, StoreError, StoredMessage, TopicStats};
 use crate::{
     config::{PgTarget, PgTls},
     message::Message,
@@ -109,28 +109,56 @@ impl PgStore {
         })
     }
 
-    async fn write_once(&self, batch: &[Message]) -> Result<Vec<Outcome>, WriteError> {
+    async fn write_once(
+        &self,
+        batch: &[Message],
+        position: Option<&SpoolPosition>,
+    ) -> Result<Vec<Outcome>, WriteError> {
         let mut client = self
             .pool
             .get()
             .await
             .map_err(|e| WriteError::Other(pool_error(&e)))?;
-        write::write_batch(&mut client, batch).await.map_err(|e| {
-            if is_data_error(&e) {
-                WriteError::Data(describe_pg(&e))
-            } else {
-                WriteError::Other(describe_pg(&e))
-            }
-        })
+        write::write_batch(&mut client, batch, position)
+            .await
+            .map_err(|e| {
+                if is_data_error(&e) {
+                    WriteError::Data(describe_pg(&e))
+                } else {
+                    WriteError::Other(describe_pg(&e))
+                }
+            })
     }
 }
 
 impl PgStore {
+    async fn write_at(
+        &self,
+        batch: &[Message],
+        position: Option<&SpoolPosition>,
+    ) -> Result<Committed, StoreError> {
+        match self.write_once(batch, position).await {
+            Ok(outcomes) => return Ok(Committed::new(outcomes)),
+            Err(WriteError::Other(e)) => return Err(StoreError::Write(e)),
+            Err(WriteError::Data(e)) => {
+                tracing::warn!(error = %e, "the database refused a batch; writing its messages one by one")
+            }
+        }
+        self.write_one_by_one(batch, position)
+            .await
+            .map(Committed::new)
+            .map_err(StoreError::Write)
+    }
+
     /// Still one transaction, with a savepoint per message: a message the database refuses is
     /// recorded in `rejected` instead, and the batch stays all-or-nothing.
-    async fn write_one_by_one(&self, batch: &[Message]) -> Result<Vec<Outcome>, String> {
+    async fn write_one_by_one(
+        &self,
+        batch: &[Message],
+        position: Option<&SpoolPosition>,
+    ) -> Result<Vec<Outcome>, String> {
         let mut client = self.pool.get().await.map_err(|e| pool_error(&e))?;
-        self.savepoint_each(&mut client, batch)
+        self.savepoint_each(&mut client, batch, position)
             .await
             .map_err(|e| describe_pg(&e))
     }
@@ -139,6 +167,7 @@ impl PgStore {
         &self,
         client: &mut tokio_postgres::Client,
         batch: &[Message],
+        position: Option<&SpoolPosition>,
     ) -> Result<Vec<Outcome>, tokio_postgres::Error> {
         let mut tx = client.transaction().await?;
         let mut outcomes = Vec::with_capacity(batch.len());
@@ -162,6 +191,9 @@ impl PgStore {
                 Err(e) => return Err(e),
             }
         }
+        if let Some(p) = position {
+            write::record_position(&tx, p).await?;
+        }
         tx.commit().await?;
         Ok(outcomes)
     }
@@ -183,17 +215,28 @@ fn pool_error(e: &deadpool_postgres::PoolError) -> String {
 #[async_trait]
 impl Store for PgStore {
     async fn write(&self, batch: Arc<Vec<Message>>) -> Result<Committed, StoreError> {
-        match self.write_once(&batch).await {
-            Ok(outcomes) => return Ok(Committed::new(outcomes)),
-            Err(WriteError::Other(e)) => return Err(StoreError::Write(e)),
-            Err(WriteError::Data(e)) => {
-                tracing::warn!(error = %e, "the database refused a batch; writing its messages one by one")
-            }
-        }
-        self.write_one_by_one(&batch)
+        self.write_at(&batch, None).await
+    }
+
+    async fn write_from_spool(
+        &self,
+        batch: Arc<Vec<Message>>,
+        position: SpoolPosition,
+    ) -> Option<Result<Committed, StoreError>> {
+        Some(self.write_at(&batch, Some(&position)).await)
+    }
+
+    async fn spool_position(&self, name: &str) -> Result<Option<i64>, StoreError> {
+        let client = self
+            .pool
+            .get()
             .await
-            .map(Committed::new)
-            .map_err(StoreError::Write)
+            .map_err(|e| StoreError::Query(pool_error(&e)))?;
+        let row = client
+            .query_opt("SELECT last_id FROM spool_positions WHERE name = $1", &[&name])
+            .await
+            .map_err(|e| StoreError::Query(describe_pg(&e)))?;
+        Ok(row.map(|r| r.get(0)))
     }
 
     async fn messages(&self, q: MessageQuery) -> Result<Vec<StoredMessage>, StoreError> {

@@ -59,6 +59,12 @@ CREATE TABLE retained_marks (
 );
 CREATE UNIQUE INDEX retained_marks_topic ON retained_marks (md5(topic));
 
+-- How far each local spool has been forwarded, written in the same transaction as the rows.
+CREATE TABLE spool_positions (
+    name    text PRIMARY KEY,
+    last_id bigint NOT NULL
+);
+
 -- The seed script's contract, for dashboards built on it.
 CREATE VIEW dados AS SELECT id, payload AS valor, received_at AS "timestamp" FROM messages;
 "#;

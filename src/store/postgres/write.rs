@@ -11,7 +11,7 @@ use crate::{
     message::{Message, Origin},
     store::{
         dedup::{self, Hash, Marks, Verdict},
-        Outcome,
+        Outcome, SpoolPosition,
     },
 };
 
@@ -56,11 +56,26 @@ fn hash_of(v: Vec<u8>) -> Option<Hash> {
 pub async fn write_batch(
     client: &mut Client,
     batch: &[Message],
+    position: Option<&SpoolPosition>,
 ) -> Result<Vec<Outcome>, tokio_postgres::Error> {
     let tx = client.transaction().await?;
     let outcomes = write_rows(&tx, batch).await?;
+    if let Some(p) = position {
+        record_position(&tx, p).await?;
+    }
     tx.commit().await?;
     Ok(outcomes)
+}
+
+/// Records how far a spool has been forwarded, inside the batch's transaction.
+pub async fn record_position(tx: &Transaction<'_>, p: &SpoolPosition) -> Result<(), tokio_postgres::Error> {
+    tx.execute(
+        "INSERT INTO spool_positions (name, last_id) VALUES ($1, $2)
+         ON CONFLICT (name) DO UPDATE SET last_id = excluded.last_id",
+        &[&p.name, &p.last_id],
+    )
+    .await
+    .map(|_| ())
 }
 
 /// Writes `batch` inside the caller's transaction (or savepoint), without committing.
