@@ -59,9 +59,18 @@ pub async fn run_until(
             fault: fault_tx,
             stop: stop_rx.clone(),
             live: live.clone(),
+            readings: Arc::new(settings.readings.clone()),
         }
         .run(rx),
     );
+
+    let retention = (!settings.retention.is_off()).then(|| {
+        tokio::spawn(crate::store::retention::run(
+            store.clone(),
+            settings.retention.clone(),
+            stop_rx.clone(),
+        ))
+    });
 
     let source = match &settings.mqtt {
         Some(m) => Some(MqttSource::start(m.clone(), tx.clone()).context("setting up TLS for the broker")?),
@@ -115,6 +124,9 @@ pub async fn run_until(
         let _ = task.await;
     }
     writer.await.context("writer task")?;
+    if let Some(r) = retention {
+        let _ = r.await;
+    }
     if let Some(f) = forwarder {
         let _ = f.await;
     }

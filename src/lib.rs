@@ -11,6 +11,7 @@ pub mod config;
 pub mod logging;
 pub mod message;
 pub mod pipeline;
+pub mod readings;
 pub mod secret;
 pub mod shutdown;
 pub mod source;

@@ -28,7 +28,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match runtime() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -41,5 +41,21 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// One async thread by default: MQTT, the writer and the API hand messages to each other all the
+/// time, and on the small machines tidegate runs on, cross-thread wake-ups cost more than a
+/// second thread gains (SQLite has its own writer thread). `TIDEGATE_THREADS=N` for more.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    match std::env::var("TIDEGATE_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        Some(n) if n > 1 => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Builder::new_current_thread().enable_all().build(),
     }
 }

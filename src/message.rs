@@ -35,6 +35,8 @@ pub struct Message {
     pub origin: Origin,
     /// Set when the message must go to the `rejected` table instead of `messages`.
     pub rejection: Option<String>,
+    /// Readings, device and event time extracted from the payload (set by the writer).
+    pub derived: Option<crate::readings::Derived>,
 }
 
 impl Message {
@@ -71,6 +73,7 @@ impl Message {
             user_properties: Vec::new(),
             origin,
             rejection,
+            derived: None,
         }
     }
 

@@ -16,10 +16,30 @@ pub const MQTT_RECONNECTS: &str = "tidegate_mqtt_reconnects_total";
 pub const MQTT_SESSIONS_LOST: &str = "tidegate_mqtt_sessions_lost_total";
 pub const HTTP_REQUESTS: &str = "tidegate_http_requests_total";
 
+struct Hot {
+    mqtt: metrics::Counter,
+    http: metrics::Counter,
+    in_flight: metrics::Gauge,
+}
+
+/// Handles registered once: the per-message path is then an atomic add, not a registry lookup.
+fn hot() -> &'static Hot {
+    static HOT: std::sync::OnceLock<Hot> = std::sync::OnceLock::new();
+    HOT.get_or_init(|| Hot {
+        mqtt: metrics::counter!(RECEIVED, "source" => "mqtt"),
+        http: metrics::counter!(RECEIVED, "source" => "http"),
+        in_flight: metrics::gauge!(IN_FLIGHT),
+    })
+}
+
 /// Counts messages entering the pipeline (`source` is `mqtt` or `http`).
 pub fn received(source: &'static str, n: usize) {
-    metrics::counter!(RECEIVED, "source" => source).increment(n as u64);
-    metrics::gauge!(IN_FLIGHT).increment(n as f64);
+    let h = hot();
+    match source {
+        "http" => h.http.increment(n as u64),
+        _ => h.mqtt.increment(n as u64),
+    }
+    h.in_flight.increment(n as f64);
 }
 
 /// Installs the Prometheus recorder for this process; returns the handle that renders it.
@@ -44,5 +64,6 @@ pub fn install() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
         metrics::counter!(name).absolute(0);
     }
     metrics::gauge!(IN_FLIGHT).set(0.0);
+    let _ = hot();
     Some(handle)
 }

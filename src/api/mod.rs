@@ -8,6 +8,7 @@ mod health;
 mod ingest;
 pub mod ingest_body;
 mod query;
+mod readings;
 mod stream;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -55,6 +56,7 @@ pub fn router(state: AppState, max_body: usize) -> Router {
     let (api, spec) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(ingest::post_messages, query::get_messages))
         .routes(routes!(query::get_topics))
+        .routes(routes!(readings::get_readings))
         .routes(routes!(stream::get_stream))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))

@@ -126,6 +126,39 @@ pub struct RunArgs {
     #[arg(long, env = "TIDEGATE_SPOOL_MAX")]
     pub spool_max: Option<Size>,
 
+    /// Extract readings (one row per JSON field) and rollups: `on` (default) or `off`.
+    #[arg(long, env = "TIDEGATE_READINGS")]
+    pub readings: Option<String>,
+
+    /// Where the device name comes from: a topic pattern such as `sensors/{device}/#`, or
+    /// `payload.FIELD`. Default: a top-level `device` or `device_id` field.
+    #[arg(long, env = "TIDEGATE_DEVICE_FROM")]
+    pub device_from: Option<String>,
+
+    /// Payload field holding the event time (repeatable; default ts, timestamp, time).
+    #[arg(long = "time-field", env = "TIDEGATE_TIME_FIELDS", value_delimiter = ',')]
+    pub time_fields: Option<Vec<String>>,
+
+    /// Deepest JSON nesting turned into readings (default 8).
+    #[arg(long, env = "TIDEGATE_READINGS_MAX_DEPTH")]
+    pub readings_max_depth: Option<usize>,
+
+    /// Most readings from one message (default 256).
+    #[arg(long, env = "TIDEGATE_READINGS_MAX_FIELDS")]
+    pub readings_max_fields: Option<usize>,
+
+    /// Delete raw messages older than this (e.g. 30d; default: keep).
+    #[arg(long, env = "TIDEGATE_RETAIN_RAW")]
+    pub retain_raw: Option<Span>,
+
+    /// Delete readings older than this (e.g. 90d; default: keep).
+    #[arg(long, env = "TIDEGATE_RETAIN_READINGS")]
+    pub retain_readings: Option<Span>,
+
+    /// Delete rollups older than this (e.g. 5y; default: keep).
+    #[arg(long, env = "TIDEGATE_RETAIN_ROLLUPS")]
+    pub retain_rollups: Option<Span>,
+
     /// How long a batch may wait for more messages before it is committed (default 0ms: commit
     /// as soon as the writer is free; batches grow by themselves under load).
     #[arg(long, env = "TIDEGATE_BATCH_DELAY")]
@@ -163,6 +196,14 @@ impl RunArgs {
             max_body: self.max_body.or(other.max_body),
             api: self.api.or(other.api),
             spool: self.spool.or(other.spool),
+            readings: self.readings.or(other.readings),
+            device_from: self.device_from.or(other.device_from),
+            time_fields: self.time_fields.or(other.time_fields),
+            readings_max_depth: self.readings_max_depth.or(other.readings_max_depth),
+            readings_max_fields: self.readings_max_fields.or(other.readings_max_fields),
+            retain_raw: self.retain_raw.or(other.retain_raw),
+            retain_readings: self.retain_readings.or(other.retain_readings),
+            retain_rollups: self.retain_rollups.or(other.retain_rollups),
             spool_max: self.spool_max.or(other.spool_max),
         }
     }

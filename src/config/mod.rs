@@ -152,6 +152,20 @@ pub struct SpoolSettings {
     pub max_bytes: u64,
 }
 
+/// How long each kind of data is kept; `None` keeps it forever.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    pub raw: Option<Duration>,
+    pub readings: Option<Duration>,
+    pub rollups: Option<Duration>,
+}
+
+impl RetentionPolicy {
+    pub fn is_off(&self) -> bool {
+        self.raw.is_none() && self.readings.is_none() && self.rollups.is_none()
+    }
+}
+
 /// Which command the settings are for; each needs a different part.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -172,6 +186,8 @@ pub struct Settings {
     pub api: Option<ApiSettings>,
     pub remote: Option<RemoteSettings>,
     pub spool: Option<SpoolSettings>,
+    pub readings: crate::readings::ReadingsConfig,
+    pub retention: RetentionPolicy,
     pub max_payload: usize,
 }
 
@@ -300,6 +316,21 @@ impl Settings {
                 })
             }
         };
+        let readings = resolve_readings(&a)?;
+        let retention = RetentionPolicy {
+            raw: a.retain_raw.map(|s| s.0),
+            readings: a.retain_readings.map(|s| s.0),
+            rollups: a.retain_rollups.map(|s| s.0),
+        };
+        for (name, d) in [
+            ("retain-raw", retention.raw),
+            ("retain-readings", retention.readings),
+            ("retain-rollups", retention.rollups),
+        ] {
+            if d.is_some_and(|d| d < Duration::from_secs(60)) {
+                return Err(ConfigError::new(name, "must be at least 1m"));
+            }
+        }
         Ok(Settings {
             mqtt,
             pipeline,
@@ -307,6 +338,8 @@ impl Settings {
             api,
             remote,
             spool,
+            readings,
+            retention,
             max_payload,
         })
     }
@@ -442,6 +475,48 @@ fn resolve_mqtt(a: &RunArgs, target: &str, max_payload: usize) -> Result<MqttSet
         keep_alive,
         max_payload,
     })
+}
+
+fn resolve_readings(a: &RunArgs) -> Result<crate::readings::ReadingsConfig, ConfigError> {
+    let enabled = match a.readings.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("on") | Some("true") => true,
+        Some("off") | Some("false") => false,
+        Some(other) => {
+            return Err(ConfigError::new(
+                "readings",
+                format!("`{other}` is not on or off"),
+            ))
+        }
+    };
+    let mut r = crate::readings::ReadingsConfig {
+        enabled,
+        ..Default::default()
+    };
+    if let Some(d) = &a.device_from {
+        r.device = crate::readings::DeviceRule::parse(d).map_err(|e| ConfigError::new("device-from", e))?;
+    }
+    if let Some(t) = &a.time_fields {
+        if t.iter().any(|f| f.trim().is_empty()) {
+            return Err(ConfigError::new("time-field", "field names cannot be empty"));
+        }
+        r.time_fields = t.iter().map(|f| f.trim().to_string()).collect();
+    }
+    if let Some(d) = a.readings_max_depth {
+        if !(1..=64).contains(&d) {
+            return Err(ConfigError::new("readings-max-depth", "must be between 1 and 64"));
+        }
+        r.max_depth = d;
+    }
+    if let Some(n) = a.readings_max_fields {
+        if !(1..=100_000).contains(&n) {
+            return Err(ConfigError::new(
+                "readings-max-fields",
+                "must be between 1 and 100000",
+            ));
+        }
+        r.max_fields = n;
+    }
+    Ok(r)
 }
 
 fn resolve_pipeline(a: &RunArgs) -> Result<PipelineSettings, ConfigError> {

@@ -26,6 +26,7 @@ pub struct Writer {
     /// (unacknowledged, so redelivered later) instead of retried.
     pub stop: watch::Receiver<bool>,
     pub live: Live,
+    pub readings: Arc<crate::readings::ReadingsConfig>,
 }
 
 impl Writer {
@@ -36,7 +37,15 @@ impl Writer {
             batch_size,
             batch_delay,
         } = self.settings.clone();
-        while let Some(batch) = batcher::next_batch(&mut rx, batch_size, batch_delay).await {
+        while let Some(mut batch) = batcher::next_batch(&mut rx, batch_size, batch_delay).await {
+            if self.readings.enabled {
+                for m in batch.messages_mut() {
+                    if m.rejection.is_none() && m.derived.is_none() {
+                        m.derived =
+                            crate::readings::derive(&self.readings, &m.topic, &m.payload, m.received_at);
+                    }
+                }
+            }
             let batch = batch.seal();
             let mut backoff = Duration::from_millis(100);
             loop {

@@ -6,10 +6,12 @@ pub mod dedup;
 pub mod postgres;
 pub mod query;
 pub mod remote;
+pub mod retention;
+pub mod rollup;
 pub mod spool;
 pub mod sqlite;
 
-pub use query::{MessageQuery, Order, StoredMessage, TopicStats};
+pub use query::{MessageQuery, Order, Point, ReadingsQuery, Resolution, StoredMessage, TopicStats};
 
 use std::sync::Arc;
 
@@ -72,6 +74,21 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every topic with its counts.
     async fn topics(&self) -> Result<Vec<TopicStats>, StoreError>;
+
+    /// Numeric readings or rollup buckets matching `q`, oldest first.
+    async fn readings(&self, _q: ReadingsQuery) -> Result<Vec<Point>, StoreError> {
+        Err(StoreError::Query("this store has no readings".into()))
+    }
+
+    /// Deletes one chunk (at most `chunk` rows per table) of data older than `policy` allows;
+    /// returns how many rows went. Called repeatedly in the background.
+    async fn retain(
+        &self,
+        _policy: &crate::config::RetentionPolicy,
+        _chunk: usize,
+    ) -> Result<u64, StoreError> {
+        Ok(0)
+    }
 
     /// Writes `batch` and records `position` as the last spool row it covers, in the same
     /// transaction, so a spool forwarder that crashed after the commit knows where to resume.

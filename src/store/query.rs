@@ -79,3 +79,36 @@ impl StoredMessage {
         }
     }
 }
+
+/// The table a readings query reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    Raw,
+    Minute,
+    Hour,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReadingsQuery {
+    pub topic: Option<String>,
+    pub device: Option<String>,
+    pub field: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub resolution: Resolution,
+    pub limit: usize,
+}
+
+/// One point of a time series: a raw reading (count 1) or a bucket.
+#[derive(Debug, Clone, Serialize, ToSchema, PartialEq)]
+pub struct Point {
+    pub ts: DateTime<Utc>,
+    pub topic: String,
+    pub device: Option<String>,
+    pub field: String,
+    pub count: i64,
+    pub min: f64,
+    pub max: f64,
+    pub avg: f64,
+    pub last: f64,
+}

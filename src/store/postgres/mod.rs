@@ -250,6 +250,28 @@ impl Store for PgStore {
             .map_err(|e| StoreError::Query(describe_pg(&e)))
     }
 
+    async fn readings(&self, q: crate::store::ReadingsQuery) -> Result<Vec<crate::store::Point>, StoreError> {
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Query(pool_error(&e)))?;
+        read::readings(&client, &q)
+            .await
+            .map_err(|e| StoreError::Query(describe_pg(&e)))
+    }
+
+    async fn retain(&self, policy: &crate::config::RetentionPolicy, chunk: usize) -> Result<u64, StoreError> {
+        let mut client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Write(pool_error(&e)))?;
+        write::retain(&mut client, policy, chunk)
+            .await
+            .map_err(|e| StoreError::Write(describe_pg(&e)))
+    }
+
     async fn topics(&self) -> Result<Vec<TopicStats>, StoreError> {
         let client = self
             .pool

@@ -136,3 +136,62 @@ pub async fn topics(client: &Client) -> Result<Vec<TopicStats>, tokio_postgres::
         })
         .collect())
 }
+
+pub async fn readings(
+    client: &Client,
+    q: &crate::store::ReadingsQuery,
+) -> Result<Vec<crate::store::Point>, tokio_postgres::Error> {
+    use crate::store::{Point, Resolution};
+    let (from, ts_col) = match q.resolution {
+        Resolution::Raw => (
+            "SELECT ts, topic, device, field, 1::bigint, value, value, value, value FROM readings WHERE value IS NOT NULL",
+            "ts",
+        ),
+        Resolution::Minute => (
+            "SELECT bucket, topic, nullif(device, ''), field, count, min, max, avg, last FROM readings_1m WHERE true",
+            "bucket",
+        ),
+        Resolution::Hour => (
+            "SELECT bucket, topic, nullif(device, ''), field, count, min, max, avg, last FROM readings_1h WHERE true",
+            "bucket",
+        ),
+    };
+    let mut sql = from.to_string();
+    let mut args: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+    let mut push = |sql: &mut String, frag: &str, v: Box<dyn ToSql + Sync + Send>| {
+        args.push(v);
+        sql.push_str(&frag.replace('$', &format!("${}", args.len())));
+    };
+    if let Some(t) = &q.topic {
+        push(&mut sql, " AND topic = $", Box::new(t.clone()));
+    }
+    if let Some(d) = &q.device {
+        push(&mut sql, " AND device = $", Box::new(d.clone()));
+    }
+    if let Some(f) = &q.field {
+        push(&mut sql, " AND field = $", Box::new(f.clone()));
+    }
+    if let Some(s) = q.since {
+        push(&mut sql, &format!(" AND {ts_col} >= $"), Box::new(s));
+    }
+    if let Some(u) = q.until {
+        push(&mut sql, &format!(" AND {ts_col} < $"), Box::new(u));
+    }
+    sql.push_str(&format!(" ORDER BY {ts_col} LIMIT {}", q.limit));
+    let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|b| b.as_ref() as &(dyn ToSql + Sync)).collect();
+    let rows = client.query(&sql, &params).await?;
+    Ok(rows
+        .iter()
+        .map(|r| Point {
+            ts: r.get(0),
+            topic: r.get(1),
+            device: r.get(2),
+            field: r.get(3),
+            count: r.get(4),
+            min: r.get(5),
+            max: r.get(6),
+            avg: r.get(7),
+            last: r.get(8),
+        })
+        .collect())
+}

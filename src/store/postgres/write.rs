@@ -241,6 +241,8 @@ pub async fn write_rows(
         .await?;
     }
 
+    write_readings(tx, batch, &to_store, &ids).await?;
+
     if !to_store.is_empty() {
         let mut tally: HashMap<&str, (i64, DateTime<Utc>, DateTime<Utc>)> = HashMap::new();
         for (t, at) in c.topic.iter().zip(&c.received_at) {
@@ -332,4 +334,167 @@ impl Columns {
         }));
         self.source.push(source_of(m));
     }
+}
+
+/// Readings, notes and rollups of the stored messages (`to_store[i]` became row `ids[i]`).
+async fn write_readings(
+    tx: &Transaction<'_>,
+    batch: &[Message],
+    to_store: &[usize],
+    ids: &[i64],
+) -> Result<(), tokio_postgres::Error> {
+    use crate::{
+        readings::Value,
+        store::rollup::{self, Width},
+    };
+    let mut mid = Vec::new();
+    let mut ts = Vec::new();
+    let mut topic = Vec::new();
+    let mut device: Vec<Option<String>> = Vec::new();
+    let mut field = Vec::new();
+    let mut value: Vec<Option<f64>> = Vec::new();
+    let mut text: Vec<Option<String>> = Vec::new();
+    let mut source = Vec::new();
+    let mut note_id = Vec::new();
+    let mut note = Vec::new();
+    let mut stored = Vec::new();
+    for (&i, &id) in to_store.iter().zip(ids) {
+        let m = &batch[i];
+        let Some(d) = &m.derived else { continue };
+        stored.push(m);
+        for r in &d.readings {
+            mid.push(id);
+            ts.push(d.ts);
+            topic.push(pg_text(&m.topic).into_owned());
+            device.push(d.device.as_deref().map(|x| pg_text(x).into_owned()));
+            field.push(pg_text(&r.field).into_owned());
+            match &r.value {
+                Value::Number(v) => {
+                    value.push(Some(*v));
+                    text.push(None);
+                }
+                Value::Text(t) => {
+                    value.push(None);
+                    text.push(Some(pg_text(t).into_owned()));
+                }
+            }
+            source.push(d.ts_source.as_str());
+        }
+        if let Some(n) = &d.note {
+            note_id.push(id);
+            note.push(pg_text(n).into_owned());
+        }
+    }
+    if !mid.is_empty() {
+        tx.execute(
+            "INSERT INTO readings (message_id, ts, topic, device, field, value, text, ts_source)
+             SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::float8[], $7::text[], $8::text[])",
+            &[&mid, &ts, &topic, &device, &field, &value, &text, &source],
+        )
+        .await?;
+    }
+    if !note_id.is_empty() {
+        tx.execute(
+            "INSERT INTO reading_notes (message_id, note) SELECT * FROM unnest($1::bigint[], $2::text[])
+             ON CONFLICT (message_id) DO UPDATE SET note = excluded.note",
+            &[&note_id, &note],
+        )
+        .await?;
+    }
+    for width in [Width::Minute, Width::Hour] {
+        let aggs = rollup::aggregate(stored.iter().copied(), width);
+        if aggs.is_empty() {
+            continue;
+        }
+        let mut c = (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        );
+        for (k, a) in aggs {
+            c.0.push(pg_text(&k.topic).into_owned());
+            c.1.push(pg_text(&k.device).into_owned());
+            c.2.push(pg_text(&k.field).into_owned());
+            c.3.push(k.bucket);
+            c.4.push(a.count);
+            c.5.push(a.min);
+            c.6.push(a.max);
+            c.7.push(a.sum);
+            c.8.push(a.last);
+            c.9.push(a.last_ts);
+        }
+        let t = width.table();
+        tx.execute(
+            &format!(
+                "INSERT INTO {t} (topic, device, field, bucket, count, min, max, sum, avg, last, last_ts)
+                 SELECT t, d, f, b, n, mn, mx, s, s / n, l, lt
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[], $6::float8[], $7::float8[], $8::float8[], $9::float8[], $10::timestamptz[])
+                      AS u(t, d, f, b, n, mn, mx, s, l, lt)
+                 ON CONFLICT ((md5(topic)), (md5(device)), (md5(field)), bucket) DO UPDATE SET
+                    count = {t}.count + excluded.count,
+                    min = least({t}.min, excluded.min),
+                    max = greatest({t}.max, excluded.max),
+                    sum = {t}.sum + excluded.sum,
+                    avg = ({t}.sum + excluded.sum) / ({t}.count + excluded.count),
+                    last = CASE WHEN excluded.last_ts >= {t}.last_ts THEN excluded.last ELSE {t}.last END,
+                    last_ts = greatest({t}.last_ts, excluded.last_ts)"
+            ),
+            &[&c.0, &c.1, &c.2, &c.3, &c.4, &c.5, &c.6, &c.7, &c.8, &c.9],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// One chunk of retention, in its own short transaction.
+pub async fn retain(
+    client: &mut Client,
+    policy: &crate::config::RetentionPolicy,
+    chunk: usize,
+) -> Result<u64, tokio_postgres::Error> {
+    let now = Utc::now();
+    let cutoff = |d: std::time::Duration| now - chrono::Duration::from_std(d).unwrap_or_default();
+    let chunk = chunk as i64;
+    let tx = client.transaction().await?;
+    let mut n = 0;
+    if let Some(d) = policy.raw {
+        let c = cutoff(d);
+        n += tx
+            .execute("DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE received_at < $1 ORDER BY received_at LIMIT $2)", &[&c, &chunk])
+            .await?;
+        n += tx
+            .execute(
+                "DELETE FROM rejected WHERE id IN (SELECT id FROM rejected WHERE received_at < $1 LIMIT $2)",
+                &[&c, &chunk],
+            )
+            .await?;
+    }
+    if let Some(d) = policy.readings {
+        let c = cutoff(d);
+        n += tx
+            .execute("DELETE FROM readings WHERE id IN (SELECT id FROM readings WHERE ts < $1 ORDER BY ts LIMIT $2)", &[&c, &chunk])
+            .await?;
+    }
+    if let Some(d) = policy.rollups {
+        let c = cutoff(d);
+        for t in ["readings_1m", "readings_1h"] {
+            n += tx
+                .execute(
+                    &format!(
+                        "DELETE FROM {t} WHERE ctid IN (SELECT ctid FROM {t} WHERE bucket < $1 LIMIT $2)"
+                    ),
+                    &[&c, &chunk],
+                )
+                .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(n)
 }

@@ -8,13 +8,13 @@ mod write;
 
 use std::{
     path::{Path, PathBuf},
-    sync::{mpsc as std_mpsc, Arc},
+    sync::Arc,
     time::Duration,
 };
 
 use async_trait::async_trait;
 use rusqlite::Connection;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{Committed, MessageQuery, Store, StoreError, StoredMessage, TopicStats};
 use crate::{config::SqliteSync, message::Message};
@@ -25,12 +25,17 @@ type WriteReply = oneshot::Sender<Result<Vec<super::Outcome>, StoreError>>;
 
 enum Command {
     Write(Arc<Vec<Message>>, WriteReply),
+    Retain(
+        crate::config::RetentionPolicy,
+        usize,
+        oneshot::Sender<Result<u64, StoreError>>,
+    ),
 }
 
 pub struct SqliteStore {
     path: PathBuf,
     readers: Arc<read::Readers>,
-    tx: std_mpsc::SyncSender<Command>,
+    tx: mpsc::Sender<Command>,
 }
 
 /// Opens a connection with the settings every tidegate connection shares.
@@ -73,7 +78,7 @@ impl SqliteStore {
             schema::MigrateError::Sql(e) => open_err(format!("migration failed: {e}")),
         })?;
         // Small queue: the pipeline holds the backlog, and the broker holds the rest.
-        let (tx, rx) = std_mpsc::sync_channel::<Command>(2);
+        let (tx, rx) = mpsc::channel::<Command>(2);
         std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || writer_thread(conn, rx))
@@ -90,12 +95,17 @@ impl SqliteStore {
     }
 }
 
-fn writer_thread(mut conn: Connection, rx: std_mpsc::Receiver<Command>) {
-    while let Ok(cmd) = rx.recv() {
+fn writer_thread(mut conn: Connection, mut rx: mpsc::Receiver<Command>) {
+    while let Some(cmd) = rx.blocking_recv() {
         match cmd {
             Command::Write(batch, reply) => {
                 let result =
                     write::write_batch(&mut conn, &batch).map_err(|e| StoreError::Write(e.to_string()));
+                let _ = reply.send(result);
+            }
+            Command::Retain(policy, chunk, reply) => {
+                let result =
+                    write::retain(&mut conn, &policy, chunk).map_err(|e| StoreError::Write(e.to_string()));
                 let _ = reply.send(result);
             }
         }
@@ -108,11 +118,9 @@ fn writer_thread(mut conn: Connection, rx: std_mpsc::Receiver<Command>) {
 impl Store for SqliteStore {
     async fn write(&self, batch: Arc<Vec<Message>>) -> Result<Committed, StoreError> {
         let (reply, rx) = oneshot::channel();
-        let tx = self.tx.clone();
-        // The channel is tiny and the thread is fast; a blocking send must not stall the runtime.
-        tokio::task::spawn_blocking(move || tx.send(Command::Write(batch, reply)))
+        self.tx
+            .send(Command::Write(batch, reply))
             .await
-            .map_err(|_| StoreError::Closed)?
             .map_err(|_| StoreError::Closed)?;
         let outcomes = rx.await.map_err(|_| StoreError::Closed)??;
         Ok(Committed::new(outcomes))
@@ -123,6 +131,22 @@ impl Store for SqliteStore {
         tokio::task::spawn_blocking(move || readers.with(|c| read::messages(c, &q)))
             .await
             .map_err(|_| StoreError::Closed)?
+    }
+
+    async fn readings(&self, q: crate::store::ReadingsQuery) -> Result<Vec<crate::store::Point>, StoreError> {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || readers.with(|c| read::readings(c, &q)))
+            .await
+            .map_err(|_| StoreError::Closed)?
+    }
+
+    async fn retain(&self, policy: &crate::config::RetentionPolicy, chunk: usize) -> Result<u64, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Retain(policy.clone(), chunk, reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn topics(&self) -> Result<Vec<TopicStats>, StoreError> {

@@ -159,3 +159,63 @@ pub fn topics(conn: &Connection) -> rusqlite::Result<Vec<TopicStats>> {
     })?;
     rows.collect()
 }
+
+pub fn readings(
+    conn: &Connection,
+    q: &crate::store::ReadingsQuery,
+) -> rusqlite::Result<Vec<crate::store::Point>> {
+    use crate::store::{Point, Resolution};
+    let (from, ts_col) = match q.resolution {
+        Resolution::Raw => (
+            "SELECT ts, topic, device, field, 1, value, value, value, value FROM readings WHERE value IS NOT NULL",
+            "ts",
+        ),
+        Resolution::Minute => (
+            "SELECT bucket, topic, nullif(device, ''), field, count, min, max, avg, last FROM readings_1m WHERE 1=1",
+            "bucket",
+        ),
+        Resolution::Hour => (
+            "SELECT bucket, topic, nullif(device, ''), field, count, min, max, avg, last FROM readings_1h WHERE 1=1",
+            "bucket",
+        ),
+    };
+    let mut sql = from.to_string();
+    let mut args: Vec<Value> = Vec::new();
+    if let Some(t) = &q.topic {
+        sql.push_str(" AND topic = ?");
+        args.push(Value::Text(t.clone()));
+    }
+    if let Some(d) = &q.device {
+        sql.push_str(" AND device = ?");
+        args.push(Value::Text(d.clone()));
+    }
+    if let Some(f) = &q.field {
+        sql.push_str(" AND field = ?");
+        args.push(Value::Text(f.clone()));
+    }
+    if let Some(s) = q.since {
+        sql.push_str(&format!(" AND {ts_col} >= ?"));
+        args.push(Value::Text(time::to_sql_text(s)));
+    }
+    if let Some(u) = q.until {
+        sql.push_str(&format!(" AND {ts_col} < ?"));
+        args.push(Value::Text(time::to_sql_text(u)));
+    }
+    sql.push_str(&format!(" ORDER BY {ts_col} LIMIT {}", q.limit));
+    let mut st = conn.prepare_cached(&sql)?;
+    let rows = st.query_map(params_from_iter(args), |r| {
+        let ts: String = r.get(0)?;
+        Ok(Point {
+            ts: time::from_sql_text(&ts).unwrap_or_default(),
+            topic: r.get(1)?,
+            device: r.get(2)?,
+            field: r.get(3)?,
+            count: r.get(4)?,
+            min: r.get(5)?,
+            max: r.get(6)?,
+            avg: r.get(7)?,
+            last: r.get(8)?,
+        })
+    })?;
+    rows.collect()
+}

@@ -4,7 +4,7 @@
 use rusqlite::{Connection, OptionalExtension};
 
 /// The newest schema this build knows.
-pub const VERSION: i64 = 1;
+pub const VERSION: i64 = 2;
 
 const V1: &str = r#"
 CREATE TABLE messages (
@@ -60,6 +60,62 @@ CREATE TABLE retained_marks (
 ) WITHOUT ROWID;
 "#;
 
+/// Version 2: readings (one row per JSON field), their rollups, and notes on payloads that gave
+/// no readings.
+const V2: &str = r#"
+CREATE TABLE readings (
+    id         INTEGER PRIMARY KEY,
+    message_id INTEGER NOT NULL,
+    ts         DATETIME NOT NULL,
+    topic      TEXT NOT NULL,
+    device     TEXT,
+    field      TEXT NOT NULL,
+    value      REAL,
+    text       TEXT,
+    ts_source  TEXT NOT NULL
+);
+CREATE INDEX readings_ts ON readings (ts);
+CREATE INDEX readings_topic_field_ts ON readings (topic, field, ts);
+CREATE INDEX readings_device_field_ts ON readings (device, field, ts);
+
+CREATE TABLE readings_1m (
+    topic   TEXT NOT NULL,
+    device  TEXT NOT NULL,
+    field   TEXT NOT NULL,
+    bucket  DATETIME NOT NULL,
+    count   INTEGER NOT NULL,
+    min     REAL NOT NULL,
+    max     REAL NOT NULL,
+    sum     REAL NOT NULL,
+    avg     REAL NOT NULL,
+    last    REAL NOT NULL,
+    last_ts DATETIME NOT NULL,
+    PRIMARY KEY (topic, device, field, bucket)
+) WITHOUT ROWID;
+CREATE INDEX readings_1m_bucket ON readings_1m (bucket);
+
+CREATE TABLE readings_1h (
+    topic   TEXT NOT NULL,
+    device  TEXT NOT NULL,
+    field   TEXT NOT NULL,
+    bucket  DATETIME NOT NULL,
+    count   INTEGER NOT NULL,
+    min     REAL NOT NULL,
+    max     REAL NOT NULL,
+    sum     REAL NOT NULL,
+    avg     REAL NOT NULL,
+    last    REAL NOT NULL,
+    last_ts DATETIME NOT NULL,
+    PRIMARY KEY (topic, device, field, bucket)
+) WITHOUT ROWID;
+CREATE INDEX readings_1h_bucket ON readings_1h (bucket);
+
+CREATE TABLE reading_notes (
+    message_id INTEGER PRIMARY KEY,
+    note       TEXT NOT NULL
+);
+"#;
+
 /// `dados` keeps the seed script's contract: `id INTEGER`, `valor TEXT`, `timestamp DATETIME`.
 /// Plain column references keep the declared types Metabase reads.
 const DADOS_VIEW: &str = r#"
@@ -103,6 +159,9 @@ pub fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
             )?;
         }
         tx.execute_batch(DADOS_VIEW)?;
+    }
+    if found < 2 {
+        tx.execute_batch(V2)?;
     }
     tx.pragma_update(None, "user_version", VERSION)?;
     tx.commit()?;

@@ -7,6 +7,7 @@ use crate::{
     message::{Message, Origin},
     store::{
         dedup::{self, Hash, Marks, Verdict},
+        rollup::{self, Width},
         Outcome,
     },
 };
@@ -47,6 +48,7 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut topics = TopicTally::default();
+    let mut stored: Vec<&Message> = Vec::new();
     {
         let mut insert_msg = tx.prepare_cached(
             "INSERT INTO messages (received_at, topic, payload, payload_raw, payload_size, qos, retain, content_type, user_properties, source)
@@ -58,6 +60,11 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
         let mut put_mark = tx.prepare_cached(
             "INSERT OR REPLACE INTO delivery_marks (session, pkid, hash, message_id) VALUES (?1, ?2, ?3, ?4)",
         )?;
+        let mut insert_reading = tx.prepare_cached(
+            "INSERT INTO readings (message_id, ts, topic, device, field, value, text, ts_source) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        let mut insert_note =
+            tx.prepare_cached("INSERT OR REPLACE INTO reading_notes (message_id, note) VALUES (?1, ?2)")?;
         let mut marks = SqliteMarks {
             get_mark: tx
                 .prepare_cached("SELECT hash FROM delivery_marks WHERE session = ?1 AND pkid = ?2")?,
@@ -107,6 +114,29 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
                     ])?;
                     let id = tx.last_insert_rowid();
                     topics.add(&m.topic, &received_at);
+                    if let Some(d) = &m.derived {
+                        let ts = crate::time::to_sql_text(d.ts);
+                        for r in &d.readings {
+                            let (value, text) = match &r.value {
+                                crate::readings::Value::Number(v) => (Some(*v), None),
+                                crate::readings::Value::Text(t) => (None, Some(t.as_str())),
+                            };
+                            insert_reading.execute(params![
+                                id,
+                                ts,
+                                m.topic,
+                                d.device,
+                                r.field,
+                                value,
+                                text,
+                                d.ts_source.as_str()
+                            ])?;
+                        }
+                        if let Some(note) = &d.note {
+                            insert_note.execute(params![id, note])?;
+                        }
+                        stored.push(m);
+                    }
                     (Outcome::Stored { id }, Some(id))
                 }
             };
@@ -122,6 +152,39 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
         )?;
         for (topic, (count, first, last)) in topics.0 {
             upsert_topic.execute(params![topic, count, first, last])?;
+        }
+        for width in [Width::Minute, Width::Hour] {
+            let aggs = rollup::aggregate(stored.iter().copied(), width);
+            if aggs.is_empty() {
+                continue;
+            }
+            let mut up = tx.prepare_cached(&format!(
+                "INSERT INTO {t} (topic, device, field, bucket, count, min, max, sum, avg, last, last_ts)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8 / ?5, ?9, ?10)
+                 ON CONFLICT (topic, device, field, bucket) DO UPDATE SET
+                    count = count + excluded.count,
+                    min = min(min, excluded.min),
+                    max = max(max, excluded.max),
+                    sum = sum + excluded.sum,
+                    avg = (sum + excluded.sum) / (count + excluded.count),
+                    last = CASE WHEN excluded.last_ts >= last_ts THEN excluded.last ELSE last END,
+                    last_ts = max(last_ts, excluded.last_ts)",
+                t = width.table()
+            ))?;
+            for (k, a) in aggs {
+                up.execute(params![
+                    k.topic,
+                    k.device,
+                    k.field,
+                    crate::time::to_sql_text(k.bucket),
+                    a.count,
+                    a.min,
+                    a.max,
+                    a.sum,
+                    a.last,
+                    crate::time::to_sql_text(a.last_ts)
+                ])?;
+            }
         }
     }
     tx.commit()?;
@@ -143,4 +206,50 @@ impl<'a> TopicTally<'a> {
             e.2 = at.to_string();
         }
     }
+}
+
+/// One short transaction deleting at most `chunk` rows per table older than the policy allows.
+pub fn retain(
+    conn: &mut Connection,
+    policy: &crate::config::RetentionPolicy,
+    chunk: usize,
+) -> rusqlite::Result<u64> {
+    let now = crate::time::now();
+    let cutoff = |d: std::time::Duration| {
+        crate::time::to_sql_text(now - chrono::Duration::from_std(d).unwrap_or_default())
+    };
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut n = 0u64;
+    if let Some(d) = policy.raw {
+        let c = cutoff(d);
+        n += tx.execute(
+            &format!("DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE received_at < ?1 ORDER BY received_at LIMIT {chunk})"),
+            [&c],
+        )? as u64;
+        n += tx.execute(
+            &format!("DELETE FROM rejected WHERE id IN (SELECT id FROM rejected WHERE received_at < ?1 LIMIT {chunk})"),
+            [&c],
+        )? as u64;
+    }
+    if let Some(d) = policy.readings {
+        let c = cutoff(d);
+        n += tx.execute(
+            &format!("DELETE FROM readings WHERE id IN (SELECT id FROM readings WHERE ts < ?1 ORDER BY ts LIMIT {chunk})"),
+            [&c],
+        )? as u64;
+    }
+    if let Some(d) = policy.rollups {
+        let c = cutoff(d);
+        for t in ["readings_1m", "readings_1h"] {
+            n += tx.execute(
+                &format!(
+                    "DELETE FROM {t} WHERE (topic, device, field, bucket) IN
+                     (SELECT topic, device, field, bucket FROM {t} WHERE bucket < ?1 LIMIT {chunk})"
+                ),
+                [&c],
+            )? as u64;
+        }
+    }
+    tx.commit()?;
+    Ok(n)
 }

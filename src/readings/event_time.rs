@@ -1,0 +1,121 @@
+//! The event time a payload carries: RFC 3339 with any offset, `YYYY-MM-DD HH:MM:SS` (UTC),
+//! unix seconds or milliseconds (told apart by magnitude), as numbers or strings. Converted to
+//! UTC. Times far from the receive time are not trusted.
+
+use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeSource {
+    /// From the payload.
+    Payload,
+    /// No time in the payload: the receive time.
+    Received,
+    /// The payload's time was unreadable or implausible: the receive time, flagged.
+    Suspect,
+}
+
+impl TimeSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimeSource::Payload => "payload",
+            TimeSource::Received => "received",
+            TimeSource::Suspect => "suspect",
+        }
+    }
+}
+
+/// Below this, a number is seconds; above, milliseconds (1e11 s is the year 5138, 1e11 ms 1973).
+const MS_THRESHOLD: f64 = 1e11;
+
+pub fn parse_time(v: &Value) -> Result<DateTime<Utc>, String> {
+    let from_number = |n: f64| -> Result<DateTime<Utc>, String> {
+        if !n.is_finite() || n < 0.0 {
+            return Err(format!("time {n} is not a unix time"));
+        }
+        let ms = if n >= MS_THRESHOLD { n } else { n * 1000.0 };
+        if ms > 8.0e15 {
+            return Err(format!("time {n} is out of range"));
+        }
+        Utc.timestamp_millis_opt(ms as i64)
+            .single()
+            .ok_or_else(|| format!("time {n} is out of range"))
+    };
+    match v {
+        Value::Number(n) => from_number(n.as_f64().unwrap_or(f64::NAN)),
+        Value::String(s) => {
+            let t = s.trim();
+            if let Ok(n) = t.parse::<f64>() {
+                return from_number(n);
+            }
+            if let Ok(d) = DateTime::parse_from_rfc3339(t) {
+                return Ok(d.with_timezone(&Utc));
+            }
+            for fmt in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
+                if let Ok(n) = NaiveDateTime::parse_from_str(t, fmt) {
+                    return Ok(n.and_utc());
+                }
+            }
+            Err(format!(
+                "time `{}` is not RFC 3339 or unix time",
+                t.chars().take(40).collect::<String>()
+            ))
+        }
+        _ => Err("time is neither a string nor a number".into()),
+    }
+}
+
+/// The first of `fields` present at the top of an object payload, parsed.
+pub fn find(json: &Value, fields: &[String]) -> Option<Result<DateTime<Utc>, String>> {
+    let obj = json.as_object()?;
+    fields.iter().find_map(|f| obj.get(f)).map(parse_time)
+}
+
+/// More than a day ahead of the receive time, or before 2000: a clock that is wrong.
+pub fn plausible(t: DateTime<Utc>, received: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+    if t > received + chrono::Duration::days(1) {
+        return Err(format!("event time {t} is in the future; using the receive time"));
+    }
+    if t < Utc
+        .with_ymd_and_hms(2000, 1, 1, 0, 0, 0)
+        .single()
+        .unwrap_or(received)
+    {
+        return Err(format!("event time {t} is before 2000; using the receive time"));
+    }
+    Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn every_format_becomes_utc() {
+        let want = utc("2026-11-25T10:00:00Z");
+        for v in [
+            json!("2026-11-25T10:00:00Z"),
+            json!("2026-11-25T07:00:00-03:00"),
+            json!("2026-11-25T15:30:00+05:30"),
+            json!("2026-11-25 10:00:00"),
+            json!(1795600800),
+            json!(1795600800000u64),
+            json!("1795600800"),
+            json!(1795600800.0),
+        ] {
+            assert_eq!(parse_time(&v).unwrap(), want, "{v}");
+        }
+        assert_eq!(
+            parse_time(&json!(1795600800.5)).unwrap(),
+            utc("2026-11-25T10:00:00.500Z")
+        );
+        for bad in [json!("yesterday"), json!(-5), json!(true), json!(1e300)] {
+            assert!(parse_time(&bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! JSON → (field, value) pairs. Nested objects become dotted names (`a.b`), arrays `a[0]`;
+//! numbers, numeric strings ("21.4") and booleans (0/1) are numbers; other strings are text;
+//! nulls are skipped. Depth and field count are bounded.
+
+use serde_json::Value as Json;
+
+use super::Reading;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Number(f64),
+    Text(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FlattenError {
+    #[error("JSON nested deeper than {0} levels")]
+    TooDeep(usize),
+    #[error("more than {0} fields")]
+    TooManyFields(usize),
+}
+
+/// A string that is a number the way a sensor would write it (`"21.4"`, `" 55 "`, `"-1e3"`).
+fn numeric(s: &str) -> Option<f64> {
+    let t = s.trim();
+    if t.is_empty() || t.len() > 64 {
+        return None;
+    }
+    // Rust accepts "inf"/"nan"/"infinity"; a sensor's status string is not a number.
+    if !t
+        .bytes()
+        .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'))
+    {
+        return None;
+    }
+    t.parse::<f64>().ok().filter(|v| v.is_finite())
+}
+
+pub fn flatten(
+    json: &Json,
+    max_depth: usize,
+    max_fields: usize,
+    skip_top: &[&str],
+) -> Result<Vec<Reading>, FlattenError> {
+    let mut out = Vec::new();
+    match json {
+        Json::Object(map) => {
+            for (k, v) in map {
+                if skip_top.contains(&k.as_str()) {
+                    continue;
+                }
+                walk(v, k.clone(), 1, max_depth, max_fields, &mut out)?;
+            }
+        }
+        Json::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                walk(v, format!("[{i}]"), 1, max_depth, max_fields, &mut out)?;
+            }
+        }
+        other => walk(other, "value".into(), 0, max_depth, max_fields, &mut out)?,
+    }
+    Ok(out)
+}
+
+fn walk(
+    v: &Json,
+    name: String,
+    depth: usize,
+    max_depth: usize,
+    max_fields: usize,
+    out: &mut Vec<Reading>,
+) -> Result<(), FlattenError> {
+    if depth > max_depth {
+        return Err(FlattenError::TooDeep(max_depth));
+    }
+    let value = match v {
+        Json::Null => return Ok(()),
+        Json::Bool(b) => Value::Number(if *b { 1.0 } else { 0.0 }),
+        Json::Number(n) => match n.as_f64().filter(|f| f.is_finite()) {
+            Some(f) => Value::Number(f),
+            None => Value::Text(n.to_string()),
+        },
+        Json::String(s) => match numeric(s) {
+            Some(f) => Value::Number(f),
+            None => Value::Text(s.clone()),
+        },
+        Json::Object(map) => {
+            for (k, child) in map {
+                walk(
+                    child,
+                    format!("{name}.{k}"),
+                    depth + 1,
+                    max_depth,
+                    max_fields,
+                    out,
+                )?;
+            }
+            return Ok(());
+        }
+        Json::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                walk(
+                    child,
+                    format!("{name}[{i}]"),
+                    depth + 1,
+                    max_depth,
+                    max_fields,
+                    out,
+                )?;
+            }
+            return Ok(());
+        }
+    };
+    if out.len() >= max_fields {
+        return Err(FlattenError::TooManyFields(max_fields));
+    }
+    out.push(Reading { field: name, value });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(s: &str) -> Vec<(String, Value)> {
+        flatten(&serde_json::from_str(s).unwrap(), 8, 256, &[])
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.field, r.value))
+            .collect()
+    }
+
+    #[test]
+    fn rules() {
+        use Value::*;
+        assert_eq!(
+            f(r#"{"a":{"b":1,"c":[2,"3.5",true]},"s":"on","n":null,"x":"nan"}"#),
+            [
+                ("a.b".into(), Number(1.0)),
+                ("a.c[0]".into(), Number(2.0)),
+                ("a.c[1]".into(), Number(3.5)),
+                ("a.c[2]".into(), Number(1.0)),
+                ("s".into(), Text("on".into())),
+                ("x".into(), Text("nan".into())),
+            ]
+        );
+        assert_eq!(
+            f(r#"[1,{"t":2}]"#),
+            [("[0]".into(), Number(1.0)), ("[1].t".into(), Number(2.0))]
+        );
+        assert_eq!(f(r#""21.4""#), [("value".into(), Number(21.4))]);
+    }
+
+    #[test]
+    fn limits() {
+        let wide = format!(
+            "{{{}}}",
+            (0..300)
+                .map(|i| format!("\"f{i}\":{i}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let j: Json = serde_json::from_str(&wide).unwrap();
+        assert_eq!(flatten(&j, 8, 256, &[]), Err(FlattenError::TooManyFields(256)));
+        let j: Json = serde_json::from_str(r#"{"a":{"b":{"c":1}}}"#).unwrap();
+        assert_eq!(flatten(&j, 2, 256, &[]), Err(FlattenError::TooDeep(2)));
+    }
+}

@@ -1,0 +1,91 @@
+//! Rollups kept up to date incrementally: each batch's numeric readings are folded into
+//! per-minute and per-hour buckets (count, min, max, sum, avg, last) and upserted, so a month-long
+//! chart reads thousands of rollup rows instead of millions of readings — and nothing is ever
+//! rescanned. Both stores use this aggregation; only the upsert SQL differs.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+
+use crate::{message::Message, readings::Value};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Width {
+    Minute,
+    Hour,
+}
+
+impl Width {
+    pub fn table(self) -> &'static str {
+        match self {
+            Width::Minute => "readings_1m",
+            Width::Hour => "readings_1h",
+        }
+    }
+
+    pub fn floor(self, t: DateTime<Utc>) -> DateTime<Utc> {
+        let d = match self {
+            Width::Minute => TimeDelta::minutes(1),
+            Width::Hour => TimeDelta::hours(1),
+        };
+        t.duration_trunc(d).unwrap_or(t)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub topic: String,
+    /// `''` when the message has no device (a key column cannot be NULL and stay unique).
+    pub device: String,
+    pub field: String,
+    pub bucket: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Agg {
+    pub count: i64,
+    pub min: f64,
+    pub max: f64,
+    pub sum: f64,
+    pub last: f64,
+    pub last_ts: DateTime<Utc>,
+}
+
+impl Agg {
+    fn add(&mut self, v: f64, ts: DateTime<Utc>) {
+        self.count += 1;
+        self.min = self.min.min(v);
+        self.max = self.max.max(v);
+        self.sum += v;
+        if ts >= self.last_ts {
+            self.last = v;
+            self.last_ts = ts;
+        }
+    }
+}
+
+/// Folds the numeric readings of `stored` messages into buckets of `width`.
+pub fn aggregate<'a>(stored: impl Iterator<Item = &'a Message>, width: Width) -> HashMap<Key, Agg> {
+    let mut out: HashMap<Key, Agg> = HashMap::new();
+    for m in stored {
+        let Some(d) = &m.derived else { continue };
+        for r in &d.readings {
+            let Value::Number(v) = r.value else { continue };
+            let key = Key {
+                topic: m.topic.clone(),
+                device: d.device.clone().unwrap_or_default(),
+                field: r.field.clone(),
+                bucket: width.floor(d.ts),
+            };
+            out.entry(key).and_modify(|a| a.add(v, d.ts)).or_insert(Agg {
+                count: 1,
+                min: v,
+                max: v,
+                sum: v,
+                last: v,
+                last_ts: d.ts,
+            });
+        }
+    }
+    out
+}

@@ -1,0 +1,181 @@
+//! Payloads to charts, end to end: the sensor example through a real Mosquitto into SQLite and
+//! PostgreSQL, read back as rows and through `GET /api/v1/readings`.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{
+    broker::{BrokerOptions, Mosquitto},
+    db, pg,
+    tidegate::Tidegate,
+};
+
+/// (ts, device, field, value, text) as stored.
+type ReadingRow = (String, String, String, Option<f64>, Option<String>);
+
+fn get(url: &str) -> Value {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::blocking::get(url).unwrap().json().unwrap()
+}
+
+#[test]
+fn the_sensor_example_becomes_readings_and_rollups_in_both_stores() {
+    let broker = Mosquitto::start(BrokerOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = dir.path().join("r.db");
+    let pg_url = pg::fresh_database(&pg::shared());
+    let b = broker.url();
+    let targets = [sqlite.to_str().unwrap().to_string(), pg_url.clone()];
+    let instances: Vec<Tidegate> = targets
+        .iter()
+        .enumerate()
+        .map(|(i, dbu)| {
+            let id = format!("readings-{i}");
+            let t = Tidegate::start(
+                &[
+                    "run",
+                    "--broker",
+                    &b,
+                    "--db",
+                    dbu,
+                    "--topic",
+                    "sensors/#",
+                    "--client-id",
+                    &id,
+                    "--device-from",
+                    "sensors/{device}/#",
+                ],
+                dir.path(),
+            );
+            assert!(
+                t.wait_log("subscribed", Duration::from_secs(20)),
+                "{}",
+                t.log_text()
+            );
+            t
+        })
+        .collect();
+    broker.publish_lines(
+        "sensors/s3/telemetry",
+        1,
+        &[
+            r#"{"device":"s3","temp":21.4,"hum":55,"ts":"2026-11-25T10:00:00Z"}"#.into(),
+            r#"{"temp":"22.6","hum":"57","status":"ok","ts":"2026-11-25T12:00:30+02:00"}"#.into(),
+            "not json at all".into(),
+        ],
+    );
+    db::wait_count(
+        &sqlite,
+        "SELECT count(*) FROM messages",
+        3,
+        Duration::from_secs(15),
+    );
+    let plain_pg = pg_url.split('?').next().unwrap().to_string();
+    db::pg_wait_count(
+        &plain_pg,
+        "SELECT count(*) FROM messages",
+        3,
+        Duration::from_secs(15),
+    );
+
+    // SQLite rows, as Metabase sees them.
+    let c = db::open(&sqlite);
+    let rows: Vec<ReadingRow> = c
+        .prepare("SELECT ts, device, field, value, text FROM readings ORDER BY ts, field")
+        .unwrap()
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            // With the device taken from the topic, a `device` field in the payload is plain data.
+            (
+                "2026-11-25 10:00:00.000".into(),
+                "s3".into(),
+                "device".into(),
+                None,
+                Some("s3".into())
+            ),
+            (
+                "2026-11-25 10:00:00.000".into(),
+                "s3".into(),
+                "hum".into(),
+                Some(55.0),
+                None
+            ),
+            (
+                "2026-11-25 10:00:00.000".into(),
+                "s3".into(),
+                "temp".into(),
+                Some(21.4),
+                None
+            ),
+            (
+                "2026-11-25 10:00:30.000".into(),
+                "s3".into(),
+                "hum".into(),
+                Some(57.0),
+                None
+            ),
+            (
+                "2026-11-25 10:00:30.000".into(),
+                "s3".into(),
+                "status".into(),
+                None,
+                Some("ok".into())
+            ),
+            (
+                "2026-11-25 10:00:30.000".into(),
+                "s3".into(),
+                "temp".into(),
+                Some(22.6),
+                None
+            ),
+        ]
+    );
+    let hour: (i64, f64, f64, f64, f64) = c
+        .query_row(
+            "SELECT count, min, max, avg, last FROM readings_1h WHERE field = 'temp'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .unwrap();
+    assert_eq!(hour.0, 2);
+    assert!((hour.3 - 22.0).abs() < 1e-9 && hour.4 == 22.6, "{hour:?}");
+    let types: Vec<String> = c
+        .prepare("SELECT type FROM pragma_table_info('readings') WHERE name IN ('ts', 'value') ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(types, ["DATETIME", "REAL"]);
+
+    // PostgreSQL has the same readings.
+    let pg_rows = pg::psql(&pg::shared(), plain_pg.rsplit('/').next().unwrap(), "SELECT string_agg(field || '=' || coalesce(value::text, text), ',' ORDER BY ts, field) FROM readings");
+    assert_eq!(pg_rows, "device=s3,hum=55,temp=21.4,hum=57,status=ok,temp=22.6");
+
+    // The API answers from the rollups for a day-long range, and raw for a short one.
+    for t in &instances {
+        let api = t.api();
+        let v = get(&format!("{api}/api/v1/readings?topic=sensors/s3/telemetry&field=temp&since=2026-11-25T00:00:00Z&until=2026-11-26T00:00:00Z"));
+        assert_eq!(v["bucket"], "1m", "{v}");
+        // Both readings fall in the 10:00 minute.
+        assert_eq!(v["points"].as_array().unwrap().len(), 1, "{v}");
+        assert_eq!(v["points"][0]["count"], 2, "{v}");
+        let v = get(&format!("{api}/api/v1/readings?device=s3&field=temp&since=2026-11-25T00:00:00Z&until=2026-11-26T00:00:00Z&bucket=1d"));
+        assert_eq!(v["points"][0]["count"], 2, "{v}");
+        assert!((v["points"][0]["avg"].as_f64().unwrap() - 22.0).abs() < 1e-9);
+        let v = get(&format!(
+            "{api}/api/v1/readings?field=temp&since=2026-11-25T09:30:00Z&until=2026-11-25T10:30:00Z"
+        ));
+        assert_eq!(v["bucket"], "raw");
+        assert_eq!(v["points"][1]["last"], 22.6);
+    }
+}
