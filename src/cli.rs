@@ -22,6 +22,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Try tidegate in one command: an embedded broker, simulated sensors, the whole pipeline
+    /// into tidegate-demo.db, the API and the live page.
+    Demo(crate::demo::DemoArgs),
     /// Subscribe to a broker and store every message, with the HTTP API (the usual way).
     Run(Box<RunArgs>),
     /// Only the HTTP API and the store: `subscribe` processes (or any program) post to it.

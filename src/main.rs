@@ -17,6 +17,18 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
 
     let (mode, args) = match cli.command {
+        Command::Demo(args) => {
+            return match runtime()
+                .map_err(anyhow::Error::from)
+                .and_then(|r| r.block_on(tidegate::demo::run(args)))
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::Run(a) => (Mode::Run, a),
         Command::Serve(a) => (Mode::Serve, a),
         Command::Subscribe(a) => (Mode::Subscribe, a),

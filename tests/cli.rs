@@ -137,3 +137,50 @@ fn a_bare_seed_host_means_tls_on_8883() {
         t.log_text()
     );
 }
+
+#[test]
+fn the_demo_runs_and_leaves_a_database_like_a_real_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let dbp = dir.path().join("demo.db");
+    let mut t = Tidegate::start(
+        &[
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--db",
+            dbp.to_str().unwrap(),
+            "--devices",
+            "3",
+            "--rate",
+            "20",
+        ],
+        dir.path(),
+    );
+    assert!(
+        t.wait_log("tidegate demo is running", Duration::from_secs(20)),
+        "{}",
+        t.log_text()
+    );
+    assert!(
+        db::wait_count(&dbp, "SELECT count(*) FROM readings", 50, Duration::from_secs(20)) >= 50,
+        "{}",
+        t.log_text()
+    );
+    let status = t.term();
+    assert!(status.success(), "{}", t.log_text());
+    let messages = db::count(&dbp, "SELECT count(*) FROM messages");
+    assert!(messages > 10);
+    assert_eq!(db::count(&dbp, "SELECT count(*) FROM dados"), messages);
+    assert!(db::count(&dbp, "SELECT count(*) FROM readings_1m WHERE field = 'temp'") > 0);
+    assert_eq!(
+        db::count(
+            &dbp,
+            "SELECT count(DISTINCT device) FROM readings WHERE device LIKE 'sensor-%'"
+        ),
+        3
+    );
+    let ok: String = db::open(&dbp)
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+}

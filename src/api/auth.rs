@@ -16,7 +16,8 @@ pub async fn require_token(State(state): State<AppState>, req: Request, next: Ne
     let Some(token) = &state.token else {
         return next.run(req).await;
     };
-    if req.uri().path() == "/healthz" {
+    // The page itself holds no data; it asks for the token and sends it with every call.
+    if matches!(req.uri().path(), "/healthz" | "/") {
         return next.run(req).await;
     }
     if req.uri().query().is_some_and(|q| {

@@ -7,6 +7,7 @@ mod error;
 mod health;
 mod ingest;
 pub mod ingest_body;
+mod page;
 mod query;
 mod readings;
 mod stream;
@@ -58,6 +59,7 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .routes(routes!(query::get_topics))
         .routes(routes!(readings::get_readings))
         .routes(routes!(stream::get_stream))
+        .routes(routes!(page::index))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))

@@ -62,7 +62,7 @@ CREATE TABLE retained_marks (
 
 /// Version 2: readings (one row per JSON field), their rollups, and notes on payloads that gave
 /// no readings.
-const V2: &str = r#"
+const V2_TEMPLATE: &str = r#"
 CREATE TABLE readings (
     id         INTEGER PRIMARY KEY,
     message_id INTEGER NOT NULL,
@@ -78,43 +78,38 @@ CREATE INDEX readings_ts ON readings (ts);
 CREATE INDEX readings_topic_field_ts ON readings (topic, field, ts);
 CREATE INDEX readings_device_field_ts ON readings (device, field, ts);
 
-CREATE TABLE readings_1m (
-    topic   TEXT NOT NULL,
-    device  TEXT NOT NULL,
-    field   TEXT NOT NULL,
-    bucket  DATETIME NOT NULL,
-    count   INTEGER NOT NULL,
-    min     REAL NOT NULL,
-    max     REAL NOT NULL,
-    sum     REAL NOT NULL,
-    avg     REAL NOT NULL,
-    last    REAL NOT NULL,
-    last_ts DATETIME NOT NULL,
-    PRIMARY KEY (topic, device, field, bucket)
-) WITHOUT ROWID;
-CREATE INDEX readings_1m_bucket ON readings_1m (bucket);
-
-CREATE TABLE readings_1h (
-    topic   TEXT NOT NULL,
-    device  TEXT NOT NULL,
-    field   TEXT NOT NULL,
-    bucket  DATETIME NOT NULL,
-    count   INTEGER NOT NULL,
-    min     REAL NOT NULL,
-    max     REAL NOT NULL,
-    sum     REAL NOT NULL,
-    avg     REAL NOT NULL,
-    last    REAL NOT NULL,
-    last_ts DATETIME NOT NULL,
-    PRIMARY KEY (topic, device, field, bucket)
-) WITHOUT ROWID;
-CREATE INDEX readings_1h_bucket ON readings_1h (bucket);
-
+{ROLLUPS}
 CREATE TABLE reading_notes (
     message_id INTEGER PRIMARY KEY,
     note       TEXT NOT NULL
 );
 "#;
+
+/// One rollup table per width, same layout.
+const ROLLUP: &str = r#"
+CREATE TABLE {t} (
+    topic   TEXT NOT NULL,
+    device  TEXT NOT NULL,
+    field   TEXT NOT NULL,
+    bucket  DATETIME NOT NULL,
+    count   INTEGER NOT NULL,
+    min     REAL NOT NULL,
+    max     REAL NOT NULL,
+    sum     REAL NOT NULL,
+    avg     REAL NOT NULL,
+    last    REAL NOT NULL,
+    last_ts DATETIME NOT NULL,
+    PRIMARY KEY (topic, device, field, bucket)
+) WITHOUT ROWID;
+CREATE INDEX {t}_bucket ON {t} (bucket);
+"#;
+
+fn v2() -> String {
+    let rollups = ["readings_1m", "readings_1h"]
+        .map(|t| ROLLUP.replace("{t}", t))
+        .join("");
+    V2_TEMPLATE.replace("{ROLLUPS}", &rollups)
+}
 
 /// `dados` keeps the seed script's contract: `id INTEGER`, `valor TEXT`, `timestamp DATETIME`.
 /// Plain column references keep the declared types Metabase reads.
@@ -161,7 +156,7 @@ pub fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
         tx.execute_batch(DADOS_VIEW)?;
     }
     if found < 2 {
-        tx.execute_batch(V2)?;
+        tx.execute_batch(&v2())?;
     }
     tx.pragma_update(None, "user_version", VERSION)?;
     tx.commit()?;

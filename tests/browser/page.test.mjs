@@ -1,0 +1,85 @@
+// The live page in a real browser: start `tidegate demo`, open the page in headless Chromium,
+// and check what a newcomer should see — topics, a growing live list, a message they publish
+// showing up within 2 s, and charts with data points. Leaves a screenshot in target/.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, execFileSync } from "node:child_process";
+import { mkdtempSync, mkdirSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import net from "node:net";
+import { chromium } from "playwright-core";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+const bin = process.env.TIDEGATE_BIN || join(root, "target", "debug", "tidegate");
+
+function freePort() {
+  return new Promise((resolve) => {
+    const s = net.createServer().listen(0, "127.0.0.1", () => { const p = s.address().port; s.close(() => resolve(p)); });
+  });
+}
+
+async function until(pred, ms, what) {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await pred().catch(() => undefined);
+    if (v) return v;
+    if (Date.now() > end) throw new Error("timed out waiting for " + what);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+test("the demo's live page shows topics, live messages, a published message and charts", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "tidegate-page-"));
+  const [http, mqtt] = [await freePort(), await freePort()];
+  const started = Date.now();
+  const demo = spawn(bin, ["demo", "--listen", `127.0.0.1:${http}`, "--broker-port", String(mqtt), "--db", join(dir, "demo.db"), "--devices", "3", "--rate", "4"], { stdio: ["ignore", "pipe", "pipe"] });
+  let out = "";
+  demo.stdout.on("data", (d) => (out += d));
+  demo.stderr.on("data", (d) => (out += d));
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+  try {
+    const base = `http://127.0.0.1:${http}`;
+    await until(async () => (await fetch(base + "/api/v1/topics")).ok, 20000, "the demo API\n" + out);
+    const firstStored = await until(async () => {
+      const r = await (await fetch(base + "/api/v1/messages?limit=1")).json();
+      return r.messages.length ? Date.now() : undefined;
+    }, 20000, "a first stored message");
+    console.log(`time from demo start to first stored message: ${firstStored - started} ms`);
+
+    for (const [width, height] of [[1280, 800], [390, 844]]) {
+      const page = await browser.newPage({ viewport: { width, height } });
+      await page.goto(base + "/");
+      await page.waitForSelector("#topics tr", { timeout: 10000 });
+      const topics = await page.locator("#topics tr").allTextContents();
+      assert.ok(topics.some((t) => t.includes("demo/sensors/")), "topics: " + topics);
+
+      const n1 = await page.locator("#live li").count();
+      await page.waitForFunction((n) => document.querySelectorAll("#live li").length > n + 3, n1, { timeout: 10000 });
+
+      const unique = "hello-" + Math.random().toString(36).slice(2);
+      execFileSync("mosquitto_pub", ["-p", String(mqtt), "-t", "demo/hello", "-m", unique]);
+      const t0 = Date.now();
+      await page.waitForSelector(`#live li:has-text("${unique}")`, { timeout: 2000 });
+      console.log(`published message visible on the page after ${Date.now() - t0} ms (${width}px)`);
+
+      await page.waitForFunction(() => [...document.querySelectorAll("#chartlist polyline")].some((p) => Number(p.dataset.points) >= 2), null, { timeout: 15000 });
+      const charts = await page.locator("#chartlist .chart h2").allTextContents();
+      assert.ok(charts.includes("temp"), "charts: " + charts);
+      const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+      assert.ok(overflow <= 1, `page wider than the ${width}px screen by ${overflow}px`);
+      mkdirSync(join(root, "target"), { recursive: true });
+      await page.screenshot({ path: join(root, "target", `live-page-${width}.png`), fullPage: true });
+      await page.close();
+    }
+  } finally {
+    await browser.close();
+    demo.kill("SIGTERM");
+    await new Promise((r) => demo.on("exit", r));
+  }
+  assert.match(out, /stopped cleanly/);
+});
