@@ -33,6 +33,7 @@ pub async fn run_until(
     };
     let metrics = crate::telemetry::install();
     let (tx, rx) = pipeline::channel();
+    let stats = Arc::new(crate::pipeline::stats::StatsBook::default());
     let (fault_tx, fault_rx) = watch::channel(None);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (live, _) = broadcast::channel(4096);
@@ -60,6 +61,7 @@ pub async fn run_until(
             stop: stop_rx.clone(),
             live: live.clone(),
             readings: Arc::new(settings.readings.clone()),
+            stats: stats.clone(),
         }
         .run(rx),
     );
@@ -76,6 +78,14 @@ pub async fn run_until(
         Some(m) => Some(MqttSource::start(m.clone(), tx.clone()).context("setting up TLS for the broker")?),
         None => None,
     };
+
+    let stats_task = tokio::spawn(crate::pipeline::stats::run(
+        stats.clone(),
+        store.clone(),
+        source.as_ref().map(|s| s.status()),
+        std::time::Duration::from_secs(10),
+        stop_rx.clone(),
+    ));
 
     let server = match &settings.api {
         Some(a) => {
@@ -124,6 +134,8 @@ pub async fn run_until(
         let _ = task.await;
     }
     writer.await.context("writer task")?;
+    let _ = stats_task.await;
+    crate::pipeline::stats::final_flush(&stats, &store).await;
     if let Some(r) = retention {
         let _ = r.await;
     }

@@ -8,7 +8,7 @@ use crate::config::RunArgs;
 #[derive(Debug, Parser)]
 #[command(
     name = "tidegate",
-    version,
+    version = crate::VERSION,
     about = "MQTT → SQLite/PostgreSQL with nothing lost, ready for Metabase"
 )]
 pub struct Cli {
@@ -25,6 +25,13 @@ pub enum Command {
     /// Try tidegate in one command: an embedded broker, simulated sensors, the whole pipeline
     /// into tidegate-demo.db, the API and the live page.
     Demo(crate::demo::DemoArgs),
+    /// Configuration helpers: a complete default file, a check, the reference table.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Shell completions (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions { shell: clap_complete::Shell },
+    /// The man page (roff) on stdout.
+    Man,
     /// Subscribe to a broker and store every message, with the HTTP API (the usual way).
     Run(Box<RunArgs>),
     /// Only the HTTP API and the store: `subscribe` processes (or any program) post to it.
@@ -32,4 +39,19 @@ pub enum Command {
     /// Only the MQTT side: forward every message to a tidegate API (`--api URL`), acknowledging
     /// to the broker after the API committed it.
     Subscribe(Box<RunArgs>),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print a complete, commented TOML file with every setting and its default.
+    Default,
+    /// Validate a TOML file (and the environment) without connecting to anything.
+    Check {
+        file: std::path::PathBuf,
+        /// The command the file is for: run, serve or subscribe.
+        #[arg(long, default_value = "run", value_parser = ["run", "serve", "subscribe"])]
+        mode: String,
+    },
+    /// Print the Markdown reference table (docs/configuration.md).
+    Reference,
 }

@@ -4,6 +4,14 @@
 //! PostgreSQL); the broker is acknowledged only after the store committed the row. `app` wires the
 //! pieces together for each command; `config` validates every setting before anything connects.
 
+/// `0.1.0 (commit abc123)`, shown by `tidegate --version`.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("TIDEGATE_COMMIT"),
+    ")"
+);
+
 pub mod api;
 pub mod app;
 pub mod cli;

@@ -3,9 +3,9 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use tidegate::{
-    cli::{Cli, Command},
+    cli::{Cli, Command, ConfigCommand},
     config::{Mode, Settings},
 };
 
@@ -17,6 +17,20 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
 
     let (mode, args) = match cli.command {
+        Command::Config(c) => return config_command(c),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "tidegate", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Command::Man => {
+            return match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::Demo(args) => {
             return match runtime()
                 .map_err(anyhow::Error::from)
@@ -70,4 +84,31 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
             .build(),
         _ => tokio::runtime::Builder::new_current_thread().enable_all().build(),
     }
+}
+
+fn config_command(c: ConfigCommand) -> ExitCode {
+    use tidegate::config::{reference, RunArgs};
+    match c {
+        ConfigCommand::Default => print!("{}", reference::default_toml()),
+        ConfigCommand::Reference => print!("{}", reference::markdown()),
+        ConfigCommand::Check { file, mode } => {
+            let mode = match mode.as_str() {
+                "serve" => Mode::Serve,
+                "subscribe" => Mode::Subscribe,
+                _ => Mode::Run,
+            };
+            let args = RunArgs {
+                config: Some(file.clone()),
+                ..Default::default()
+            };
+            match Settings::resolve(mode, args) {
+                Ok(_) => println!("{}: ok", file.display()),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }

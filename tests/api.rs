@@ -410,7 +410,7 @@ fn metrics_keep_the_invariant_after_a_run_with_duplicates_and_rejections() {
     let dir = tempfile::tempdir().unwrap();
     let dbp = dir.path().join("m.db");
     let url = broker.url();
-    let t = Tidegate::start(
+    let mut t = Tidegate::start(
         &[
             "run",
             "--broker",
@@ -473,6 +473,37 @@ fn metrics_keep_the_invariant_after_a_run_with_duplicates_and_rejections() {
         "{text}"
     );
     assert!(text.contains("tidegate_commit_seconds_bucket"));
+
+    // The same counts as data, in tidegate_stats, once the stop flushed the last minute.
+    assert!(t.term().success());
+    let c = db::open(&dbp);
+    let all: (i64, i64, i64, i64) = c
+        .query_row(
+            "SELECT sum(received), sum(committed), sum(duplicates), sum(rejected) FROM tidegate_stats WHERE topic = '*'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        all,
+        (received as i64, committed as i64, dups as i64, rejected as i64)
+    );
+    let per_topic: i64 = c
+        .query_row(
+            "SELECT sum(committed) FROM tidegate_stats WHERE topic = 'm/a'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(per_topic, 500);
+    let lag: f64 = c
+        .query_row(
+            "SELECT max(lag_ms_max) FROM tidegate_stats WHERE topic = '*'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(lag > 0.0 && lag < 60_000.0, "lag {lag}");
 }
 
 #[test]

@@ -184,3 +184,97 @@ fn the_demo_runs_and_leaves_a_database_like_a_real_run() {
         .unwrap();
     assert_eq!(ok, "ok");
 }
+
+#[test]
+fn the_systemd_unit_verifies_without_warnings() {
+    let dir = tempfile::tempdir().unwrap();
+    let unit =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/tidegate.service")).unwrap();
+    let env = dir.path().join("tidegate.env");
+    std::fs::write(&env, "TIDEGATE_BROKER=mqtt://127.0.0.1:1883\n").unwrap();
+    let unit = unit
+        .replace("/usr/local/bin/tidegate", support::tidegate::bin())
+        .replace("/etc/tidegate/tidegate.env", env.to_str().unwrap());
+    let path = dir.path().join("tidegate.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.trim().is_empty(), "systemd-analyze printed: {text}");
+}
+
+#[test]
+fn json_logs_are_one_object_per_line_with_stable_fields() {
+    let broker = Mosquitto::start(BrokerOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let dbp = dir.path().join("j.db");
+    let url = broker.url();
+    let mut t = Tidegate::start(
+        &[
+            "--log-format",
+            "json",
+            "run",
+            "--broker",
+            &url,
+            "--db",
+            dbp.to_str().unwrap(),
+            "--client-id",
+            "json-logs",
+        ],
+        dir.path(),
+    );
+    assert!(t.wait_log("subscribed", Duration::from_secs(15)));
+    assert!(t.term().success());
+    let text = t.log_text();
+    let mut seen = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        for field in ["timestamp", "level", "message"] {
+            assert!(v.get(field).is_some(), "no `{field}` in {line}");
+        }
+        seen.push(v["message"].as_str().unwrap().to_string());
+    }
+    for m in ["connecting to the broker", "subscribed", "stopped cleanly"] {
+        assert!(seen.iter().any(|s| s.contains(m)), "{m} not logged: {seen:?}");
+    }
+}
+
+#[test]
+fn version_config_completions_and_man_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, out) = run_to_end(&["--version"], &[], dir.path());
+    assert!(s.success() && out.contains("commit "), "{out}");
+
+    let (s, toml) = run_to_end(&["config", "default"], &[], dir.path());
+    assert!(s.success());
+    let file = dir.path().join("t.toml");
+    std::fs::write(&file, format!("{toml}\nbroker = \"mqtt://127.0.0.1:1883\"\n")).unwrap();
+    let (s, out) = run_to_end(&["config", "check", file.to_str().unwrap()], &[], dir.path());
+    assert!(s.success(), "{out}");
+    assert!(out.contains("ok"));
+    std::fs::write(&file, "broker = \"mqtt://h\"\nqos = 7\n").unwrap();
+    let (s, out) = run_to_end(&["config", "check", file.to_str().unwrap()], &[], dir.path());
+    assert_eq!(s.code(), Some(2));
+    assert!(out.contains("qos"), "{out}");
+
+    let (s, out) = run_to_end(&["completions", "bash"], &[], dir.path());
+    assert!(
+        s.success() && out.contains("tidegate") && out.contains("--broker"),
+        "{out}"
+    );
+    let (s, out) = run_to_end(&["man"], &[], dir.path());
+    assert!(
+        s.success() && out.contains(".TH tidegate"),
+        "{}",
+        &out[..out.len().min(200)]
+    );
+}

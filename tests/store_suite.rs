@@ -472,3 +472,48 @@ fn retention_deletes_exactly_what_is_older() {
         });
     }
 }
+
+#[test]
+fn a_database_from_the_first_released_schema_is_upgraded_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/schema-v1.db"),
+        &path,
+    )
+    .unwrap();
+    let settings = StoreSettings {
+        db: DbUrl::Sqlite(path.clone()),
+        sqlite_sync: SqliteSync::Full,
+    };
+    rt().block_on(async {
+        let s = store::open(&settings).await.unwrap();
+        let old = s.messages(all(None)).await.unwrap();
+        assert_eq!(
+            old.iter().map(|m| m.payload.as_str()).collect::<Vec<_>>(),
+            ["21.5", "21.6", r#"{"online":true}"#]
+        );
+        // New messages get readings, next to the old rows.
+        write(&s, vec![with_readings(msg("sensors/s1/temp", b"22.0"))]).await;
+        let topics = s.topics().await.unwrap();
+        assert_eq!(
+            topics
+                .iter()
+                .find(|t| t.topic == "sensors/s1/temp")
+                .unwrap()
+                .message_count,
+            3
+        );
+    });
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(v, tidegate::store::sqlite::SCHEMA_VERSION);
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM readings", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1);
+    let dados: i64 = c
+        .query_row("SELECT count(*) FROM dados", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(dados, 4);
+}

@@ -5,11 +5,11 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::values::{Size, Span};
 
-#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Args, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunArgs {
     /// TOML file with these same settings (flags and env vars override it).
@@ -19,153 +19,215 @@ pub struct RunArgs {
 
     /// Broker URL: mqtt://host:1883, mqtts://host:8883, ws://host:port/path, wss://host:8884/mqtt.
     #[arg(long, env = "TIDEGATE_BROKER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub broker: Option<String>,
 
     /// Topic filter to subscribe to (repeatable; + and # wildcards). Default: `#`.
     #[arg(long = "topic", env = "TIDEGATE_TOPICS", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub topics: Option<Vec<String>>,
 
     /// Share the stream with other instances: subscribes to `$share/NAME/<filter>` for every
     /// topic, so each message goes to one member of the group.
     #[arg(long, env = "TIDEGATE_SHARE_GROUP")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub share_group: Option<String>,
 
     /// Subscription QoS: 1 (at least once, the default) or 0 (at most once).
     #[arg(long, env = "TIDEGATE_QOS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub qos: Option<u8>,
 
     /// Database: a SQLite path or sqlite://PATH (default tidegate.db), or
     /// postgres://user@host:port/db?sslmode=disable|prefer|require|verify-full.
     #[arg(long, env = "TIDEGATE_DB")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub db: Option<String>,
 
     /// File whose first line is the PostgreSQL password (or set TIDEGATE_DB_PASSWORD).
     #[arg(long, env = "TIDEGATE_DB_PASSWORD_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub db_password_file: Option<PathBuf>,
 
     /// MQTT client id; must be stable and unique per instance (default derived from host and db).
     #[arg(long, env = "TIDEGATE_CLIENT_ID")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
 
     /// MQTT user name.
     #[arg(long, env = "TIDEGATE_USERNAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
 
     /// MQTT password (prefer the env var or --password-file: flags show up in `ps`).
     #[arg(long, env = "TIDEGATE_PASSWORD", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
 
     /// File whose first line is the MQTT password.
     #[arg(long, env = "TIDEGATE_PASSWORD_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub password_file: Option<PathBuf>,
 
     /// MQTT protocol version: 5 (default) or 3.1.1.
     #[arg(long, env = "TIDEGATE_MQTT_VERSION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mqtt_version: Option<String>,
 
     /// PEM file with extra CA certificates to trust (for a private or self-signed broker).
     #[arg(long, env = "TIDEGATE_CA_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
 
     /// PEM client certificate for mutual TLS (needs --client-key).
     #[arg(long, env = "TIDEGATE_CLIENT_CERT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_cert: Option<PathBuf>,
 
     /// PEM private key for --client-cert.
     #[arg(long, env = "TIDEGATE_CLIENT_KEY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_key: Option<PathBuf>,
 
     /// How long the broker keeps the session while tidegate is away (default 1h).
     #[arg(long, env = "TIDEGATE_SESSION_EXPIRY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub session_expiry: Option<Span>,
 
     /// MQTT keep-alive interval (default 30s).
     #[arg(long, env = "TIDEGATE_KEEP_ALIVE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub keep_alive: Option<Span>,
 
     /// Largest payload stored; larger ones are recorded in `rejected` (default 1MiB).
     #[arg(long, env = "TIDEGATE_MAX_PAYLOAD")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_payload: Option<Size>,
 
     /// SQLite durability: `full` (default: a commit survives power loss) or `normal` (faster;
     /// survives a crash of tidegate, may lose the last commits on power loss).
     #[arg(long, env = "TIDEGATE_SQLITE_SYNC")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub sqlite_sync: Option<String>,
 
     /// Most messages committed in one transaction (default 5000).
     #[arg(long, env = "TIDEGATE_BATCH_SIZE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub batch_size: Option<usize>,
 
     /// Where the HTTP API listens (`off` to disable). Default 127.0.0.1:8080.
     #[arg(long, env = "TIDEGATE_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
 
     /// Bearer token every API route but /healthz requires (needed to listen beyond loopback).
     #[arg(long, env = "TIDEGATE_API_TOKEN", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub api_token: Option<String>,
 
     /// File whose first line is the API token.
     #[arg(long, env = "TIDEGATE_API_TOKEN_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub api_token_file: Option<PathBuf>,
 
     /// Largest HTTP request body accepted (default 8MiB).
     #[arg(long, env = "TIDEGATE_MAX_BODY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_body: Option<Size>,
 
     /// `subscribe` only: the tidegate API to forward to, e.g. http://127.0.0.1:8080.
     #[arg(long, env = "TIDEGATE_API")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub api: Option<String>,
 
     /// Directory of a durable local spool: acknowledge after an fsync'd local append and forward
     /// to PostgreSQL (or the `subscribe` API) in order, so an outage longer than the broker's
     /// queue loses nothing.
     #[arg(long, env = "TIDEGATE_SPOOL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub spool: Option<PathBuf>,
 
     /// Largest spool before tidegate stops acknowledging (default 1GiB).
     #[arg(long, env = "TIDEGATE_SPOOL_MAX")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub spool_max: Option<Size>,
 
     /// Extract readings (one row per JSON field) and rollups: `on` (default) or `off`.
     #[arg(long, env = "TIDEGATE_READINGS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub readings: Option<String>,
 
     /// Where the device name comes from: a topic pattern such as `sensors/{device}/#`, or
     /// `payload.FIELD`. Default: a top-level `device` or `device_id` field.
     #[arg(long, env = "TIDEGATE_DEVICE_FROM")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub device_from: Option<String>,
 
     /// Payload field holding the event time (repeatable; default ts, timestamp, time).
     #[arg(long = "time-field", env = "TIDEGATE_TIME_FIELDS", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub time_fields: Option<Vec<String>>,
 
     /// Deepest JSON nesting turned into readings (default 8).
     #[arg(long, env = "TIDEGATE_READINGS_MAX_DEPTH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub readings_max_depth: Option<usize>,
 
     /// Most readings from one message (default 256).
     #[arg(long, env = "TIDEGATE_READINGS_MAX_FIELDS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub readings_max_fields: Option<usize>,
 
     /// Delete raw messages older than this (e.g. 30d; default: keep).
     #[arg(long, env = "TIDEGATE_RETAIN_RAW")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub retain_raw: Option<Span>,
 
     /// Delete readings older than this (e.g. 90d; default: keep).
     #[arg(long, env = "TIDEGATE_RETAIN_READINGS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub retain_readings: Option<Span>,
 
     /// Delete rollups older than this (e.g. 5y; default: keep).
     #[arg(long, env = "TIDEGATE_RETAIN_ROLLUPS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub retain_rollups: Option<Span>,
 
     /// How long a batch may wait for more messages before it is committed (default 0ms: commit
     /// as soon as the writer is free; batches grow by themselves under load).
     #[arg(long, env = "TIDEGATE_BATCH_DELAY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub batch_delay: Option<Span>,
 }
 
 impl RunArgs {
+    /// Every setting that has a fixed default. Settings left `None` have none (the broker), or
+    /// one derived at start (the client id from host and database; the user and password from
+    /// the seed script's HIVE_USER/HIVE_PSWD).
+    pub fn defaults() -> RunArgs {
+        use std::time::Duration;
+        RunArgs {
+            topics: Some(vec!["#".into()]),
+            qos: Some(1),
+            db: Some("tidegate.db".into()),
+            mqtt_version: Some("5".into()),
+            session_expiry: Some(Span(Duration::from_secs(3600))),
+            keep_alive: Some(Span(Duration::from_secs(30))),
+            max_payload: Some(Size(1 << 20)),
+            sqlite_sync: Some("full".into()),
+            batch_size: Some(5000),
+            batch_delay: Some(Span(Duration::ZERO)),
+            listen: Some("127.0.0.1:8080".into()),
+            max_body: Some(Size(8 << 20)),
+            spool_max: Some(Size(1 << 30)),
+            readings: Some("on".into()),
+            time_fields: Some(vec!["ts".into(), "timestamp".into(), "time".into()]),
+            readings_max_depth: Some(8),
+            readings_max_fields: Some(256),
+            ..Default::default()
+        }
+    }
+
     /// Field by field: the value given here wins, else the one from `other`.
     pub fn or(self, other: RunArgs) -> RunArgs {
         RunArgs {

@@ -5,6 +5,7 @@
 mod args;
 mod broker;
 mod postgres;
+pub mod reference;
 mod values;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
@@ -261,7 +262,7 @@ impl Settings {
             Some(path) => load_file(path)?,
             None => RunArgs::default(),
         };
-        let a = cli.or(file);
+        let a = cli.or(file).or(RunArgs::defaults());
 
         let max_payload = a.max_payload.map(|s| s.0).unwrap_or(1 << 20);
         if max_payload == 0 || max_payload > 256 << 20 {

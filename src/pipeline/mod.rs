@@ -4,6 +4,7 @@
 
 pub mod batcher;
 pub mod envelope;
+pub mod stats;
 pub mod writer;
 
 pub use envelope::{Ack, Ingest};

@@ -27,6 +27,7 @@ pub struct Writer {
     pub stop: watch::Receiver<bool>,
     pub live: Live,
     pub readings: Arc<crate::readings::ReadingsConfig>,
+    pub stats: Arc<super::stats::StatsBook>,
 }
 
 impl Writer {
@@ -61,6 +62,8 @@ impl Writer {
                             metrics::gauge!(t::STORE_WRITABLE).set(1.0);
                         }
                         self.publish_live(&batch.messages, &committed);
+                        self.stats
+                            .record(&batch.messages, committed.outcomes(), crate::time::now());
                         record_outcomes(&committed);
                         let acked = batch.acknowledge(&committed);
                         metrics::counter!(t::ACKED).increment(acked as u64);

@@ -90,6 +90,14 @@ pub trait Store: Send + Sync + 'static {
         Ok(0)
     }
 
+    /// Adds per-minute pipeline statistics to `tidegate_stats` (counts add up; max is kept).
+    async fn write_stats(
+        &self,
+        _rows: &std::collections::HashMap<crate::pipeline::stats::StatsKey, crate::pipeline::stats::StatsRow>,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Writes `batch` and records `position` as the last spool row it covers, in the same
     /// transaction, so a spool forwarder that crashed after the commit knows where to resume.
     /// Stores that cannot (the remote API) answer `None`.

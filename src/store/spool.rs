@@ -182,6 +182,21 @@ impl Store for SpoolStore {
         self.inner.topics().await
     }
 
+    async fn readings(&self, q: super::ReadingsQuery) -> Result<Vec<super::Point>, StoreError> {
+        self.inner.readings(q).await
+    }
+
+    async fn retain(&self, policy: &crate::config::RetentionPolicy, chunk: usize) -> Result<u64, StoreError> {
+        self.inner.retain(policy, chunk).await
+    }
+
+    async fn write_stats(
+        &self,
+        rows: &std::collections::HashMap<crate::pipeline::stats::StatsKey, crate::pipeline::stats::StatsRow>,
+    ) -> Result<(), StoreError> {
+        self.inner.write_stats(rows).await
+    }
+
     fn describe(&self) -> String {
         format!(
             "{} (spooled through {})",

@@ -55,6 +55,7 @@ test("the demo's live page shows topics, live messages, a published message and 
       const page = await browser.newPage({ viewport: { width, height } });
       await page.goto(base + "/");
       await page.waitForSelector("#topics tr", { timeout: 10000 });
+      await page.waitForFunction(() => document.querySelectorAll("#chartlist .chart").length >= 3, null, { timeout: 15000 }).catch(() => {});
       const topics = await page.locator("#topics tr").allTextContents();
       assert.ok(topics.some((t) => t.includes("demo/sensors/")), "topics: " + topics);
 
@@ -67,9 +68,14 @@ test("the demo's live page shows topics, live messages, a published message and 
       await page.waitForSelector(`#live li:has-text("${unique}")`, { timeout: 2000 });
       console.log(`published message visible on the page after ${Date.now() - t0} ms (${width}px)`);
 
-      await page.waitForFunction(() => [...document.querySelectorAll("#chartlist polyline")].some((p) => Number(p.dataset.points) >= 2), null, { timeout: 15000 });
+      // A chart per numeric field; the temperature chart has lines with data points.
+      await page.waitForFunction(
+        () => [...document.querySelectorAll('#chartlist [data-field="temp"] polyline')].some((p) => Number(p.dataset.points) >= 2),
+        null,
+        { timeout: 15000 },
+      );
       const charts = await page.locator("#chartlist .chart h2").allTextContents();
-      assert.ok(charts.includes("temp"), "charts: " + charts);
+      for (const f of ["temp", "hum", "battery"]) assert.ok(charts.includes(f), "charts: " + charts);
       const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
       assert.ok(overflow <= 1, `page wider than the ${width}px screen by ${overflow}px`);
       mkdirSync(join(root, "target"), { recursive: true });

@@ -272,6 +272,20 @@ impl Store for PgStore {
             .map_err(|e| StoreError::Write(describe_pg(&e)))
     }
 
+    async fn write_stats(
+        &self,
+        rows: &std::collections::HashMap<crate::pipeline::stats::StatsKey, crate::pipeline::stats::StatsRow>,
+    ) -> Result<(), StoreError> {
+        let mut client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Write(pool_error(&e)))?;
+        write::write_stats(&mut client, rows)
+            .await
+            .map_err(|e| StoreError::Write(describe_pg(&e)))
+    }
+
     async fn topics(&self) -> Result<Vec<TopicStats>, StoreError> {
         let client = self
             .pool

@@ -3,7 +3,7 @@
 
 use tokio_postgres::Client;
 
-pub const VERSION: i32 = 2;
+pub const VERSION: i32 = 3;
 
 /// Any constant; it only has to be the same in every tidegate.
 const LOCK_KEY: i64 = 0x7469_6465_6761_7465; // "tidegate"
@@ -110,6 +110,23 @@ CREATE TABLE reading_notes (
 );
 "#;
 
+/// Version 3: tidegate's own per-minute health.
+const V3: &str = r#"
+CREATE TABLE tidegate_stats (
+    minute      timestamptz NOT NULL,
+    topic       text NOT NULL,
+    received    bigint NOT NULL,
+    committed   bigint NOT NULL,
+    duplicates  bigint NOT NULL,
+    rejected    bigint NOT NULL,
+    lag_ms_mean double precision,
+    lag_ms_max  double precision,
+    lag_ms_sum  double precision NOT NULL,
+    reconnects  bigint NOT NULL
+);
+CREATE UNIQUE INDEX tidegate_stats_key ON tidegate_stats (minute, (md5(topic)));
+"#;
+
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
     #[error("schema version {0} is newer than this tidegate")]
@@ -140,6 +157,11 @@ pub async fn migrate(client: &mut Client) -> Result<(), MigrateError> {
     if found < 2 {
         tx.batch_execute(V2).await?;
         tx.execute("INSERT INTO tidegate_schema (version) VALUES (2)", &[])
+            .await?;
+    }
+    if found < 3 {
+        tx.batch_execute(V3).await?;
+        tx.execute("INSERT INTO tidegate_schema (version) VALUES (3)", &[])
             .await?;
     }
     tx.commit().await?;

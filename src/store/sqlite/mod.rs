@@ -30,7 +30,11 @@ enum Command {
         usize,
         oneshot::Sender<Result<u64, StoreError>>,
     ),
+    Stats(StatsRows, oneshot::Sender<Result<(), StoreError>>),
 }
+
+type StatsRows =
+    std::collections::HashMap<crate::pipeline::stats::StatsKey, crate::pipeline::stats::StatsRow>;
 
 pub struct SqliteStore {
     path: PathBuf,
@@ -108,6 +112,11 @@ fn writer_thread(mut conn: Connection, mut rx: mpsc::Receiver<Command>) {
                     write::retain(&mut conn, &policy, chunk).map_err(|e| StoreError::Write(e.to_string()));
                 let _ = reply.send(result);
             }
+            Command::Stats(rows, reply) => {
+                let result =
+                    write::write_stats(&mut conn, &rows).map_err(|e| StoreError::Write(e.to_string()));
+                let _ = reply.send(result);
+            }
         }
     }
     // The last sender is gone: fold the WAL back so the file is complete on its own.
@@ -144,6 +153,15 @@ impl Store for SqliteStore {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Retain(policy.clone(), chunk, reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn write_stats(&self, rows: &StatsRows) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Stats(rows.clone(), reply))
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?

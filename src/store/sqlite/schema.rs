@@ -4,7 +4,7 @@
 use rusqlite::{Connection, OptionalExtension};
 
 /// The newest schema this build knows.
-pub const VERSION: i64 = 2;
+pub const VERSION: i64 = 3;
 
 const V1: &str = r#"
 CREATE TABLE messages (
@@ -85,6 +85,23 @@ CREATE TABLE reading_notes (
 );
 "#;
 
+/// Version 3: tidegate's own per-minute health, for a Metabase dashboard.
+const V3: &str = r#"
+CREATE TABLE tidegate_stats (
+    minute      DATETIME NOT NULL,
+    topic       TEXT NOT NULL,
+    received    INTEGER NOT NULL,
+    committed   INTEGER NOT NULL,
+    duplicates  INTEGER NOT NULL,
+    rejected    INTEGER NOT NULL,
+    lag_ms_mean REAL,
+    lag_ms_max  REAL,
+    lag_ms_sum  REAL NOT NULL,
+    reconnects  INTEGER NOT NULL,
+    PRIMARY KEY (minute, topic)
+) WITHOUT ROWID;
+"#;
+
 /// One rollup table per width, same layout.
 const ROLLUP: &str = r#"
 CREATE TABLE {t} (
@@ -157,6 +174,9 @@ pub fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
     }
     if found < 2 {
         tx.execute_batch(&v2())?;
+    }
+    if found < 3 {
+        tx.execute_batch(V3)?;
     }
     tx.pragma_update(None, "user_version", VERSION)?;
     tx.commit()?;
