@@ -28,6 +28,9 @@ pub enum Command {
     /// Configuration helpers: a complete default file, a check, the reference table.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Mapping helpers.
+    #[command(subcommand)]
+    Mapping(MappingCommand),
     /// Shell completions (bash, zsh, fish, elvish, powershell) on stdout.
     Completions { shell: clap_complete::Shell },
     /// The man page (roff) on stdout.
@@ -54,4 +57,18 @@ pub enum ConfigCommand {
     },
     /// Print the Markdown reference table (docs/configuration.md).
     Reference,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MappingCommand {
+    /// Print the readings and mapping rows a message would produce, without touching a database.
+    Test {
+        /// The TOML config file with the `[[mapping]]` tables.
+        #[arg(long)]
+        config: std::path::PathBuf,
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        payload: String,
+    },
 }

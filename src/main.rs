@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 use tidegate::{
-    cli::{Cli, Command, ConfigCommand},
+    cli::{Cli, Command, ConfigCommand, MappingCommand},
     config::{Mode, Settings},
 };
 
@@ -18,6 +18,22 @@ fn main() -> ExitCode {
 
     let (mode, args) = match cli.command {
         Command::Config(c) => return config_command(c),
+        Command::Mapping(MappingCommand::Test {
+            config,
+            topic,
+            payload,
+        }) => {
+            return match tidegate::readings::preview(&config, &topic, &payload) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "tidegate", &mut std::io::stdout());
             return ExitCode::SUCCESS;

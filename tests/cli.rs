@@ -278,3 +278,33 @@ fn version_config_completions_and_man_page() {
         &out[..out.len().min(200)]
     );
 }
+
+#[test]
+fn mapping_test_prints_rows_without_a_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("m.toml");
+    std::fs::write(
+        &file,
+        "[[mapping]]\nfilter = \"sensors/+/telemetry\"\ntable = \"telemetry\"\n[mapping.columns]\ntemperature_c = \"$.temp\"\n",
+    )
+    .unwrap();
+    let args = [
+        "mapping",
+        "test",
+        "--config",
+        file.to_str().unwrap(),
+        "--topic",
+        "sensors/s3/telemetry",
+        "--payload",
+    ];
+    let (s, out) = run_to_end(&[&args[..], &[r#"{"temp":"21.4"}"#]].concat(), &[], dir.path());
+    assert!(s.success(), "{out}");
+    assert!(out.contains(r#""row":{"temperature_c":21.4}"#), "{out}");
+    let (_, out) = run_to_end(&[&args[..], &[r#"{"temp":"hot"}"#]].concat(), &[], dir.path());
+    assert!(out.contains("rejected") && out.contains("temperature_c"), "{out}");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "it created files"
+    );
+}

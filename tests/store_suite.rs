@@ -517,3 +517,104 @@ fn a_database_from_the_first_released_schema_is_upgraded_in_place() {
         .unwrap();
     assert_eq!(dados, 4);
 }
+
+#[test]
+fn mappings_fill_wide_tables_add_columns_and_reject_values_that_do_not_fit() {
+    use tidegate::readings::{
+        mapping::{Mapping, MappingSpec},
+        ReadingsConfig,
+    };
+    let specs: Vec<MappingSpec> = toml::from_str::<std::collections::HashMap<String, Vec<MappingSpec>>>(
+        r#"
+        [[mapping]]
+        filter = "sensors/+/telemetry"
+        table = "telemetry"
+        [mapping.columns]
+        temperature_c = "$.temp"
+        status = { path = "$.status", type = "text" }
+
+        [[mapping]]
+        filter = "sensors/#"
+        table = "everything"
+        auto_columns = true
+        "#,
+    )
+    .unwrap()
+    .remove("mapping")
+    .unwrap();
+    let cfg = ReadingsConfig {
+        mappings: specs
+            .iter()
+            .map(|s| std::sync::Arc::new(Mapping::from_spec(s).unwrap()))
+            .collect(),
+        ..Default::default()
+    };
+    let derive = |topic: &str, p: &str| {
+        let mut m = msg(topic, p.as_bytes());
+        m.derived = tidegate::readings::derive(&cfg, topic, &m.payload, m.received_at);
+        m
+    };
+    for (name, settings, _dir) in stores() {
+        rt().block_on(async {
+            let s = store::open(&settings).await.unwrap();
+            write(
+                &s,
+                vec![derive("sensors/s1/telemetry", r#"{"temp":21.5,"status":"ok"}"#)],
+            )
+            .await;
+            // A new field mid-stream: a new column where auto_columns is on, ignored where it is off.
+            write(
+                &s,
+                vec![derive(
+                    "sensors/s1/telemetry",
+                    r#"{"temp":"22.5","status":"ok","pressure":1013}"#,
+                )],
+            )
+            .await;
+            // A value that does not fit its column: the message is kept, the row goes to `rejected`.
+            let out = write(
+                &s,
+                vec![derive("sensors/s1/telemetry", r#"{"temp":"hot","status":"ok"}"#)],
+            )
+            .await;
+            assert!(matches!(out[..], [Outcome::Stored { .. }]), "{name}");
+            assert_eq!(
+                s.messages(all(Some("sensors/s1/telemetry"))).await.unwrap().len(),
+                3,
+                "{name}"
+            );
+        });
+        let q = |sql: &str| -> String {
+            match &settings.db {
+                DbUrl::Sqlite(p) => {
+                    let c = rusqlite::Connection::open(p).unwrap();
+                    c.query_row(sql, [], |r| r.get::<_, Option<String>>(0))
+                        .unwrap()
+                        .unwrap_or_default()
+                }
+                DbUrl::Postgres(t) => {
+                    support::pg::psql(&support::pg::shared(), t.config.get_dbname().unwrap(), sql)
+                }
+            }
+        };
+        assert_eq!(q("SELECT string_agg(CAST(temperature_c AS TEXT) || ':' || status, ',' ORDER BY id) FROM telemetry"), "21.5:ok,22.5:ok", "{name}");
+        assert_eq!(
+            q("SELECT CAST(count(*) AS TEXT) FROM everything WHERE pressure IS NOT NULL"),
+            "1",
+            "{name}"
+        );
+        let cols = match &settings.db {
+            DbUrl::Sqlite(_) => q("SELECT group_concat(name, ',') FROM (SELECT name FROM pragma_table_info('telemetry') ORDER BY name)"),
+            DbUrl::Postgres(_) => q("SELECT string_agg(column_name::text, ',' ORDER BY column_name) FROM information_schema.columns WHERE table_name = 'telemetry'"),
+        };
+        assert_eq!(
+            cols, "device,id,message_id,status,temperature_c,topic,ts",
+            "{name}: auto_columns off adds nothing"
+        );
+        let reason = q("SELECT reason FROM rejected WHERE source = 'mapping'");
+        assert!(
+            reason.contains("temperature_c") && reason.contains("hot"),
+            "{name}: {reason}"
+        );
+    }
+}

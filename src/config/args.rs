@@ -193,6 +193,11 @@ pub struct RunArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retain_rollups: Option<Span>,
 
+    /// Wide tables filled from JSON paths: `[[mapping]]` tables in the config file only.
+    #[arg(skip)]
+    #[serde(rename = "mapping", skip_serializing_if = "Option::is_none")]
+    pub mappings: Option<Vec<crate::readings::mapping::MappingSpec>>,
+
     /// How long a batch may wait for more messages before it is committed (default 0ms: commit
     /// as soon as the writer is free; batches grow by themselves under load).
     #[arg(long, env = "TIDEGATE_BATCH_DELAY")]
@@ -259,6 +264,7 @@ impl RunArgs {
             api: self.api.or(other.api),
             spool: self.spool.or(other.spool),
             readings: self.readings.or(other.readings),
+            mappings: self.mappings.or(other.mappings),
             device_from: self.device_from.or(other.device_from),
             time_fields: self.time_fields.or(other.time_fields),
             readings_max_depth: self.readings_max_depth.or(other.readings_max_depth),

@@ -493,6 +493,18 @@ fn resolve_readings(a: &RunArgs) -> Result<crate::readings::ReadingsConfig, Conf
         enabled,
         ..Default::default()
     };
+    let mut tables = std::collections::HashSet::new();
+    for spec in a.mappings.iter().flatten() {
+        let m =
+            crate::readings::mapping::Mapping::from_spec(spec).map_err(|e| ConfigError::new("mapping", e))?;
+        if !tables.insert(m.table.clone()) {
+            return Err(ConfigError::new(
+                "mapping",
+                format!("table `{}` is mapped twice", m.table.as_str()),
+            ));
+        }
+        r.mappings.push(std::sync::Arc::new(m));
+    }
     if let Some(d) = &a.device_from {
         r.device = crate::readings::DeviceRule::parse(d).map_err(|e| ConfigError::new("device-from", e))?;
     }

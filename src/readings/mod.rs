@@ -6,6 +6,7 @@
 mod device;
 mod event_time;
 mod flatten;
+pub mod mapping;
 
 use chrono::{DateTime, Utc};
 
@@ -22,6 +23,8 @@ pub struct ReadingsConfig {
     pub device: DeviceRule,
     /// Payload fields tried in order for the event time.
     pub time_fields: Vec<String>,
+    /// Wide tables filled from JSON paths (`[[mapping]]` in the config file).
+    pub mappings: Vec<std::sync::Arc<mapping::Mapping>>,
 }
 
 impl Default for ReadingsConfig {
@@ -32,6 +35,7 @@ impl Default for ReadingsConfig {
             max_fields: 256,
             device: DeviceRule::default(),
             time_fields: vec!["ts".into(), "timestamp".into(), "time".into()],
+            mappings: Vec::new(),
         }
     }
 }
@@ -54,6 +58,11 @@ pub struct Derived {
     pub readings: Vec<Reading>,
     /// Why a JSON payload gave no readings, or why its event time was not used.
     pub note: Option<String>,
+    /// Rows for the mappings whose filter matches the topic, or why a value did not fit.
+    pub mapped: Vec<(
+        std::sync::Arc<mapping::Mapping>,
+        Result<mapping::MappedRow, String>,
+    )>,
 }
 
 /// Extracts readings from one message. `None` when readings are off or the payload is not JSON.
@@ -80,6 +89,7 @@ pub fn derive(
                 device: device::from_topic(&cfg.device, topic),
                 readings: Vec::new(),
                 note: Some("JSON nested too deeply to read; stored raw only".into()),
+                mapped: Vec::new(),
             })
         }
         Err(_) => return None,
@@ -113,13 +123,80 @@ pub fn derive(
             Vec::new()
         }
     };
+    let mapped = cfg
+        .mappings
+        .iter()
+        .filter(|m| m.matches(topic))
+        .map(|m| (m.clone(), mapping::apply(m, &json, &readings)))
+        .collect();
     Some(Derived {
         ts,
         ts_source,
         device,
-        readings,
+        readings: if cfg.enabled { readings } else { Vec::new() },
         note,
+        mapped,
     })
+}
+
+/// `tidegate mapping test`: what a message on `topic` would produce with the readings and
+/// mappings of the config file, as JSON lines. Touches no database.
+pub fn preview(
+    config: &std::path::Path,
+    topic: &str,
+    payload: &str,
+) -> Result<String, crate::config::ConfigError> {
+    use crate::config::{Mode, RunArgs, Settings};
+    crate::config::validate_topic_name(topic).map_err(|e| crate::config::ConfigError::new("topic", e))?;
+    let args = RunArgs {
+        config: Some(config.to_path_buf()),
+        broker: Some("mqtt://preview.invalid".into()),
+        listen: Some("off".into()),
+        ..Default::default()
+    };
+    let settings = Settings::resolve(Mode::Run, args)?;
+    let mut out = String::new();
+    let Some(d) = derive(&settings.readings, topic, payload.as_bytes(), chrono::Utc::now()) else {
+        out.push_str("{\"readings\":[],\"note\":\"the payload is not JSON: stored raw only\"}\n");
+        return Ok(out);
+    };
+    let readings: Vec<serde_json::Value> = d
+        .readings
+        .iter()
+        .map(|r| match &r.value {
+            Value::Number(n) => serde_json::json!({"field": r.field, "value": n}),
+            Value::Text(t) => serde_json::json!({"field": r.field, "text": t}),
+        })
+        .collect();
+    out.push_str(&serde_json::json!({"ts": d.ts, "ts_source": d.ts_source.as_str(), "device": d.device, "readings": readings, "note": d.note}).to_string());
+    out.push('\n');
+    for (m, r) in &d.mapped {
+        let line = match r {
+            Ok(row) => {
+                let cols: serde_json::Map<String, serde_json::Value> = row
+                    .values
+                    .iter()
+                    .map(|(n, v)| {
+                        let v = match v {
+                            mapping::SqlValue::Null => serde_json::Value::Null,
+                            mapping::SqlValue::Real(f) => serde_json::json!(f),
+                            mapping::SqlValue::Integer(i) => serde_json::json!(i),
+                            mapping::SqlValue::Text(s) => serde_json::json!(s),
+                            mapping::SqlValue::Bool(b) => serde_json::json!(b),
+                            mapping::SqlValue::Time(t) => serde_json::json!(t),
+                        };
+                        (n.as_str().to_string(), v)
+                    })
+                    .collect();
+                let new: Vec<&str> = row.new_columns.iter().map(|(n, _)| n.as_str()).collect();
+                serde_json::json!({"table": m.table.as_str(), "row": cols, "new_columns": new})
+            }
+            Err(reason) => serde_json::json!({"table": m.table.as_str(), "rejected": reason}),
+        };
+        out.push_str(&line.to_string());
+        out.push('\n');
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

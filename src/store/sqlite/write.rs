@@ -48,7 +48,7 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut topics = TopicTally::default();
-    let mut stored: Vec<&Message> = Vec::new();
+    let mut stored: Vec<(&Message, i64)> = Vec::new();
     {
         let mut insert_msg = tx.prepare_cached(
             "INSERT INTO messages (received_at, topic, payload, payload_raw, payload_size, qos, retain, content_type, user_properties, source)
@@ -135,7 +135,7 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
                         if let Some(note) = &d.note {
                             insert_note.execute(params![id, note])?;
                         }
-                        stored.push(m);
+                        stored.push((m, id));
                     }
                     (Outcome::Stored { id }, Some(id))
                 }
@@ -145,6 +145,7 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
             }
             outcomes.push(outcome);
         }
+        write_mapped(&tx, &stored)?;
         let mut upsert_topic = tx.prepare_cached(
             "INSERT INTO topics (topic, message_count, first_seen, last_seen) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (topic) DO UPDATE SET message_count = message_count + excluded.message_count,
@@ -154,7 +155,7 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
             upsert_topic.execute(params![topic, count, first, last])?;
         }
         for width in [Width::Minute, Width::Hour] {
-            let aggs = rollup::aggregate(stored.iter().copied(), width);
+            let aggs = rollup::aggregate(stored.iter().map(|(m, _)| *m), width);
             if aggs.is_empty() {
                 continue;
             }
@@ -297,4 +298,88 @@ pub fn write_stats(
         }
     }
     tx.commit()
+}
+
+/// Rows of the mapping tables for the stored messages; a value that does not fit its column is
+/// recorded in `rejected` (the message itself is already stored).
+fn write_mapped(tx: &rusqlite::Transaction<'_>, stored: &[(&Message, i64)]) -> rusqlite::Result<()> {
+    use crate::{readings::mapping::SqlValue, store::mapped};
+    use rusqlite::types::Value;
+    let mut shapes: std::collections::HashMap<
+        String,
+        std::collections::HashMap<String, crate::readings::mapping::ColType>,
+    > = Default::default();
+    for &(m, id) in stored {
+        let Some(d) = &m.derived else { continue };
+        for (mapping, result) in &d.mapped {
+            let t = mapping.table.quoted();
+            if !shapes.contains_key(mapping.table.as_str()) {
+                let ix = format!("\"{}_ts\"", mapping.table.as_str());
+                tx.execute_batch(&format!(
+                    "CREATE TABLE IF NOT EXISTS {t} (id INTEGER PRIMARY KEY, message_id INTEGER NOT NULL, ts DATETIME NOT NULL, topic TEXT NOT NULL, device TEXT);
+                     CREATE INDEX IF NOT EXISTS {ix} ON {t} (ts);"
+                ))?;
+                let mut st = tx.prepare(&format!(
+                    "SELECT name, type FROM pragma_table_info('{}')",
+                    mapping.table.as_str()
+                ))?;
+                let cols = st
+                    .query_map([], |r| {
+                        Ok((r.get::<_, String>(0)?, mapped::col_type(&r.get::<_, String>(1)?)))
+                    })?
+                    .collect::<rusqlite::Result<_>>()?;
+                shapes.insert(mapping.table.as_str().to_string(), cols);
+            }
+            let shape = shapes.get_mut(mapping.table.as_str()).expect("loaded above");
+            let planned = result.clone().and_then(|row| mapped::plan(mapping, &row, shape));
+            match planned {
+                Ok((add, values)) => {
+                    for (name, ty) in add {
+                        tx.execute_batch(&format!(
+                            "ALTER TABLE {t} ADD COLUMN {} {}",
+                            name.quoted(),
+                            ty.sqlite()
+                        ))?;
+                    }
+                    let names: Vec<String> = values.iter().map(|(n, _)| n.quoted()).collect();
+                    let mut args: Vec<Value> = vec![
+                        Value::Integer(id),
+                        Value::Text(crate::time::to_sql_text(d.ts)),
+                        Value::Text(m.topic.clone()),
+                        d.device.clone().map(Value::Text).unwrap_or(Value::Null),
+                    ];
+                    for (_, v) in &values {
+                        args.push(match v {
+                            SqlValue::Null => Value::Null,
+                            SqlValue::Real(f) => Value::Real(*f),
+                            SqlValue::Integer(i) => Value::Integer(*i),
+                            SqlValue::Text(s) => Value::Text(s.clone()),
+                            SqlValue::Bool(b) => Value::Integer(i64::from(*b)),
+                            SqlValue::Time(t) => Value::Text(crate::time::to_sql_text(*t)),
+                        });
+                    }
+                    let marks: Vec<String> = (1..=args.len()).map(|i| format!("?{i}")).collect();
+                    let cols = if names.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {}", names.join(", "))
+                    };
+                    tx.execute(
+                        &format!(
+                            "INSERT INTO {t} (message_id, ts, topic, device{cols}) VALUES ({})",
+                            marks.join(", ")
+                        ),
+                        rusqlite::params_from_iter(args),
+                    )?;
+                }
+                Err(reason) => {
+                    tx.execute(
+                        "INSERT INTO rejected (received_at, topic, size, qos, reason, source) VALUES (?1, ?2, ?3, ?4, ?5, 'mapping')",
+                        params![crate::time::to_sql_text(m.received_at), m.topic, m.size as i64, m.qos, reason],
+                    )?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
