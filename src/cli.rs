@@ -28,6 +28,9 @@ pub enum Command {
     /// Configuration helpers: a complete default file, a check, the reference table.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Load tool: publish numbered messages and measure throughput, latency and loss through
+    /// tidegate (its live stream) or a null subscriber.
+    Bench(crate::bench::BenchArgs),
     /// Mapping helpers.
     #[command(subcommand)]
     Mapping(MappingCommand),

@@ -14,6 +14,7 @@ pub const VERSION: &str = concat!(
 
 pub mod api;
 pub mod app;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -1,0 +1,143 @@
+//! `tidegate bench`: a load tool users can point at their own broker and tidegate. It publishes
+//! numbered, timestamped messages over several connections and measures what comes out the
+//! other side — from tidegate's live stream (each event is sent after its commit, so the
+//! latency is publish→commit) or, with `--null`, from a subscriber that stores nothing (the
+//! ceiling the broker and this machine allow). Reports throughput, latency percentiles, loss and
+//! duplicates. It never asserts a speed; it prints figures.
+
+mod collect;
+mod publish;
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::config::BrokerUrl;
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Broker to publish to (mqtt:// only: the load tool is for local or lab brokers).
+    #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
+    pub broker: String,
+    /// The tidegate API whose live stream shows what was committed, e.g. http://127.0.0.1:8080.
+    #[arg(long)]
+    pub api: Option<String>,
+    /// API token, if the API has one.
+    #[arg(long, env = "TIDEGATE_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// Measure a subscriber that acknowledges on receipt and stores nothing, instead of tidegate.
+    #[arg(long)]
+    pub null: bool,
+    /// Messages to publish in all (ignored with --rate).
+    #[arg(long, default_value_t = 100_000)]
+    pub messages: u64,
+    /// Publish at this many messages per second in all, for --duration.
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// With --rate: for how long.
+    #[arg(long, default_value = "10s")]
+    pub duration: crate::config::Span,
+    /// Payload size in bytes (at least 60; JSON with seq, send time and padding).
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// Publisher QoS: 0 or 1.
+    #[arg(long, default_value_t = 1)]
+    pub qos: u8,
+    /// Publishing connections.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Topic prefix; each run uses PREFIX/<random>.
+    #[arg(long, default_value = "bench/tidegate")]
+    pub topic: String,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What one run measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    pub published: u64,
+    pub received: u64,
+    pub duplicates: u64,
+    pub lost: u64,
+    pub seconds: f64,
+    pub msg_per_s: f64,
+    pub latency_ms_p50: f64,
+    pub latency_ms_p90: f64,
+    pub latency_ms_p99: f64,
+    pub latency_ms_max: f64,
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let broker = BrokerUrl::parse(&args.broker)?;
+    if broker.transport != crate::config::Transport::Tcp {
+        anyhow::bail!("tidegate bench publishes over plain mqtt:// only");
+    }
+    if args.api.is_none() && !args.null {
+        anyhow::bail!("say what to measure: --api http://HOST:PORT (tidegate's live stream) or --null");
+    }
+    if args.qos > 1 || args.size < 60 || args.connections == 0 || args.connections > 256 {
+        anyhow::bail!("--qos is 0 or 1, --size at least 60, --connections 1 to 256");
+    }
+    let topic = format!("{}/{:08x}", args.topic.trim_end_matches('/'), rand::random::<u32>());
+    let total = match args.rate {
+        Some(r) => r * args.duration.0.as_secs().max(1),
+        None => args.messages,
+    };
+    let collector = if args.null {
+        collect::Collector::null(&broker, &topic, args.qos).await?
+    } else {
+        let api = args.api.clone().unwrap_or_default();
+        collect::Collector::stream(&api, args.api_token.as_deref(), &topic).await?
+    };
+    let bar = indicatif::ProgressBar::new(total);
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {pos}/{len} received  {per_sec}  {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let started = Instant::now();
+    let publishing = tokio::spawn(publish::run(
+        broker.clone(),
+        topic.clone(),
+        total,
+        args.rate,
+        args.size,
+        args.qos,
+        args.connections,
+    ));
+    let report = collector.wait(total, &bar, Duration::from_secs(15), started).await;
+    publishing.await.context("publisher")??;
+    bar.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "published {}  received {}  lost {}  duplicates {}  in {:.2} s  →  {:.0} msg/s\nlatency (publish→{}) ms: p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}",
+            report.published,
+            report.received,
+            report.lost,
+            report.duplicates,
+            report.seconds,
+            report.msg_per_s,
+            if args.null { "receive" } else { "commit" },
+            report.latency_ms_p50,
+            report.latency_ms_p90,
+            report.latency_ms_p99,
+            report.latency_ms_max
+        );
+    }
+    Ok(())
+}
+
+/// Microseconds since the unix epoch, the clock in every bench payload.
+pub(crate) fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
