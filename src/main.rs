@@ -19,7 +19,10 @@ fn main() -> ExitCode {
     let (mode, args) = match cli.command {
         Command::Config(c) => return config_command(c),
         Command::Bench(args) => {
-            return match runtime().map_err(anyhow::Error::from).and_then(|r| r.block_on(tidegate::bench::run(args))) {
+            return match runtime()
+                .map_err(anyhow::Error::from)
+                .and_then(|r| r.block_on(tidegate::bench::run(args)))
+            {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");

@@ -29,7 +29,10 @@ impl Collector {
     /// Follows tidegate's `/api/v1/stream` for the bench topic.
     pub async fn stream(api: &str, token: Option<&str>, topic: &str) -> anyhow::Result<Collector> {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut req = reqwest::Client::new().get(format!("{}/api/v1/stream?topic={topic}", api.trim_end_matches('/')));
+        let mut req = reqwest::Client::new().get(format!(
+            "{}/api/v1/stream?topic={topic}",
+            api.trim_end_matches('/')
+        ));
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -48,7 +51,11 @@ impl Collector {
                     for line in block.split(|b| *b == b'\n') {
                         if let Some(data) = line.strip_prefix(b"data:") {
                             let v: Option<serde_json::Value> = serde_json::from_slice(data).ok();
-                            if let Some(p) = v.as_ref().and_then(|v| v["payload"].as_str()).and_then(|p| parse(p.as_bytes())) {
+                            if let Some(p) = v
+                                .as_ref()
+                                .and_then(|v| v["payload"].as_str())
+                                .and_then(|p| parse(p.as_bytes()))
+                            {
                                 let _ = tx.send(p);
                             }
                         }
@@ -61,11 +68,23 @@ impl Collector {
 
     /// A subscriber that acknowledges on receipt and stores nothing: the ceiling.
     pub async fn null(broker: &BrokerUrl, topic: &str, qos: u8) -> anyhow::Result<Collector> {
-        let mut opts = MqttOptions::new(format!("tidegate-bench-null-{}", rand::random::<u32>()), broker.host.clone(), broker.port);
-        opts.set_keep_alive(Duration::from_secs(30)).set_max_packet_size(1 << 20, 1 << 20);
+        let mut opts = MqttOptions::new(
+            format!("tidegate-bench-null-{}", rand::random::<u32>()),
+            broker.host.clone(),
+            broker.port,
+        );
+        opts.set_keep_alive(Duration::from_secs(30))
+            .set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut eventloop) = AsyncClient::new(opts, 1000);
         client
-            .subscribe(topic, if qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce })
+            .subscribe(
+                topic,
+                if qos == 0 {
+                    QoS::AtMostOnce
+                } else {
+                    QoS::AtLeastOnce
+                },
+            )
             .await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
@@ -94,7 +113,13 @@ impl Collector {
     }
 
     /// Collects until every sequence number arrived, or nothing new came for `idle`.
-    pub async fn wait(mut self, total: u64, bar: &indicatif::ProgressBar, idle: Duration, started: Instant) -> Report {
+    pub async fn wait(
+        mut self,
+        total: u64,
+        bar: &indicatif::ProgressBar,
+        idle: Duration,
+        started: Instant,
+    ) -> Report {
         let mut seen = vec![false; total as usize];
         let (mut unique, mut dups) = (0u64, 0u64);
         let mut lat: Vec<u64> = Vec::with_capacity(total as usize);

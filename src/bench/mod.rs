@@ -81,7 +81,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.qos > 1 || args.size < 60 || args.connections == 0 || args.connections > 256 {
         anyhow::bail!("--qos is 0 or 1, --size at least 60, --connections 1 to 256");
     }
-    let topic = format!("{}/{:08x}", args.topic.trim_end_matches('/'), rand::random::<u32>());
+    let topic = format!(
+        "{}/{:08x}",
+        args.topic.trim_end_matches('/'),
+        rand::random::<u32>()
+    );
     let total = match args.rate {
         Some(r) => r * args.duration.0.as_secs().max(1),
         None => args.messages,
@@ -110,7 +114,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.qos,
         args.connections,
     ));
-    let report = collector.wait(total, &bar, Duration::from_secs(15), started).await;
+    let report = collector
+        .wait(total, &bar, Duration::from_secs(15), started)
+        .await;
     publishing.await.context("publisher")??;
     bar.finish_and_clear();
     if args.json {

@@ -20,10 +20,18 @@ pub async fn run(
     for c in 0..connections as u64 {
         let (broker, topic) = (broker.clone(), topic.clone());
         tasks.push(tokio::spawn(async move {
-            let mut opts = MqttOptions::new(format!("tidegate-bench-pub-{}-{c}", rand::random::<u32>()), broker.host, broker.port);
+            let mut opts = MqttOptions::new(
+                format!("tidegate-bench-pub-{}-{c}", rand::random::<u32>()),
+                broker.host,
+                broker.port,
+            );
             opts.set_keep_alive(Duration::from_secs(30)).set_inflight(1000);
             let (client, mut eventloop) = AsyncClient::new(opts, 1000);
-            let q = if qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+            let q = if qos == 0 {
+                QoS::AtMostOnce
+            } else {
+                QoS::AtLeastOnce
+            };
             let mine: Vec<u64> = (c..total).step_by(connections).collect();
             let expected = mine.len() as u64;
             let per_conn_rate = rate.map(|r| (r as f64 / connections as f64).max(0.001));

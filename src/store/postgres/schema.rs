@@ -84,7 +84,6 @@ CREATE TABLE readings (
 );
 CREATE INDEX readings_ts ON readings (ts);
 CREATE INDEX readings_topic_field_ts ON readings ((left(topic, 200)), (left(field, 200)), ts);
-CREATE INDEX readings_device_field_ts ON readings ((left(device, 200)), (left(field, 200)), ts);
 
 CREATE TABLE readings_1m (
     topic   text NOT NULL,

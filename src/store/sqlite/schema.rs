@@ -76,7 +76,6 @@ CREATE TABLE readings (
 );
 CREATE INDEX readings_ts ON readings (ts);
 CREATE INDEX readings_topic_field_ts ON readings (topic, field, ts);
-CREATE INDEX readings_device_field_ts ON readings (device, field, ts);
 
 {ROLLUPS}
 CREATE TABLE reading_notes (
