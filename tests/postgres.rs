@@ -168,45 +168,6 @@ fn postgres_down_for_20s_loses_nothing_and_acks_nothing_meanwhile() {
     );
 }
 
-/// Publishes `seq-<from..to>` at about `rate` messages a second.
-fn publish_paced(port: u16, topic: &str, from: usize, to: usize, rate: usize) {
-    use std::io::Write;
-    let mut child = std::process::Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-t",
-            topic,
-            "-q",
-            "1",
-            "-l",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let tick = Duration::from_millis(100);
-    let per_tick = (rate / 10).max(1);
-    let start = std::time::Instant::now();
-    let mut i = from;
-    let mut ticks = 0u32;
-    while i < to {
-        let end = (i + per_tick).min(to);
-        let lines: String = (i..end).map(|n| format!("seq-{n}\n")).collect();
-        stdin.write_all(lines.as_bytes()).unwrap();
-        i = end;
-        ticks += 1;
-        let due = start + tick * ticks;
-        if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
-            std::thread::sleep(wait);
-        }
-    }
-    drop(stdin);
-    assert!(child.wait().unwrap().success());
-}
-
 #[test]
 fn a_60s_postgres_outage_at_500_msgs_loses_nothing_with_the_spool_and_the_broker_drops_without() {
     const RATE: usize = 500;
@@ -260,7 +221,7 @@ fn a_60s_postgres_outage_at_500_msgs_loses_nothing_with_the_spool_and_the_broker
         );
     }
     let port = broker.port;
-    let publisher = std::thread::spawn(move || publish_paced(port, "out/x", 0, TOTAL, RATE));
+    let publisher = std::thread::spawn(move || Mosquitto::publish_paced_on(port, "out/x", 0, TOTAL, RATE));
     std::thread::sleep(Duration::from_secs(5));
     server.stop();
     std::thread::sleep(Duration::from_secs(60));

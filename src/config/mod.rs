@@ -460,8 +460,9 @@ fn resolve_mqtt(a: &RunArgs, target: &str, max_payload: usize) -> Result<MqttSet
         ));
     }
     let keep_alive = a.keep_alive.map(|s| s.0).unwrap_or(Duration::from_secs(30));
-    if keep_alive < Duration::from_secs(1) || keep_alive.as_secs() > u16::MAX as u64 {
-        return Err(ConfigError::new("keep-alive", "must be between 1s and 18h"));
+    // rumqttc refuses (panics on) keep-alives under 5 s.
+    if keep_alive < Duration::from_secs(5) || keep_alive.as_secs() > u16::MAX as u64 {
+        return Err(ConfigError::new("keep-alive", "must be between 5s and 18h"));
     }
     Ok(MqttSettings {
         broker,

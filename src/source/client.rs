@@ -81,7 +81,7 @@ fn host(s: &MqttSettings) -> String {
 
 pub fn build(s: &MqttSettings) -> Result<(Client, EventLoop), TlsError> {
     let transport = transport(s)?;
-    let keep_alive = s.keep_alive.max(Duration::from_secs(1));
+    let keep_alive = s.keep_alive.max(Duration::from_secs(5));
     Ok(match s.version {
         MqttVersion::V5 => {
             let mut o = v5::MqttOptions::new(s.client_id.clone(), host(s), s.broker.port);

@@ -133,6 +133,10 @@ async fn session_loop(
     let mut generation = gate.generation();
     let mut backoff = BACKOFF_MIN;
     let mut ever_connected = false;
+    // Connections that dropped within seconds of being made, in a row: another client with our
+    // client id keeps kicking us off (or the broker refuses us after CONNACK).
+    let mut connected_at: Option<std::time::Instant> = None;
+    let mut short_lived = 0u32;
     loop {
         match eventloop.poll(&s.client_id, s.max_payload).await {
             Ok(Event::ConnAck {
@@ -140,6 +144,7 @@ async fn session_loop(
                 detail,
             }) => {
                 backoff = BACKOFF_MIN;
+                connected_at = Some(std::time::Instant::now());
                 let previous_error = status.borrow().last_error.clone();
                 metrics::gauge!(crate::telemetry::MQTT_CONNECTED).set(1.0);
                 if ever_connected {
@@ -222,6 +227,18 @@ async fn session_loop(
                 }
                 let reason = e.to_string();
                 let was_connected = status.borrow().connected;
+                match connected_at.take() {
+                    Some(t) if t.elapsed() < Duration::from_secs(5) => short_lived += 1,
+                    Some(_) => short_lived = 0,
+                    None => {}
+                }
+                if short_lived == 3 {
+                    tracing::error!(
+                        client_id = %s.client_id,
+                        "the connection keeps dropping right after it is made: is another client using client id `{}`? Each tidegate instance needs its own --client-id",
+                        s.client_id
+                    );
+                }
                 let same = status.borrow().last_error.as_deref() == Some(reason.as_str());
                 if was_connected {
                     tracing::warn!(error = %reason, "connection to the broker lost; reconnecting");

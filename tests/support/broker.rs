@@ -289,3 +289,44 @@ impl Mosquitto {
         assert!(child.wait().unwrap().success(), "mosquitto_pub failed");
     }
 }
+
+impl Mosquitto {
+    /// Publishes `seq-<from..to>` at about `rate` messages a second (QoS 1), from another thread.
+    pub fn publish_paced_on(port: u16, topic: &str, from: usize, to: usize, rate: usize) {
+        let mut child = Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-t",
+                topic,
+                "-q",
+                "1",
+                "-l",
+            ])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let tick = Duration::from_millis(100);
+        let per_tick = (rate / 10).max(1);
+        let start = std::time::Instant::now();
+        let mut i = from;
+        let mut ticks = 0u32;
+        while i < to {
+            let end = (i + per_tick).min(to);
+            let lines: String = (i..end).map(|n| format!("seq-{n}\n")).collect();
+            if stdin.write_all(lines.as_bytes()).is_err() {
+                break;
+            }
+            i = end;
+            ticks += 1;
+            if let Some(wait) = (start + tick * ticks).checked_duration_since(std::time::Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        drop(stdin);
+        assert!(child.wait().unwrap().success(), "mosquitto_pub failed");
+    }
+}

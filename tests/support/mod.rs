@@ -5,6 +5,8 @@
 pub mod broker;
 pub mod db;
 pub mod pg;
+pub mod proxy;
+pub mod report;
 pub mod tidegate;
 
 use std::time::{Duration, Instant};

@@ -23,6 +23,9 @@ use crate::{
 
 pub use schema::VERSION as SCHEMA_VERSION;
 
+/// How long one batch may take before the connection is presumed dead.
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub struct PgStore {
     pool: Pool,
     display: String,
@@ -133,6 +136,21 @@ impl PgStore {
 
 impl PgStore {
     async fn write_at(
+        &self,
+        batch: &[Message],
+        position: Option<&SpoolPosition>,
+    ) -> Result<Committed, StoreError> {
+        // A half-open connection would wait forever; give up and retry on a new connection.
+        match tokio::time::timeout(WRITE_TIMEOUT, self.write_inner(batch, position)).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Write(format!(
+                "PostgreSQL did not answer within {} s; retrying on a new connection",
+                WRITE_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    async fn write_inner(
         &self,
         batch: &[Message],
         position: Option<&SpoolPosition>,

@@ -1,0 +1,491 @@
+//! The fault suite: real Mosquitto and PostgreSQL processes, a TCP proxy that delays, cuts and
+//! blackholes traffic, crashes of tidegate and of the broker, a filesystem that fills up. Every
+//! scenario publishes numbered QoS 1 messages and ends with the same check — every number stored
+//! exactly once — and records its figures for docs/reliability.md (scripts/reliability-report).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{
+    broker::{BrokerOptions, Mosquitto},
+    db, pg,
+    proxy::Proxy,
+    report::{self, Row},
+    tidegate::Tidegate,
+};
+
+const MSGS: &str = "SELECT count(*) FROM messages";
+
+fn check_sqlite(path: &std::path::Path, topic: &str, total: usize) -> (usize, usize) {
+    let (missing, dup) = db::exactly_once(path, topic, total);
+    let ok: String = db::open(path)
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+    (missing.len(), dup.len())
+}
+
+#[test]
+fn kill9_every_3s_for_30s_under_load_sqlite() {
+    const RATE: usize = 2000;
+    const TOTAL: usize = RATE * 30;
+    let broker = Mosquitto::start(BrokerOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let dbp = dir.path().join("k.db");
+    let url = broker.url();
+    let mut t = Tidegate::start(
+        &[
+            "run",
+            "--broker",
+            &url,
+            "--db",
+            dbp.to_str().unwrap(),
+            "--topic",
+            "k/#",
+            "--client-id",
+            "chaos-kill",
+        ],
+        dir.path(),
+    );
+    assert!(t.wait_log("subscribed", Duration::from_secs(15)));
+    let port = broker.port;
+    let publisher = std::thread::spawn(move || Mosquitto::publish_paced_on(port, "k/x", 0, TOTAL, RATE));
+    let mut rss: f64 = 0.0;
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_secs(3));
+        rss = rss.max(report::peak_rss_mib(t.pid()));
+        t.restart();
+    }
+    publisher.join().unwrap();
+    let end = Instant::now();
+    db::wait_count(&dbp, MSGS, TOTAL as i64, Duration::from_secs(60));
+    let recovery = end.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(300));
+    let (lost, dup) = check_sqlite(&dbp, "k/x", TOTAL);
+    report::record(&Row {
+        scenario: "kill -9 of tidegate every 3 s for 30 s (SQLite)".into(),
+        parameters: format!("{RATE} msg/s, 10 kills, restart at once"),
+        sent: TOTAL,
+        lost,
+        duplicated: dup,
+        recovery_s: recovery,
+        peak_rss_mib: rss,
+        notes: "PRAGMA integrity_check ok".into(),
+    });
+    assert_eq!((lost, dup), (0, 0));
+}
+
+#[test]
+fn kill9_every_3s_for_20s_under_load_postgres() {
+    const RATE: usize = 2000;
+    const TOTAL: usize = RATE * 20;
+    let broker = Mosquitto::start(BrokerOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let url = pg::fresh_database(&pg::shared());
+    let plain = url.split('?').next().unwrap().to_string();
+    let b = broker.url();
+    let mut t = Tidegate::start(
+        &[
+            "run",
+            "--broker",
+            &b,
+            "--db",
+            &url,
+            "--topic",
+            "kp/#",
+            "--client-id",
+            "chaos-kill-pg",
+        ],
+        dir.path(),
+    );
+    assert!(t.wait_log("subscribed", Duration::from_secs(15)));
+    let port = broker.port;
+    let publisher = std::thread::spawn(move || Mosquitto::publish_paced_on(port, "kp/x", 0, TOTAL, RATE));
+    let mut rss: f64 = 0.0;
+    for _ in 0..6 {
+        std::thread::sleep(Duration::from_secs(3));
+        rss = rss.max(report::peak_rss_mib(t.pid()));
+        t.restart();
+    }
+    publisher.join().unwrap();
+    let end = Instant::now();
+    db::pg_wait_count(&plain, MSGS, TOTAL as i64, Duration::from_secs(60));
+    let recovery = end.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(300));
+    let (missing, dup) = db::pg_exactly_once(&plain, "kp/x", TOTAL);
+    report::record(&Row {
+        scenario: "kill -9 of tidegate every 3 s for 20 s (PostgreSQL)".into(),
+        parameters: format!("{RATE} msg/s, 6 kills"),
+        sent: TOTAL,
+        lost: missing.len(),
+        duplicated: dup.len(),
+        recovery_s: recovery,
+        peak_rss_mib: rss,
+        notes: String::new(),
+    });
+    assert_eq!((missing.len(), dup.len()), (0, 0));
+}
+
+#[test]
+fn broker_killed_with_sigkill_tidegate_reconnects_and_resubscribes() {
+    let mut broker = Mosquitto::start(BrokerOptions {
+        persistence: true,
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let dbp = dir.path().join("b.db");
+    let url = broker.url();
+    let t = Tidegate::start(
+        &[
+            "run",
+            "--broker",
+            &url,
+            "--db",
+            dbp.to_str().unwrap(),
+            "--topic",
+            "bk/#",
+            "--client-id",
+            "chaos-broker",
+        ],
+        dir.path(),
+    );
+    assert!(t.wait_log("subscribed", Duration::from_secs(15)));
+    // Messages queued at the broker while tidegate's window is full, then the broker dies.
+    broker.publish_lines("bk/x", 1, &db::seq_lines(0, 5000));
+    broker.kill9();
+    let down = Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    broker.start_again();
+    // Mosquitto saves its state every 30 min by default: after kill -9 it has no session for us.
+    assert!(
+        support::wait_for(Duration::from_secs(40), || t
+            .log_text()
+            .matches("subscribed")
+            .count()
+            .ge(&2)
+            .then_some(()))
+        .is_some(),
+        "{}",
+        t.log_text()
+    );
+    broker.publish_lines("bk/x", 1, &db::seq_lines(5000, 7000));
+    db::wait_count(
+        &dbp,
+        "SELECT count(*) FROM messages WHERE payload >= 'seq-5000' AND length(payload) = 8",
+        2000,
+        Duration::from_secs(30),
+    );
+    let recovery = down.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(300));
+    let (missing, dup) = db::exactly_once(&dbp, "bk/x", 7000);
+    let after_restart_missing = missing.iter().filter(|&&n| n >= 5000).count();
+    report::record(&Row {
+        scenario: "broker killed with -9 and restarted (persistence on, default autosave)".into(),
+        parameters: "5000 messages before the kill, 2000 after".into(),
+        sent: 7000,
+        lost: missing.len(),
+        duplicated: dup.len(),
+        recovery_s: recovery,
+        peak_rss_mib: report::peak_rss_mib(t.pid()),
+        notes: format!(
+            "{} lost with the broker's memory (state not yet saved); tidegate saw `session_present=0`, warned of a possible gap and resubscribed; 0 lost after the restart",
+            missing.len()
+        ),
+    });
+    assert_eq!(after_restart_missing, 0);
+    assert!(dup.is_empty());
+    assert!(t.log_text().contains("possible gap"), "{}", t.log_text());
+}
+
+#[test]
+fn network_faults_between_tidegate_and_the_broker() {
+    const TOTAL: usize = 30_000;
+    let broker = Mosquitto::start(BrokerOptions::default());
+    let proxy = Proxy::start(broker.port);
+    let dir = tempfile::tempdir().unwrap();
+    let dbp = dir.path().join("n.db");
+    let url = format!("mqtt://127.0.0.1:{}", proxy.port);
+    let t = Tidegate::start(
+        &[
+            "run",
+            "--broker",
+            &url,
+            "--db",
+            dbp.to_str().unwrap(),
+            "--topic",
+            "n/#",
+            "--client-id",
+            "chaos-net",
+            "--keep-alive",
+            "5s",
+        ],
+        dir.path(),
+    );
+    assert!(
+        t.wait_log("subscribed", Duration::from_secs(15)),
+        "{}",
+        t.log_text()
+    );
+    let port = broker.port;
+    let publisher = std::thread::spawn(move || Mosquitto::publish_paced_on(port, "n/x", 0, TOTAL, 2000));
+    std::thread::sleep(Duration::from_secs(2));
+    proxy.set_latency(50);
+    std::thread::sleep(Duration::from_secs(2));
+    proxy.set_latency(0);
+    for _ in 0..3 {
+        proxy.drop_all();
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    // Half-open: nothing flows, nothing is closed. The keep-alive must notice.
+    proxy.blackhole(true);
+    let noticed = t.wait_log("connection to the broker lost", Duration::from_secs(20));
+    proxy.drop_all();
+    proxy.blackhole(false);
+    let healed = Instant::now();
+    publisher.join().unwrap();
+    db::wait_count(&dbp, MSGS, TOTAL as i64, Duration::from_secs(60));
+    let recovery = healed.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(300));
+    let (lost, dup) = check_sqlite(&dbp, "n/x", TOTAL);
+    report::record(&Row {
+        scenario: "network faults tidegate ↔ broker (TCP proxy)".into(),
+        parameters: "2000 msg/s; 50 ms latency 2 s; 3 cuts mid-stream; blackhole (half-open) until the keep-alive (5 s) notices".into(),
+        sent: TOTAL,
+        lost,
+        duplicated: dup,
+        recovery_s: recovery,
+        peak_rss_mib: report::peak_rss_mib(t.pid()),
+        notes: format!("half-open connection noticed by the keep-alive: {noticed}"),
+    });
+    assert!(noticed, "{}", t.log_text());
+    assert_eq!((lost, dup), (0, 0));
+}
+
+#[test]
+fn network_faults_and_a_slow_link_between_tidegate_and_postgres() {
+    const TOTAL: usize = 20_000;
+    let server = pg::PgServer::start();
+    let proxy = Proxy::start(server.port);
+    let url = pg::fresh_database(&server.url());
+    let name = url
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
+        .to_string();
+    let via_proxy = format!(
+        "postgres://postgres@127.0.0.1:{}/{name}?sslmode=disable",
+        proxy.port
+    );
+    let plain = format!("{}/{name}", server.url());
+    let broker = Mosquitto::start(BrokerOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker.url();
+    let t = Tidegate::start(
+        &[
+            "run",
+            "--broker",
+            &b,
+            "--db",
+            &via_proxy,
+            "--topic",
+            "np/#",
+            "--client-id",
+            "chaos-net-pg",
+        ],
+        dir.path(),
+    );
+    assert!(
+        t.wait_log("subscribed", Duration::from_secs(15)),
+        "{}",
+        t.log_text()
+    );
+    // A slow store: 100 ms on every round trip to PostgreSQL while messages pour in.
+    proxy.set_latency(100);
+    broker.publish_lines("np/x", 1, &db::seq_lines(0, TOTAL / 2));
+    std::thread::sleep(Duration::from_secs(5));
+    let slow_rss = report::peak_rss_mib(t.pid());
+    proxy.set_latency(0);
+    for _ in 0..3 {
+        proxy.drop_all();
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    broker.publish_lines("np/x", 1, &db::seq_lines(TOTAL / 2, TOTAL));
+    let healed = Instant::now();
+    db::pg_wait_count(&plain, MSGS, TOTAL as i64, Duration::from_secs(90));
+    let recovery = healed.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(300));
+    let (missing, dup) = db::pg_exactly_once(&plain, "np/x", TOTAL);
+    report::record(&Row {
+        scenario: "slow link and cut connections tidegate ↔ PostgreSQL (TCP proxy)".into(),
+        parameters: "100 ms per round trip for 5 s under a 10 000-message burst, then 3 cuts".into(),
+        sent: TOTAL,
+        lost: missing.len(),
+        duplicated: dup.len(),
+        recovery_s: recovery,
+        peak_rss_mib: slow_rss.max(report::peak_rss_mib(t.pid())),
+        notes: "memory stays bounded while the store is slow: the broker holds the backlog".into(),
+    });
+    assert_eq!((missing.len(), dup.len()), (0, 0));
+    assert!(slow_rss < 200.0, "RSS grew to {slow_rss} MiB with a slow store");
+}
+
+#[test]
+fn a_full_filesystem_stops_acks_then_recovers_when_space_is_freed() {
+    const TOTAL: usize = 6000;
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs", mnt.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(
+        ok.success(),
+        "mounting a small tmpfs needs root (the test command runs as root)"
+    );
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let broker = Mosquitto::start(BrokerOptions::default());
+    let dbp = mnt.join("full.db");
+    let url = broker.url();
+    let t = Tidegate::start(
+        &[
+            "run",
+            "--broker",
+            &url,
+            "--db",
+            dbp.to_str().unwrap(),
+            "--topic",
+            "f/#",
+            "--client-id",
+            "chaos-full",
+            "--readings",
+            "off",
+        ],
+        dir.path(),
+    );
+    assert!(t.wait_log("subscribed", Duration::from_secs(15)));
+    let api = t.api();
+    broker.publish_lines("f/x", 1, &db::seq_lines(0, 1000));
+    db::wait_count(&dbp, MSGS, 1000, Duration::from_secs(15));
+    // Fill what is left of the filesystem.
+    let filler = mnt.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
+    drop(f);
+    let pad = "p".repeat(400);
+    let lines: Vec<String> = (1000..TOTAL).map(|i| format!("seq-{i} {pad}")).collect();
+    broker.publish_lines("f/x", 1, &lines);
+    assert!(
+        t.wait_log("cannot write to the store", Duration::from_secs(30)),
+        "{}",
+        t.log_text()
+    );
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ready = reqwest::blocking::get(format!("{api}/readyz")).unwrap();
+    assert_eq!(ready.status().as_u16(), 503);
+    let body = ready.text().unwrap();
+    assert!(body.contains("full"), "{body}");
+    std::fs::remove_file(&filler).unwrap();
+    let freed = Instant::now();
+    assert!(
+        t.wait_log("store writable again", Duration::from_secs(30)),
+        "{}",
+        t.log_text()
+    );
+    db::wait_count(&dbp, MSGS, TOTAL as i64, Duration::from_secs(30));
+    let recovery = freed.elapsed().as_secs_f64();
+    let c = db::open(&dbp);
+    let mut seen = vec![0u32; TOTAL];
+    let mut st = c
+        .prepare("SELECT payload FROM messages WHERE topic = 'f/x'")
+        .unwrap();
+    for p in st.query_map([], |r| r.get::<_, String>(0)).unwrap() {
+        let p = p.unwrap();
+        if let Some(n) = p
+            .strip_prefix("seq-")
+            .and_then(|s| s.split(' ').next())
+            .and_then(|s| s.parse::<usize>().ok())
+        {
+            seen[n] += 1;
+        }
+    }
+    let lost = seen.iter().filter(|c| **c == 0).count();
+    let dup = seen.iter().filter(|c| **c > 1).count();
+    report::record(&Row {
+        scenario: "SQLite on a filesystem that fills up, then space freed".into(),
+        parameters: "24 MiB tmpfs filled by another file; 5000 messages of ~410 bytes arrive meanwhile"
+            .into(),
+        sent: TOTAL,
+        lost,
+        duplicated: dup,
+        recovery_s: recovery,
+        peak_rss_mib: report::peak_rss_mib(t.pid()),
+        notes: "no acknowledgement while full; /readyz 503 with the reason; resumed by itself".into(),
+    });
+    assert_eq!((lost, dup), (0, 0));
+}
+
+#[test]
+fn a_client_id_collision_is_detected_and_named() {
+    let broker = Mosquitto::start(BrokerOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let dbp = dir.path().join("c.db");
+    let url = broker.url();
+    let t = Tidegate::start(
+        &[
+            "run",
+            "--broker",
+            &url,
+            "--db",
+            dbp.to_str().unwrap(),
+            "--topic",
+            "c/#",
+            "--client-id",
+            "twin",
+        ],
+        dir.path(),
+    );
+    assert!(t.wait_log("subscribed", Duration::from_secs(15)));
+    // Another client with the same id connects every second, kicking tidegate off each time.
+    let port = broker.port.to_string();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let kicker = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = std::process::Command::new("mosquitto_pub")
+                    .args(["-p", &port, "-i", "twin", "-t", "c/kick", "-m", "x", "-q", "0"])
+                    .status();
+                std::thread::sleep(Duration::from_millis(900));
+            }
+        })
+    };
+    let named = t.wait_log(
+        "is another client using client id `twin`",
+        Duration::from_secs(30),
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    kicker.join().unwrap();
+    report::record(&Row {
+        scenario: "client id collision (another client kicks tidegate off every second)".into(),
+        parameters: "mosquitto_pub -i <tidegate's id> every 0.9 s".into(),
+        notes: format!("tidegate named the cause in its log: {named}"),
+        peak_rss_mib: report::peak_rss_mib(t.pid()),
+        ..Default::default()
+    });
+    assert!(named, "{}", t.log_text());
+}
