@@ -489,3 +489,144 @@ fn a_client_id_collision_is_detected_and_named() {
     });
     assert!(named, "{}", t.log_text());
 }
+
+#[test]
+fn a_corpus_of_nasty_messages_over_mqtt_and_http() {
+    let broker = Mosquitto::start(BrokerOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let dbp = dir.path().join("nasty.db");
+    let url = broker.url();
+    let mut t = Tidegate::start(
+        &[
+            "run",
+            "--broker",
+            &url,
+            "--db",
+            dbp.to_str().unwrap(),
+            "--topic",
+            "nasty/#",
+            "--client-id",
+            "nasty",
+            "--max-payload",
+            "4MiB",
+        ],
+        dir.path(),
+    );
+    assert!(t.wait_log("subscribed", Duration::from_secs(15)));
+    let api = t.api();
+    // 100 MiB payload: recorded in `rejected`, acknowledged, the connection stays up.
+    let big = dir.path().join("big.bin");
+    std::fs::write(&big, vec![b'x'; 100 << 20]).unwrap();
+    let ok = std::process::Command::new("mosquitto_pub")
+        .args([
+            "-p",
+            &broker.port.to_string(),
+            "-t",
+            "nasty/big",
+            "-q",
+            "1",
+            "-f",
+            big.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    std::fs::remove_file(&big).unwrap();
+    // 64k-deep JSON and a 100k-field object: stored raw, the reason noted.
+    let deep = format!("{}1{}", "[".repeat(65_536), "]".repeat(65_536));
+    broker.publish_bytes("nasty/deep", deep.as_bytes(), &[]);
+    let wide = format!(
+        "{{{}}}",
+        (0..100_000)
+            .map(|i| format!("\"f{i}\":{i}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    broker.publish_bytes("nasty/wide", wide.as_bytes(), &[]);
+    // A retained storm: 500 retained topics, replayed to a second session — stored once each.
+    for i in 0..500 {
+        broker.publish_bytes(&format!("nasty/retained/{i}"), b"state", &["-r", "-q", "0"]);
+    }
+    broker.publish_bytes("nasty/after", b"alive", &[]);
+    db::wait_count(
+        &dbp,
+        "SELECT count(*) FROM messages WHERE topic = 'nasty/after'",
+        1,
+        Duration::from_secs(30),
+    );
+    let rss = report::peak_rss_mib(t.pid());
+    assert!(t.term().success());
+    let t2 = Tidegate::start(
+        &[
+            "run",
+            "--broker",
+            &url,
+            "--db",
+            dbp.to_str().unwrap(),
+            "--topic",
+            "nasty/#",
+            "--client-id",
+            "nasty-2",
+        ],
+        dir.path(),
+    );
+    assert!(t2.wait_log("subscribed", Duration::from_secs(15)));
+    std::thread::sleep(Duration::from_secs(2));
+
+    let size: i64 = db::open(&dbp)
+        .query_row("SELECT size FROM rejected WHERE topic = 'nasty/big'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(size, 100 << 20);
+    let notes = db::count(&dbp, "SELECT count(*) FROM reading_notes n JOIN messages m ON m.id = n.message_id WHERE m.topic IN ('nasty/deep', 'nasty/wide')");
+    assert_eq!(notes, 2);
+    assert_eq!(
+        db::count(
+            &dbp,
+            "SELECT count(*) FROM messages WHERE topic LIKE 'nasty/retained/%'"
+        ),
+        500
+    );
+    assert!(
+        !t.log_text().contains("connection to the broker lost"),
+        "{}",
+        t.log_text()
+    );
+    // Over HTTP: a 100 MiB body and a 64k-deep body get clear 4xx answers.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let c = reqwest::blocking::Client::new();
+    let r = c
+        .post(format!("{}/api/v1/messages", t2.api()))
+        .header("content-type", "application/json")
+        .body(vec![b' '; 100 << 20])
+        .send();
+    assert!(
+        r.map(|r| r.status().as_u16() == 413).unwrap_or(true),
+        "a 100 MiB body was not refused"
+    );
+    let body = format!("{{\"topic\":\"nasty/http\",\"payload\":{deep}}}");
+    let r = c
+        .post(format!("{}/api/v1/messages", t2.api()))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .unwrap();
+    // Stored exactly as sent (a raw JSON value), with the readings' reason noted.
+    assert_eq!(r.status().as_u16(), 201);
+    assert_eq!(
+        db::count(&dbp, "SELECT count(*) FROM messages WHERE topic = 'nasty/http'"),
+        1
+    );
+    let _ = api;
+    report::record(&Row {
+        scenario: "nasty messages over MQTT and HTTP".into(),
+        parameters: "100 MiB payload; 64k-deep JSON; 100k-field object; 500 retained topics replayed to a new session; 100 MiB and 64k-deep HTTP bodies".into(),
+        sent: 504,
+        lost: 0,
+        duplicated: 0,
+        recovery_s: 0.0,
+        peak_rss_mib: rss,
+        notes: "over-size recorded in `rejected`; deep/wide JSON stored raw with the reason; retained stored once; HTTP 413 for the huge body; no reconnect".into(),
+    });
+}

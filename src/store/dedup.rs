@@ -2,7 +2,8 @@
 //! PostgreSQL decide identically:
 //! - a broker redelivery (DUP flag) whose session and packet id last committed the same content
 //!   is a duplicate (the crash came between commit and PUBACK);
-//! - a retained message equal to the last retained message stored for its topic is a replay.
+//! - a retained message (retain flag set: a replay on a new subscription, never a live delivery)
+//!   equal to the last message stored on its topic is the state tidegate already has.
 //!
 //! Two identical messages published separately are both stored: the first delivery of a
 //! message never carries the DUP flag. Stores supply the marks; this module never does I/O.
@@ -15,8 +16,9 @@ pub type Hash = [u8; 16];
 pub trait Marks {
     type Error;
     fn delivery(&mut self, session: &str, pkid: u16) -> Result<Option<Hash>, Self::Error>;
-    fn retained(&mut self, topic: &str) -> Result<Option<Hash>, Self::Error>;
-    fn set_retained(&mut self, topic: &str, hash: Hash) -> Result<(), Self::Error>;
+    /// The hash of the last message stored on `topic`.
+    fn last_stored(&mut self, topic: &str) -> Result<Option<Hash>, Self::Error>;
+    fn set_last_stored(&mut self, topic: &str, hash: Hash) -> Result<(), Self::Error>;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,7 +28,7 @@ pub enum Verdict {
     Store,
 }
 
-/// Decides what to do with `m`, updating the retained mark when a new retained message is kept.
+/// Decides what to do with `m`, and records a message to be stored as its topic's last.
 /// The caller records the delivery mark after writing (see `delivery_mark`).
 pub fn verdict<M: Marks>(m: &Message, hash: Hash, marks: &mut M) -> Result<Verdict, M::Error> {
     if let Origin::Mqtt {
@@ -39,17 +41,14 @@ pub fn verdict<M: Marks>(m: &Message, hash: Hash, marks: &mut M) -> Result<Verdi
             return Ok(Verdict::Duplicate);
         }
     }
-    if m.retain {
-        if marks.retained(&m.topic)? == Some(hash) {
-            return Ok(Verdict::Duplicate);
-        }
-        marks.set_retained(&m.topic, hash)?;
+    if m.retain && marks.last_stored(&m.topic)? == Some(hash) {
+        return Ok(Verdict::Duplicate);
     }
-    Ok(if m.rejection.is_some() {
-        Verdict::Reject
-    } else {
-        Verdict::Store
-    })
+    if m.rejection.is_some() {
+        return Ok(Verdict::Reject);
+    }
+    marks.set_last_stored(&m.topic, hash)?;
+    Ok(Verdict::Store)
 }
 
 /// The (session, packet id) mark to record for a written message, if it came over MQTT with QoS > 0.
@@ -79,10 +78,10 @@ mod tests {
         fn delivery(&mut self, s: &str, p: u16) -> Result<Option<Hash>, ()> {
             Ok(self.delivery.get(&(s.to_string(), p)).copied())
         }
-        fn retained(&mut self, t: &str) -> Result<Option<Hash>, ()> {
+        fn last_stored(&mut self, t: &str) -> Result<Option<Hash>, ()> {
             Ok(self.retained.get(t).copied())
         }
-        fn set_retained(&mut self, t: &str, h: Hash) -> Result<(), ()> {
+        fn set_last_stored(&mut self, t: &str, h: Hash) -> Result<(), ()> {
             self.retained.insert(t.into(), h);
             Ok(())
         }
@@ -133,5 +132,10 @@ mod tests {
         assert_eq!(run(&mut marks, &mqtt("on", 9, false, true)), Verdict::Duplicate);
         assert_eq!(run(&mut marks, &mqtt("off", 10, false, true)), Verdict::Store);
         assert_eq!(run(&mut marks, &mqtt("on", 11, false, true)), Verdict::Store);
+        // Delivered live (retain flag cleared by the broker), then replayed to a new session.
+        assert_eq!(run(&mut marks, &mqtt("lamp", 12, false, false)), Verdict::Store);
+        let mut replay = mqtt("lamp", 1, false, true);
+        replay.topic = "t".into();
+        assert_eq!(run(&mut marks, &replay), Verdict::Duplicate);
     }
 }

@@ -38,10 +38,10 @@ impl Marks for Prefetched {
     fn delivery(&mut self, session: &str, pkid: u16) -> Result<Option<Hash>, Self::Error> {
         Ok(self.delivery.get(&(session.to_string(), pkid)).copied())
     }
-    fn retained(&mut self, topic: &str) -> Result<Option<Hash>, Self::Error> {
+    fn last_stored(&mut self, topic: &str) -> Result<Option<Hash>, Self::Error> {
         Ok(self.retained.get(topic).copied())
     }
-    fn set_retained(&mut self, topic: &str, hash: Hash) -> Result<(), Self::Error> {
+    fn set_last_stored(&mut self, topic: &str, hash: Hash) -> Result<(), Self::Error> {
         self.retained.insert(topic.to_string(), hash);
         self.retained_changed.insert(topic.to_string(), hash);
         Ok(())

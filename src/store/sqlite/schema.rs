@@ -53,7 +53,7 @@ CREATE TABLE delivery_marks (
     PRIMARY KEY (session, pkid)
 ) WITHOUT ROWID;
 
--- The last retained message stored for each topic, so a retained replay is stored once.
+-- The last message stored on each topic, so a retained replay of it is stored once.
 CREATE TABLE retained_marks (
     topic TEXT PRIMARY KEY,
     hash  BLOB NOT NULL

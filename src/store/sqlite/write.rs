@@ -15,8 +15,9 @@ use crate::{
 /// Marks read and written inside the write transaction.
 struct SqliteMarks<'c> {
     get_mark: CachedStatement<'c>,
-    get_retained: CachedStatement<'c>,
-    put_retained: CachedStatement<'c>,
+    get_last: CachedStatement<'c>,
+    /// Last message per topic in this batch, written once per topic at the end.
+    last: std::collections::HashMap<String, Hash>,
 }
 
 fn to_hash(v: Option<Vec<u8>>) -> Option<Hash> {
@@ -32,15 +33,17 @@ impl Marks for SqliteMarks<'_> {
                 .optional()?,
         ))
     }
-    fn retained(&mut self, topic: &str) -> rusqlite::Result<Option<Hash>> {
+    fn last_stored(&mut self, topic: &str) -> rusqlite::Result<Option<Hash>> {
+        if let Some(h) = self.last.get(topic) {
+            return Ok(Some(*h));
+        }
         Ok(to_hash(
-            self.get_retained
-                .query_row(params![topic], |r| r.get(0))
-                .optional()?,
+            self.get_last.query_row(params![topic], |r| r.get(0)).optional()?,
         ))
     }
-    fn set_retained(&mut self, topic: &str, hash: Hash) -> rusqlite::Result<()> {
-        self.put_retained.execute(params![topic, &hash[..]]).map(|_| ())
+    fn set_last_stored(&mut self, topic: &str, hash: Hash) -> rusqlite::Result<()> {
+        self.last.insert(topic.to_string(), hash);
+        Ok(())
     }
 }
 
@@ -68,9 +71,8 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
         let mut marks = SqliteMarks {
             get_mark: tx
                 .prepare_cached("SELECT hash FROM delivery_marks WHERE session = ?1 AND pkid = ?2")?,
-            get_retained: tx.prepare_cached("SELECT hash FROM retained_marks WHERE topic = ?1")?,
-            put_retained: tx
-                .prepare_cached("INSERT OR REPLACE INTO retained_marks (topic, hash) VALUES (?1, ?2)")?,
+            get_last: tx.prepare_cached("SELECT hash FROM retained_marks WHERE topic = ?1")?,
+            last: Default::default(),
         };
 
         for m in batch {
@@ -144,6 +146,11 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
                 put_mark.execute(params![session, pkid, &hash[..], id])?;
             }
             outcomes.push(outcome);
+        }
+        let mut put_last =
+            tx.prepare_cached("INSERT OR REPLACE INTO retained_marks (topic, hash) VALUES (?1, ?2)")?;
+        for (topic, hash) in &marks.last {
+            put_last.execute(params![topic, &hash[..]])?;
         }
         write_mapped(&tx, &stored)?;
         let mut upsert_topic = tx.prepare_cached(
