@@ -517,3 +517,95 @@ fn a_locked_database_delays_acks_and_recovers_by_itself() {
         "missing {missing:?} dup {dup:?}"
     );
 }
+
+#[test]
+fn mqtt_over_websockets_works() {
+    let case = Case::new(BrokerOptions {
+        websockets: true,
+        ..Default::default()
+    });
+    let url = format!("ws://127.0.0.1:{}/mqtt", case.broker.ws_port);
+    let db = case.db();
+    let t = Tidegate::start(
+        &[
+            "run",
+            "--broker",
+            &url,
+            "--db",
+            db.to_str().unwrap(),
+            "--topic",
+            "t/#",
+            "--client-id",
+            "ws",
+        ],
+        case.dir.path(),
+    );
+    assert!(
+        t.wait_log("subscribed", Duration::from_secs(15)),
+        "{}",
+        t.log_text()
+    );
+    case.broker.publish_lines("t/ws", 1, &db::seq_lines(0, 500));
+    assert_eq!(db::wait_count(&db, MSGS, 500, Duration::from_secs(20)), 500);
+}
+
+#[test]
+fn mutual_tls_with_a_client_certificate() {
+    let case = Case::new(BrokerOptions {
+        tls: true,
+        mutual_tls: true,
+        ..Default::default()
+    });
+    let tls = case.broker.tls.as_ref().unwrap();
+    let url = case.broker.url();
+    let db = case.db();
+    let base = [
+        "run",
+        "--broker",
+        &url,
+        "--db",
+        db.to_str().unwrap(),
+        "--topic",
+        "t/#",
+        "--ca-file",
+        tls.ca_pem.to_str().unwrap(),
+    ];
+    // Without a client certificate the broker refuses the handshake.
+    let mut anon = Tidegate::start(&[&base[..], &["--client-id", "mtls-a"]].concat(), case.dir.path());
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!anon.log_text().contains("subscribed"), "{}", anon.log_text());
+    anon.kill9();
+    let t = Tidegate::start(
+        &[
+            &base[..],
+            &[
+                "--client-id",
+                "mtls-b",
+                "--client-cert",
+                tls.client_pem.to_str().unwrap(),
+                "--client-key",
+                tls.client_key.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
+        case.dir.path(),
+    );
+    assert!(
+        t.wait_log("subscribed", Duration::from_secs(15)),
+        "{}",
+        t.log_text()
+    );
+    let pubargs = [
+        "--cafile",
+        tls.ca_pem.to_str().unwrap(),
+        "--cert",
+        tls.client_pem.to_str().unwrap(),
+        "--key",
+        tls.client_key.to_str().unwrap(),
+        "-h",
+        "localhost",
+    ];
+    case.broker
+        .publish_lines_with("t/mtls", 1, &db::seq_lines(0, 100), &pubargs);
+    assert_eq!(db::wait_count(&db, MSGS, 100, Duration::from_secs(20)), 100);
+}

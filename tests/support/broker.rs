@@ -19,15 +19,22 @@ pub struct BrokerOptions {
     pub max_inflight: Option<u32>,
     /// `None`: unlimited queue (0), so tests measure tidegate and not the broker's drops.
     pub max_queued: Option<u32>,
+    /// A second listener speaking MQTT over WebSockets (port in `Mosquitto::ws_port`).
+    pub websockets: bool,
+    /// With `tls`: clients must present a certificate signed by the test CA.
+    pub mutual_tls: bool,
 }
 
 pub struct Tls {
     pub ca_pem: PathBuf,
     pub other_ca_pem: PathBuf,
+    pub client_pem: PathBuf,
+    pub client_key: PathBuf,
 }
 
 pub struct Mosquitto {
     pub port: u16,
+    pub ws_port: u16,
     pub dir: TempDir,
     pub tls: Option<Tls>,
     child: Option<Child>,
@@ -52,9 +59,16 @@ fn make_certs(dir: &Path) -> (Tls, PathBuf, PathBuf) {
         std::fs::write(&p, text).unwrap();
         p
     };
+    let client_key = KeyPair::generate().unwrap();
+    let mut cp = CertificateParams::new(Vec::<String>::new()).unwrap();
+    cp.distinguished_name
+        .push(rcgen::DnType::CommonName, "tidegate-client");
+    let client = cp.signed_by(&client_key, &ca).unwrap();
     let tls = Tls {
         ca_pem: w("ca.pem", ca.pem()),
         other_ca_pem: w("other-ca.pem", other.pem()),
+        client_pem: w("client.pem", client.pem()),
+        client_key: w("client.key", client_key.serialize_pem()),
     };
     (
         tls,
@@ -76,6 +90,9 @@ impl Mosquitto {
         if opts.tls {
             let (t, cert, key) = make_certs(dir.path());
             writeln!(conf, "certfile {}\nkeyfile {}", cert.display(), key.display()).unwrap();
+            if opts.mutual_tls {
+                writeln!(conf, "cafile {}\nrequire_certificate true", t.ca_pem.display()).unwrap();
+            }
             tls = Some(t);
         }
         match &opts.password {
@@ -103,6 +120,10 @@ impl Mosquitto {
             writeln!(conf, "max_inflight_messages {n}").unwrap();
         }
         writeln!(conf, "max_queued_messages {}", opts.max_queued.unwrap_or(0)).unwrap();
+        let ws_port = if opts.websockets { super::free_port() } else { 0 };
+        if opts.websockets {
+            writeln!(conf, "listener {ws_port} 127.0.0.1\nprotocol websockets").unwrap();
+        }
         writeln!(conf, "log_dest file {}/mosquitto.log", dir.path().display()).unwrap();
         let conf_path = dir.path().join("mosquitto.conf");
         std::fs::File::create(&conf_path)
@@ -111,6 +132,7 @@ impl Mosquitto {
             .unwrap();
         let mut m = Mosquitto {
             port,
+            ws_port,
             dir,
             tls,
             child: None,
