@@ -36,7 +36,7 @@ pub async fn run_until(
     let stats = Arc::new(crate::pipeline::stats::StatsBook::default());
     let (fault_tx, fault_rx) = watch::channel(None);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (live, _) = broadcast::channel(65_536);
+    let (live, _) = broadcast::channel(16_384);
 
     let mut forwarder = None;
     let store: Arc<dyn Store> = match &settings.spool {

@@ -73,8 +73,8 @@ impl SqliteStore {
         };
         conn.pragma_update(None, "synchronous", sync_level)
             .map_err(|e| open_err(e.to_string()))?;
-        // A larger page cache keeps the hot index pages of the append-only tables in memory.
-        conn.pragma_update(None, "cache_size", -65_536)
+        // A 16 MiB page cache keeps the hot index pages of the append-only tables in memory.
+        conn.pragma_update(None, "cache_size", -16_384)
             .map_err(|e| open_err(e.to_string()))?;
         schema::migrate(&mut conn).map_err(|e| match e {
             schema::MigrateError::TooNew(found) => StoreError::TooNew {
