@@ -3,7 +3,7 @@
 
 use tokio_postgres::Client;
 
-pub const VERSION: i32 = 3;
+pub const VERSION: i32 = 4;
 
 /// Any constant; it only has to be the same in every tidegate.
 const LOCK_KEY: i64 = 0x7469_6465_6761_7465; // "tidegate"
@@ -126,6 +126,12 @@ CREATE TABLE tidegate_stats (
 CREATE UNIQUE INDEX tidegate_stats_key ON tidegate_stats (minute, (md5(topic)));
 "#;
 
+/// Version 4: rollups by device and field (a dashboard filter), without the topic.
+const V4: &str = r#"
+CREATE INDEX readings_1m_device_field ON readings_1m ((md5(device)), (md5(field)), bucket);
+CREATE INDEX readings_1h_device_field ON readings_1h ((md5(device)), (md5(field)), bucket);
+"#;
+
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
     #[error("schema version {0} is newer than this tidegate")]
@@ -161,6 +167,11 @@ pub async fn migrate(client: &mut Client) -> Result<(), MigrateError> {
     if found < 3 {
         tx.batch_execute(V3).await?;
         tx.execute("INSERT INTO tidegate_schema (version) VALUES (3)", &[])
+            .await?;
+    }
+    if found < 4 {
+        tx.batch_execute(V4).await?;
+        tx.execute("INSERT INTO tidegate_schema (version) VALUES (4)", &[])
             .await?;
     }
     tx.commit().await?;

@@ -4,7 +4,7 @@
 use rusqlite::{Connection, OptionalExtension};
 
 /// The newest schema this build knows.
-pub const VERSION: i64 = 3;
+pub const VERSION: i64 = 4;
 
 const V1: &str = r#"
 CREATE TABLE messages (
@@ -101,6 +101,12 @@ CREATE TABLE tidegate_stats (
 ) WITHOUT ROWID;
 "#;
 
+/// Version 4: rollups by device and field (a dashboard filter), without the topic.
+const V4: &str = r#"
+CREATE INDEX readings_1m_device_field ON readings_1m (device, field, bucket);
+CREATE INDEX readings_1h_device_field ON readings_1h (device, field, bucket);
+"#;
+
 /// One rollup table per width, same layout.
 const ROLLUP: &str = r#"
 CREATE TABLE {t} (
@@ -176,6 +182,9 @@ pub fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
     }
     if found < 3 {
         tx.execute_batch(V3)?;
+    }
+    if found < 4 {
+        tx.execute_batch(V4)?;
     }
     tx.pragma_update(None, "user_version", VERSION)?;
     tx.commit()?;
