@@ -42,8 +42,13 @@ pub fn payloads(path: &Path, topic: &str) -> Vec<String> {
 
 /// Checks that every `seq-<n>` for n in 0..total is stored exactly once; returns (missing, duplicated).
 pub fn exactly_once(path: &Path, topic: &str, total: usize) -> (Vec<usize>, Vec<usize>) {
+    tally(payloads(path, topic).iter().map(String::as_str), total)
+}
+
+/// Counts `seq-<n>` payloads: (numbers never seen, numbers seen more than once).
+pub fn tally<'a>(payloads: impl Iterator<Item = &'a str>, total: usize) -> (Vec<usize>, Vec<usize>) {
     let mut seen = vec![0u32; total];
-    for p in payloads(path, topic) {
+    for p in payloads {
         if let Some(n) = p.strip_prefix("seq-").and_then(|s| s.parse::<usize>().ok()) {
             if n < total {
                 seen[n] += 1;
@@ -80,27 +85,7 @@ pub fn pg_exactly_once(url: &str, topic: &str, total: usize) -> (Vec<usize>, Vec
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let mut seen = vec![0u32; total];
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        if let Some(n) = line.strip_prefix("seq-").and_then(|s| s.parse::<usize>().ok()) {
-            if n < total {
-                seen[n] += 1;
-            }
-        }
-    }
-    let missing = seen
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| **c == 0)
-        .map(|(i, _)| i)
-        .collect();
-    let dup = seen
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| **c > 1)
-        .map(|(i, _)| i)
-        .collect();
-    (missing, dup)
+    tally(String::from_utf8_lossy(&out.stdout).lines(), total)
 }
 
 /// Waits until `sql` (a count) on a PostgreSQL database reaches `n`.
