@@ -26,13 +26,12 @@ fn check_sqlite(path: &std::path::Path, topic: &str, total: usize) -> (usize, us
     (missing.len(), dup.len())
 }
 
-#[test]
-fn kill9_every_3s_for_30s_under_load_sqlite() {
+/// Publishes at `rate` for `secs` while tidegate is killed with -9 every 3 s and restarted.
+fn kill9_loop(db: &str, secs: usize, kills: usize, client_id: &str) -> (usize, Duration, f64) {
     const RATE: usize = 2000;
-    const TOTAL: usize = RATE * 30;
+    let total = RATE * secs;
     let broker = Mosquitto::start(BrokerOptions::default());
     let dir = tempfile::tempdir().unwrap();
-    let dbp = dir.path().join("k.db");
     let url = broker.url();
     let mut t = Tidegate::start(
         &[
@@ -40,36 +39,54 @@ fn kill9_every_3s_for_30s_under_load_sqlite() {
             "--broker",
             &url,
             "--db",
-            dbp.to_str().unwrap(),
+            db,
             "--topic",
             "k/#",
             "--client-id",
-            "chaos-kill",
+            client_id,
         ],
         dir.path(),
     );
     assert!(t.wait_log("subscribed", Duration::from_secs(15)));
     let port = broker.port;
-    let publisher = std::thread::spawn(move || Mosquitto::publish_paced_on(port, "k/x", 0, TOTAL, RATE));
+    let publisher = std::thread::spawn(move || Mosquitto::publish_paced_on(port, "k/x", 0, total, RATE));
     let mut rss: f64 = 0.0;
-    for _ in 0..10 {
+    for _ in 0..kills {
         std::thread::sleep(Duration::from_secs(3));
         rss = rss.max(report::peak_rss_mib(t.pid()));
         t.restart();
     }
     publisher.join().unwrap();
     let end = Instant::now();
-    db::wait_count(&dbp, MSGS, TOTAL as i64, Duration::from_secs(60));
-    let recovery = end.elapsed().as_secs_f64();
+    let plain = db.split('?').next().unwrap();
+    if db.starts_with("postgres") {
+        db::pg_wait_count(plain, MSGS, total as i64, Duration::from_secs(60));
+    } else {
+        db::wait_count(
+            std::path::Path::new(db),
+            MSGS,
+            total as i64,
+            Duration::from_secs(60),
+        );
+    }
+    let recovery = end.elapsed();
     std::thread::sleep(Duration::from_millis(300));
-    let (lost, dup) = check_sqlite(&dbp, "k/x", TOTAL);
+    (total, recovery, rss)
+}
+
+#[test]
+fn kill9_every_3s_for_30s_under_load_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let dbp = dir.path().join("k.db");
+    let (total, recovery, rss) = kill9_loop(dbp.to_str().unwrap(), 30, 10, "chaos-kill");
+    let (lost, dup) = check_sqlite(&dbp, "k/x", total);
     report::record(&Row {
         scenario: "kill -9 of tidegate every 3 s for 30 s (SQLite)".into(),
-        parameters: format!("{RATE} msg/s, 10 kills, restart at once"),
-        sent: TOTAL,
+        parameters: "2000 msg/s, 10 kills, restart at once".into(),
+        sent: total,
         lost,
         duplicated: dup,
-        recovery_s: recovery,
+        recovery_s: recovery.as_secs_f64(),
         peak_rss_mib: rss,
         notes: "PRAGMA integrity_check ok".into(),
     });
@@ -78,49 +95,16 @@ fn kill9_every_3s_for_30s_under_load_sqlite() {
 
 #[test]
 fn kill9_every_3s_for_20s_under_load_postgres() {
-    const RATE: usize = 2000;
-    const TOTAL: usize = RATE * 20;
-    let broker = Mosquitto::start(BrokerOptions::default());
-    let dir = tempfile::tempdir().unwrap();
     let url = pg::fresh_database(&pg::shared());
-    let plain = url.split('?').next().unwrap().to_string();
-    let b = broker.url();
-    let mut t = Tidegate::start(
-        &[
-            "run",
-            "--broker",
-            &b,
-            "--db",
-            &url,
-            "--topic",
-            "kp/#",
-            "--client-id",
-            "chaos-kill-pg",
-        ],
-        dir.path(),
-    );
-    assert!(t.wait_log("subscribed", Duration::from_secs(15)));
-    let port = broker.port;
-    let publisher = std::thread::spawn(move || Mosquitto::publish_paced_on(port, "kp/x", 0, TOTAL, RATE));
-    let mut rss: f64 = 0.0;
-    for _ in 0..6 {
-        std::thread::sleep(Duration::from_secs(3));
-        rss = rss.max(report::peak_rss_mib(t.pid()));
-        t.restart();
-    }
-    publisher.join().unwrap();
-    let end = Instant::now();
-    db::pg_wait_count(&plain, MSGS, TOTAL as i64, Duration::from_secs(60));
-    let recovery = end.elapsed().as_secs_f64();
-    std::thread::sleep(Duration::from_millis(300));
-    let (missing, dup) = db::pg_exactly_once(&plain, "kp/x", TOTAL);
+    let (total, recovery, rss) = kill9_loop(&url, 20, 6, "chaos-kill-pg");
+    let (missing, dup) = db::pg_exactly_once(url.split('?').next().unwrap(), "k/x", total);
     report::record(&Row {
         scenario: "kill -9 of tidegate every 3 s for 20 s (PostgreSQL)".into(),
-        parameters: format!("{RATE} msg/s, 6 kills"),
-        sent: TOTAL,
+        parameters: "2000 msg/s, 6 kills".into(),
+        sent: total,
         lost: missing.len(),
         duplicated: dup.len(),
-        recovery_s: recovery,
+        recovery_s: recovery.as_secs_f64(),
         peak_rss_mib: rss,
         notes: String::new(),
     });

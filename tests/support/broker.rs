@@ -197,32 +197,7 @@ impl Mosquitto {
     }
 
     pub fn publish_lines_with(&self, topic: &str, qos: u8, lines: &[String], extra: &[&str]) {
-        let mut child = Command::new("mosquitto_pub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-t",
-                topic,
-                "-q",
-                &qos.to_string(),
-                "-l",
-            ])
-            .args(extra)
-            .stdin(Stdio::piped())
-            .spawn()
-            .unwrap();
-        {
-            let mut stdin = child.stdin.take().unwrap();
-            let mut buf = String::new();
-            for l in lines {
-                buf.push_str(l);
-                buf.push('\n');
-            }
-            stdin.write_all(buf.as_bytes()).unwrap();
-        }
-        assert!(child.wait().unwrap().success(), "mosquitto_pub failed");
+        publish_lines_to(self.port, topic, qos, lines, extra);
     }
 
     /// Publishes one message whose payload is the exact bytes given.
@@ -285,51 +260,14 @@ impl Drop for Mosquitto {
 impl Mosquitto {
     /// `publish_lines` for use from another thread, given only the port.
     pub fn publish_lines_on(port: u16, topic: &str, lines: &[String]) {
-        let mut child = Command::new("mosquitto_pub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-t",
-                topic,
-                "-q",
-                "1",
-                "-l",
-            ])
-            .stdin(Stdio::piped())
-            .spawn()
-            .unwrap();
-        {
-            let mut stdin = child.stdin.take().unwrap();
-            for chunk in lines.chunks(500) {
-                let mut buf = chunk.join("\n");
-                buf.push('\n');
-                stdin.write_all(buf.as_bytes()).unwrap();
-            }
-        }
-        assert!(child.wait().unwrap().success(), "mosquitto_pub failed");
+        publish_lines_to(port, topic, 1, lines, &[]);
     }
 }
 
 impl Mosquitto {
     /// Publishes `seq-<from..to>` at about `rate` messages a second (QoS 1), from another thread.
     pub fn publish_paced_on(port: u16, topic: &str, from: usize, to: usize, rate: usize) {
-        let mut child = Command::new("mosquitto_pub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-t",
-                topic,
-                "-q",
-                "1",
-                "-l",
-            ])
-            .stdin(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = mosquitto_pub_lines(port, topic, 1, &[]);
         let mut stdin = child.stdin.take().unwrap();
         let tick = Duration::from_millis(100);
         let per_tick = (rate / 10).max(1);
@@ -351,4 +289,38 @@ impl Mosquitto {
         drop(stdin);
         assert!(child.wait().unwrap().success(), "mosquitto_pub failed");
     }
+}
+
+/// `mosquitto_pub -l`: each line one message, written in chunks, waiting for the broker's acks.
+fn publish_lines_to(port: u16, topic: &str, qos: u8, lines: &[String], extra: &[&str]) {
+    let mut child = mosquitto_pub_lines(port, topic, qos, extra);
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        for chunk in lines.chunks(500) {
+            let mut buf = chunk.join("\n");
+            buf.push('\n');
+            stdin.write_all(buf.as_bytes()).unwrap();
+        }
+    }
+    assert!(child.wait().unwrap().success(), "mosquitto_pub failed");
+}
+
+/// A `mosquitto_pub -l` process reading messages, one per line, from its stdin.
+fn mosquitto_pub_lines(port: u16, topic: &str, qos: u8, extra: &[&str]) -> std::process::Child {
+    Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            topic,
+            "-q",
+            &qos.to_string(),
+            "-l",
+        ])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap()
 }
