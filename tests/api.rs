@@ -263,6 +263,9 @@ fn bad_requests_get_clear_4xx_and_nothing_is_half_stored() {
     let (s, v) = get(&c, &format!("{base}/no/such/route"));
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert!(v["error"].is_string());
+    let r = c.delete(format!("{base}/api/v1/messages")).send().unwrap();
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert!(r.json::<Value>().unwrap()["error"].is_string());
     let (s, _) = get(&c, &format!("{base}/api/v1/stream?topic=a/%23/b"));
     assert_eq!(s, StatusCode::BAD_REQUEST);
 }

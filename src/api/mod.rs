@@ -73,6 +73,13 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         }),
     )
     .fallback(|| async { ApiError::not_found("no such route; see /api/v1/openapi.json").into_response() })
+    .method_not_allowed_fallback(|| async {
+        ApiError::new(
+            axum::http::StatusCode::METHOD_NOT_ALLOWED,
+            "this route does not take that method; see /api/v1/openapi.json",
+        )
+        .into_response()
+    })
     .layer(middleware::from_fn_with_state(state.clone(), auth::require_token))
     .layer(middleware::from_fn(count_requests))
     .layer(axum::extract::DefaultBodyLimit::max(max_body))
