@@ -344,7 +344,7 @@ fn the_live_stream_carries_mqtt_messages_and_readiness_follows_the_broker() {
     let dir = tempfile::tempdir().unwrap();
     let dbp = dir.path().join("live.db");
     let url = broker.url();
-    let t = Tidegate::start(
+    let t = Tidegate::subscribed(
         &[
             "run",
             "--broker",
@@ -358,7 +358,6 @@ fn the_live_stream_carries_mqtt_messages_and_readiness_follows_the_broker() {
         ],
         dir.path(),
     );
-    assert!(t.wait_log("subscribed", Duration::from_secs(15)));
     let base = t.api();
     let c = client();
     assert_eq!(get(&c, &format!("{base}/readyz")).0, StatusCode::OK);
@@ -413,7 +412,7 @@ fn metrics_keep_the_invariant_after_a_run_with_duplicates_and_rejections() {
     let dir = tempfile::tempdir().unwrap();
     let dbp = dir.path().join("m.db");
     let url = broker.url();
-    let mut t = Tidegate::start(
+    let mut t = Tidegate::subscribed(
         &[
             "run",
             "--broker",
@@ -429,7 +428,6 @@ fn metrics_keep_the_invariant_after_a_run_with_duplicates_and_rejections() {
         ],
         dir.path(),
     );
-    assert!(t.wait_log("subscribed", Duration::from_secs(15)));
     let base = t.api();
     broker.publish_lines("m/a", 1, &db::seq_lines(0, 500));
     broker.publish_bytes("m/big", &[b'x'; 500], &[]);
@@ -573,7 +571,7 @@ fn split_deployment_survives_kill9_of_serve_exactly_once() {
     );
     let api = server.api();
     let url = broker.url();
-    let sub = Tidegate::start(
+    let sub = Tidegate::subscribed(
         &[
             "subscribe",
             "--broker",
@@ -586,11 +584,6 @@ fn split_deployment_survives_kill9_of_serve_exactly_once() {
             "split-sub",
         ],
         dir.path(),
-    );
-    assert!(
-        sub.wait_log("subscribed", Duration::from_secs(15)),
-        "{}",
-        sub.log_text()
     );
     // serve is down while messages arrive: the subscriber must hold them (no ack) and retry.
     server.kill9();

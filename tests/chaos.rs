@@ -33,7 +33,7 @@ fn kill9_loop(db: &str, secs: usize, kills: usize, client_id: &str) -> (usize, D
     let broker = Mosquitto::start(BrokerOptions::default());
     let dir = tempfile::tempdir().unwrap();
     let url = broker.url();
-    let mut t = Tidegate::start(
+    let mut t = Tidegate::subscribed(
         &[
             "run",
             "--broker",
@@ -47,7 +47,6 @@ fn kill9_loop(db: &str, secs: usize, kills: usize, client_id: &str) -> (usize, D
         ],
         dir.path(),
     );
-    assert!(t.wait_log("subscribed", Duration::from_secs(15)));
     let port = broker.port;
     let publisher = std::thread::spawn(move || Mosquitto::publish_paced_on(port, "k/x", 0, total, RATE));
     let mut rss: f64 = 0.0;
@@ -120,7 +119,7 @@ fn broker_killed_with_sigkill_tidegate_reconnects_and_resubscribes() {
     let dir = tempfile::tempdir().unwrap();
     let dbp = dir.path().join("b.db");
     let url = broker.url();
-    let t = Tidegate::start(
+    let t = Tidegate::subscribed(
         &[
             "run",
             "--broker",
@@ -134,7 +133,6 @@ fn broker_killed_with_sigkill_tidegate_reconnects_and_resubscribes() {
         ],
         dir.path(),
     );
-    assert!(t.wait_log("subscribed", Duration::from_secs(15)));
     // Messages queued at the broker while tidegate's window is full, then the broker dies.
     broker.publish_lines("bk/x", 1, &db::seq_lines(0, 5000));
     broker.kill9();
@@ -190,7 +188,7 @@ fn network_faults_between_tidegate_and_the_broker() {
     let dir = tempfile::tempdir().unwrap();
     let dbp = dir.path().join("n.db");
     let url = format!("mqtt://127.0.0.1:{}", proxy.port);
-    let t = Tidegate::start(
+    let t = Tidegate::subscribed(
         &[
             "run",
             "--broker",
@@ -205,11 +203,6 @@ fn network_faults_between_tidegate_and_the_broker() {
             "5s",
         ],
         dir.path(),
-    );
-    assert!(
-        t.wait_log("subscribed", Duration::from_secs(15)),
-        "{}",
-        t.log_text()
     );
     let port = broker.port;
     let publisher = std::thread::spawn(move || Mosquitto::publish_paced_on(port, "n/x", 0, TOTAL, 2000));
@@ -268,7 +261,7 @@ fn network_faults_and_a_slow_link_between_tidegate_and_postgres() {
     let broker = Mosquitto::start(BrokerOptions::default());
     let dir = tempfile::tempdir().unwrap();
     let b = broker.url();
-    let t = Tidegate::start(
+    let t = Tidegate::subscribed(
         &[
             "run",
             "--broker",
@@ -281,11 +274,6 @@ fn network_faults_and_a_slow_link_between_tidegate_and_postgres() {
             "chaos-net-pg",
         ],
         dir.path(),
-    );
-    assert!(
-        t.wait_log("subscribed", Duration::from_secs(15)),
-        "{}",
-        t.log_text()
     );
     // A slow store: 100 ms on every round trip to PostgreSQL while messages pour in.
     proxy.set_latency(100);
@@ -344,7 +332,7 @@ fn a_full_filesystem_stops_acks_then_recovers_when_space_is_freed() {
     let broker = Mosquitto::start(BrokerOptions::default());
     let dbp = mnt.join("full.db");
     let url = broker.url();
-    let t = Tidegate::start(
+    let t = Tidegate::subscribed(
         &[
             "run",
             "--broker",
@@ -360,7 +348,6 @@ fn a_full_filesystem_stops_acks_then_recovers_when_space_is_freed() {
         ],
         dir.path(),
     );
-    assert!(t.wait_log("subscribed", Duration::from_secs(15)));
     let api = t.api();
     broker.publish_lines("f/x", 1, &db::seq_lines(0, 1000));
     db::wait_count(&dbp, MSGS, 1000, Duration::from_secs(15));
@@ -429,7 +416,7 @@ fn a_client_id_collision_is_detected_and_named() {
     let dir = tempfile::tempdir().unwrap();
     let dbp = dir.path().join("c.db");
     let url = broker.url();
-    let t = Tidegate::start(
+    let t = Tidegate::subscribed(
         &[
             "run",
             "--broker",
@@ -443,7 +430,6 @@ fn a_client_id_collision_is_detected_and_named() {
         ],
         dir.path(),
     );
-    assert!(t.wait_log("subscribed", Duration::from_secs(15)));
     // Another client with the same id connects every second, kicking tidegate off each time.
     let port = broker.port.to_string();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -480,7 +466,7 @@ fn a_corpus_of_nasty_messages_over_mqtt_and_http() {
     let dir = tempfile::tempdir().unwrap();
     let dbp = dir.path().join("nasty.db");
     let url = broker.url();
-    let mut t = Tidegate::start(
+    let mut t = Tidegate::subscribed(
         &[
             "run",
             "--broker",
@@ -496,7 +482,6 @@ fn a_corpus_of_nasty_messages_over_mqtt_and_http() {
         ],
         dir.path(),
     );
-    assert!(t.wait_log("subscribed", Duration::from_secs(15)));
     let api = t.api();
     // 100 MiB payload: recorded in `rejected`, acknowledged, the connection stays up.
     let big = dir.path().join("big.bin");
@@ -540,7 +525,7 @@ fn a_corpus_of_nasty_messages_over_mqtt_and_http() {
     );
     let rss = report::peak_rss_mib(t.pid());
     assert!(t.term().success());
-    let t2 = Tidegate::start(
+    let t2 = Tidegate::subscribed(
         &[
             "run",
             "--broker",
@@ -554,7 +539,6 @@ fn a_corpus_of_nasty_messages_over_mqtt_and_http() {
         ],
         dir.path(),
     );
-    assert!(t2.wait_log("subscribed", Duration::from_secs(15)));
     std::thread::sleep(Duration::from_secs(2));
 
     let size: i64 = db::open(&dbp)

@@ -41,7 +41,7 @@ fn three_instances_share_one_stream_exactly_once_even_when_one_crashes() {
     let mut instances: Vec<Tidegate> = (0..3)
         .map(|i| {
             let id = format!("scale-{i}");
-            let t = Tidegate::start(
+            let t = Tidegate::subscribed(
                 &[
                     "run",
                     "--broker",
@@ -56,11 +56,6 @@ fn three_instances_share_one_stream_exactly_once_even_when_one_crashes() {
                     &id,
                 ],
                 dir.path(),
-            );
-            assert!(
-                t.wait_log("subscribed", Duration::from_secs(20)),
-                "{}",
-                t.log_text()
             );
             t
         })
@@ -97,7 +92,7 @@ fn postgres_down_for_20s_loses_nothing_and_acks_nothing_meanwhile() {
     let broker = Mosquitto::start(BrokerOptions::default());
     let dir = tempfile::tempdir().unwrap();
     let broker_url = broker.url();
-    let t = Tidegate::start(
+    let t = Tidegate::subscribed(
         &[
             "run",
             "--broker",
@@ -110,11 +105,6 @@ fn postgres_down_for_20s_loses_nothing_and_acks_nothing_meanwhile() {
             "pg-down",
         ],
         dir.path(),
-    );
-    assert!(
-        t.wait_log("subscribed", Duration::from_secs(20)),
-        "{}",
-        t.log_text()
     );
     let api = t.api();
     broker.publish_lines("pgd/x", 1, &db::seq_lines(0, 2000));
@@ -273,7 +263,7 @@ fn a_full_spool_stops_acknowledging_and_says_so_then_drains() {
     let dir = tempfile::tempdir().unwrap();
     let spool_dir = dir.path().join("spool");
     let b = broker.url();
-    let t = Tidegate::start(
+    let t = Tidegate::subscribed(
         &[
             "run",
             "--broker",
@@ -290,11 +280,6 @@ fn a_full_spool_stops_acknowledging_and_says_so_then_drains() {
             "1MiB",
         ],
         dir.path(),
-    );
-    assert!(
-        t.wait_log("subscribed", Duration::from_secs(20)),
-        "{}",
-        t.log_text()
     );
     let api = t.api();
     server.stop();

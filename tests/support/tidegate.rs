@@ -22,6 +22,17 @@ impl Tidegate {
         Self::start_with_env(args, &[], log_dir)
     }
 
+    /// Starts tidegate and waits until it has subscribed (the log says so), failing with the log.
+    pub fn subscribed(args: &[&str], log_dir: &Path) -> Tidegate {
+        let t = Self::start(args, log_dir);
+        assert!(
+            t.wait_log("subscribed", Duration::from_secs(20)),
+            "tidegate did not subscribe:\n{}",
+            t.log_text()
+        );
+        t
+    }
+
     pub fn start_with_env(args: &[&str], envs: &[(&str, &str)], log_dir: &Path) -> Tidegate {
         let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         // Tests run side by side: each API gets a free port unless the test picks one.
