@@ -100,7 +100,7 @@ pub async fn run_until(
                 max_payload: settings.max_payload,
                 stop: stop_rx.clone(),
             };
-            let router = api::router(state, a.max_body);
+            let router = api::router(state, a.max_body, a.rate_limit);
             let (bound_tx, bound_rx) = oneshot::channel();
             let task = tokio::spawn(api::serve(a.listen, router, stop_rx.clone(), bound_tx));
             match bound_rx.await {

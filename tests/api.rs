@@ -339,6 +339,66 @@ fn a_token_guards_every_route_but_healthz() {
 }
 
 #[test]
+fn a_client_over_the_rate_limit_gets_429_and_loses_nothing_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = serve(dir.path(), &["--api-rate-limit", "20"]);
+    let base = t.api();
+    let c = client();
+    let mut created = 0;
+    let mut limited = None;
+    // 60 requests as fast as one client can: the burst of 20 passes, the rest are turned away.
+    for i in 0..60 {
+        let r = c
+            .post(format!("{base}/api/v1/messages"))
+            .header("content-type", "application/json")
+            .body(json!({"topic": "rate/limited", "payload": i.to_string()}).to_string())
+            .send()
+            .unwrap();
+        match r.status() {
+            StatusCode::CREATED => created += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                let retry = r.headers().get("retry-after").cloned();
+                let body: Value = r.json().unwrap();
+                limited.get_or_insert((retry, body));
+            }
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    let (retry, body) = limited.expect("no request was limited");
+    assert!(retry.is_some(), "429 without Retry-After");
+    assert!(
+        body["error"].as_str().unwrap().contains("too many requests"),
+        "{body}"
+    );
+    assert!((20..60).contains(&created), "created {created}");
+    // Every request that got 201 is stored, none of the limited ones; the query itself may be
+    // limited right after the burst, so it retries.
+    let stored = loop {
+        let (s, v) = get(&c, &format!("{base}/api/v1/topics"));
+        if s == StatusCode::OK {
+            break v["topics"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["topic"] == "rate/limited")
+                .map(|x| x["message_count"].as_u64().unwrap())
+                .unwrap_or(0);
+        }
+        assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(stored, created as u64);
+    let metrics = loop {
+        let r = c.get(format!("{base}/metrics")).send().unwrap();
+        if r.status() == StatusCode::OK {
+            break r.text().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(metric(&metrics, "tidegate_http_rate_limited_total") >= 1.0);
+}
+
+#[test]
 fn the_live_stream_carries_mqtt_messages_and_readiness_follows_the_broker() {
     let mut broker = Mosquitto::start(BrokerOptions::default());
     let dir = tempfile::tempdir().unwrap();
@@ -412,20 +472,12 @@ fn metrics_keep_the_invariant_after_a_run_with_duplicates_and_rejections() {
     let dir = tempfile::tempdir().unwrap();
     let dbp = dir.path().join("m.db");
     let url = broker.url();
-    let mut t = Tidegate::subscribed(
-        &[
-            "run",
-            "--broker",
-            &url,
-            "--db",
-            dbp.to_str().unwrap(),
-            "--topic",
-            "m/#",
-            "--client-id",
-            "metrics",
-            "--max-payload",
-            "100",
-        ],
+    let mut t = Tidegate::run_subscribed(
+        &url,
+        dbp.to_str().unwrap(),
+        "m/#",
+        "metrics",
+        &["--max-payload", "100"],
         dir.path(),
     );
     let base = t.api();

@@ -313,3 +313,110 @@ fn a_full_spool_stops_acknowledging_and_says_so_then_drains() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), TOTAL.to_string());
 }
+
+#[test]
+fn the_database_password_is_checked_and_never_shown() {
+    const PW: &str = "db-s3cret-Pa55word";
+    const WRONG: &str = "wrong-guess-Pa55";
+    let server = PgServer::start_with_password(PW);
+    let url = pg::fresh_database(&server.url());
+    let broker = Mosquitto::start(BrokerOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let broker_url = broker.url();
+
+    // The right password, given in the URL: rows arrive, and no log line or API body shows it.
+    let mut t = Tidegate::subscribed(
+        &[
+            "run",
+            "--broker",
+            &broker_url,
+            "--db",
+            &url,
+            "--topic",
+            "pw/#",
+            "--client-id",
+            "pw-ok",
+        ],
+        dir.path(),
+    );
+    broker.publish_lines("pw/x", 1, &db::seq_lines(0, 100));
+    let plain = pg_url_without_params(&url);
+    assert_eq!(
+        db::pg_wait_count(
+            &plain,
+            "SELECT count(*) FROM messages",
+            100,
+            Duration::from_secs(30)
+        ),
+        100
+    );
+    let api = t.api();
+    for route in ["/readyz", "/metrics", "/api/v1/topics", "/api/v1/openapi.json"] {
+        assert!(
+            !reqwest_get(&format!("{api}{route}")).contains(PW),
+            "password in {route}"
+        );
+    }
+    assert!(t.term().success());
+    assert!(
+        !t.log_text().contains(PW),
+        "password in the log:\n{}",
+        t.log_text()
+    );
+
+    // The same password from TIDEGATE_DB_PASSWORD with a URL that has none.
+    let no_pw = url.replace(&format!(":{PW}@"), "@");
+    assert!(!no_pw.contains(PW));
+    // `config check` on a file that holds the password in its URL prints the settings without it.
+    let file = dir.path().join("tidegate.toml");
+    std::fs::write(&file, format!("broker = \"{broker_url}\"\ndb = \"{url}\"\n")).unwrap();
+    let (status, text) =
+        support::tidegate::run_to_end(&["config", "check", file.to_str().unwrap()], &[], dir.path());
+    assert!(status.success(), "{text}");
+    assert!(!text.contains(PW), "password in `config check`:\n{text}");
+    let t = Tidegate::start_with_env(
+        &[
+            "run",
+            "--broker",
+            &broker_url,
+            "--db",
+            &no_pw,
+            "--topic",
+            "pw/#",
+            "--client-id",
+            "pw-env",
+        ],
+        &[("TIDEGATE_DB_PASSWORD", PW)],
+        dir.path(),
+    );
+    assert!(
+        t.wait_log("subscribed", Duration::from_secs(20)),
+        "{}",
+        t.log_text()
+    );
+    drop(t);
+
+    // A wrong password: refused with an error that says what to check, naming neither password.
+    let wrong = url.replace(PW, WRONG);
+    let (status, text) = support::tidegate::run_to_end(
+        &[
+            "run",
+            "--broker",
+            &broker_url,
+            "--db",
+            &wrong,
+            "--topic",
+            "pw/#",
+            "--client-id",
+            "pw-bad",
+        ],
+        &[],
+        dir.path(),
+    );
+    assert!(!status.success());
+    assert!(text.contains("password authentication failed"), "{text}");
+    assert!(
+        !text.contains(WRONG) && !text.contains(PW),
+        "a password in the error:\n{text}"
+    );
+}

@@ -33,20 +33,12 @@ fn the_sensor_example_becomes_readings_and_rollups_in_both_stores() {
         .enumerate()
         .map(|(i, dbu)| {
             let id = format!("readings-{i}");
-            let t = Tidegate::subscribed(
-                &[
-                    "run",
-                    "--broker",
-                    &b,
-                    "--db",
-                    dbu,
-                    "--topic",
-                    "sensors/#",
-                    "--client-id",
-                    &id,
-                    "--device-from",
-                    "sensors/{device}/#",
-                ],
+            let t = Tidegate::run_subscribed(
+                &b,
+                dbu,
+                "sensors/#",
+                &id,
+                &["--device-from", "sensors/{device}/#"],
                 dir.path(),
             );
             t

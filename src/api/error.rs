@@ -45,9 +45,12 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, e)
     }
     pub fn unavailable(e: impl Into<String>, retry_after: u32) -> Self {
-        let mut err = Self::new(StatusCode::SERVICE_UNAVAILABLE, e);
-        err.retry_after = Some(retry_after);
-        err
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, e).retry_after(retry_after)
+    }
+    /// Seconds the client should wait before trying again (`Retry-After`).
+    pub fn retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 }
 

@@ -135,6 +135,12 @@ pub struct RunArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_body: Option<Size>,
 
+    /// Most API requests a second from one client address (bursts up to the same number);
+    /// beyond it the API answers 429 with Retry-After. 0 turns the limit off (default 1000).
+    #[arg(long, env = "TIDEGATE_API_RATE_LIMIT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_rate_limit: Option<u32>,
+
     /// `subscribe` only: the tidegate API to forward to, e.g. http://127.0.0.1:8080.
     #[arg(long, env = "TIDEGATE_API")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -224,6 +230,7 @@ impl RunArgs {
             batch_delay: Some(Span(Duration::ZERO)),
             listen: Some("127.0.0.1:8080".into()),
             max_body: Some(Size(8 << 20)),
+            api_rate_limit: Some(1000),
             spool_max: Some(Size(1 << 30)),
             readings: Some("on".into()),
             time_fields: Some(vec!["ts".into(), "timestamp".into(), "time".into()]),
@@ -261,6 +268,7 @@ impl RunArgs {
             api_token: self.api_token.or(other.api_token),
             api_token_file: self.api_token_file.or(other.api_token_file),
             max_body: self.max_body.or(other.max_body),
+            api_rate_limit: self.api_rate_limit.or(other.api_rate_limit),
             api: self.api.or(other.api),
             spool: self.spool.or(other.spool),
             readings: self.readings.or(other.readings),

@@ -137,6 +137,8 @@ pub struct ApiSettings {
     pub listen: SocketAddr,
     pub token: Option<Secret>,
     pub max_body: usize,
+    /// Requests a second per client address; `None` when the limit is off.
+    pub rate_limit: Option<std::num::NonZeroU32>,
 }
 
 /// `subscribe`: the tidegate API that stores for us.
@@ -616,6 +618,7 @@ fn resolve_api(a: &RunArgs, mode: Mode) -> Result<Option<ApiSettings>, ConfigErr
         listen,
         token,
         max_body,
+        rate_limit: std::num::NonZeroU32::new(a.api_rate_limit.unwrap_or(1000)),
     }))
 }
 

@@ -73,12 +73,26 @@ pub struct PgServer {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    password: Option<String>,
 }
 
 impl PgServer {
     pub fn start() -> PgServer {
+        Self::start_with(None)
+    }
+
+    /// A server that checks passwords (scram-sha-256) instead of trusting loopback.
+    pub fn start_with_password(password: &str) -> PgServer {
+        Self::start_with(Some(password))
+    }
+
+    fn start_with(password: Option<&str>) -> PgServer {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
+        let pwfile = dir.path().join("pw");
+        if let Some(pw) = password {
+            std::fs::write(&pwfile, pw).unwrap();
+        }
         let ids = user_ids();
         if let Some((uid, gid)) = ids {
             Command::new("chown")
@@ -92,13 +106,20 @@ impl PgServer {
                 "-D",
                 data.to_str().unwrap(),
                 "-A",
-                "trust",
+                if password.is_some() {
+                    "scram-sha-256"
+                } else {
+                    "trust"
+                },
                 "-U",
                 "postgres",
                 "--no-sync",
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        if password.is_some() {
+            initdb.arg(format!("--pwfile={}", pwfile.display()));
+        }
         if let (Some((uid, gid)), true) = (ids, is_root()) {
             initdb.uid(uid).gid(gid);
         }
@@ -107,6 +128,7 @@ impl PgServer {
             port: super::free_port(),
             dir,
             child: None,
+            password: password.map(str::to_string),
         };
         s.spawn();
         s
@@ -143,7 +165,10 @@ impl PgServer {
     }
 
     pub fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}", self.port)
+        match &self.password {
+            Some(pw) => format!("postgres://postgres:{pw}@127.0.0.1:{}", self.port),
+            None => format!("postgres://postgres@127.0.0.1:{}", self.port),
+        }
     }
 
     /// Fast shutdown (SIGINT), as an operator's restart would do.

@@ -9,6 +9,8 @@ use std::{
 pub struct Tidegate {
     child: Option<Child>,
     pub log: PathBuf,
+    /// Where the running process's part of the (appended) log starts.
+    log_start: usize,
     args: Vec<String>,
     envs: Vec<(String, String)>,
 }
@@ -33,6 +35,30 @@ impl Tidegate {
         t
     }
 
+    /// `run` from `broker` into `db` for `topic` as `client_id` (plus `extra` flags), subscribed.
+    pub fn run_subscribed(
+        broker: &str,
+        db: &str,
+        topic: &str,
+        client_id: &str,
+        extra: &[&str],
+        log_dir: &Path,
+    ) -> Tidegate {
+        let mut args = vec![
+            "run",
+            "--broker",
+            broker,
+            "--db",
+            db,
+            "--topic",
+            topic,
+            "--client-id",
+            client_id,
+        ];
+        args.extend_from_slice(extra);
+        Self::subscribed(&args, log_dir)
+    }
+
     pub fn start_with_env(args: &[&str], envs: &[(&str, &str)], log_dir: &Path) -> Tidegate {
         let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         // Tests run side by side: each API gets a free port unless the test picks one.
@@ -43,6 +69,7 @@ impl Tidegate {
         }
         let mut t = Tidegate {
             child: None,
+            log_start: 0,
             log: log_dir.join(format!("tidegate-{}.log", super::free_port())),
             args,
             envs: envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
@@ -57,6 +84,7 @@ impl Tidegate {
             .append(true)
             .open(&self.log)
             .unwrap();
+        self.log_start = log.metadata().map(|m| m.len() as usize).unwrap_or(0);
         let child = Command::new(bin())
             .args(&self.args)
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
@@ -82,10 +110,11 @@ impl Tidegate {
         super::wait_for(timeout, || self.log_text().contains(needle).then_some(())).is_some()
     }
 
-    /// The API's base URL, read from the log (`API listening on http://…`).
+    /// The running process's API base URL, read from its log (`API listening on http://…`).
     pub fn api(&self) -> String {
         let found = super::wait_for(Duration::from_secs(15), || {
             let text = self.log_text();
+            let text = text.get(self.log_start..).unwrap_or("");
             let at = text.rfind("API listening on http://")?;
             let rest = &text[at + "API listening on ".len()..];
             let end = rest
@@ -94,6 +123,30 @@ impl Tidegate {
             Some(rest[..end].to_string())
         });
         found.unwrap_or_else(|| panic!("no API address in the log:\n{}", self.log_text()))
+    }
+
+    /// Checks the metrics invariant of the running process once its traffic has settled:
+    /// received = committed + duplicates + rejected, nothing in flight. Returns `received`.
+    pub fn assert_metrics_balance(&self) -> f64 {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let url = format!("{}/metrics", self.api());
+        let sum = |text: &str, name: &str| -> f64 {
+            text.lines()
+                .filter(|l| l.starts_with(name))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        let mut last = String::new();
+        let settled = super::wait_for(Duration::from_secs(15), || {
+            last = reqwest::blocking::get(&url).ok()?.text().ok()?;
+            let received = sum(&last, "tidegate_messages_received_total");
+            let accounted = sum(&last, "tidegate_messages_committed_total")
+                + sum(&last, "tidegate_duplicates_suppressed_total")
+                + sum(&last, "tidegate_messages_rejected_total");
+            let in_flight = sum(&last, "tidegate_in_flight_messages");
+            (received == accounted && in_flight == 0.0).then_some(received)
+        });
+        settled.unwrap_or_else(|| panic!("metrics do not balance:\n{last}"))
     }
 
     pub fn kill9(&mut self) {
