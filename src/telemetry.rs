@@ -43,7 +43,8 @@ pub fn received(source: &'static str, n: usize) {
     h.in_flight.increment(n as f64);
 }
 
-/// Installs the Prometheus recorder for this process; returns the handle that renders it.
+/// Installs the Prometheus recorder for this process and its upkeep task (needs a runtime);
+/// returns the handle that renders it.
 pub fn install() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
     let handle = PrometheusBuilder::new()
@@ -66,5 +67,16 @@ pub fn install() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
     }
     metrics::gauge!(IN_FLIGHT).set(0.0);
     let _ = hot();
+    // Histogram samples pile up until upkeep folds them in; /metrics does it when scraped, but
+    // nobody may scrape, and memory must not grow with the message count (the soak found it).
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
     Some(handle)
 }

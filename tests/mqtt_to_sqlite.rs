@@ -526,3 +526,29 @@ fn mutual_tls_with_a_client_certificate() {
         .publish_lines_with("t/mtls", 1, &db::seq_lines(0, 100), &pubargs);
     assert_eq!(db::wait_count(&db, MSGS, 100, Duration::from_secs(20)), 100);
 }
+
+#[test]
+fn a_backlog_flood_is_acknowledged_completely_nothing_redelivered_afterwards() {
+    // No in-flight limit at the broker: it sends the whole backlog at once, so tidegate owes far
+    // more acks than rumqttc's request channel holds. None may be dropped.
+    const TOTAL: usize = 60_000;
+    let case = Case::new(BrokerOptions {
+        max_inflight: Some(0),
+        max_queued: Some(0),
+        ..Default::default()
+    });
+    let mut t = case.start("flood", &[]);
+    assert!(t.term().success());
+    case.broker.publish_lines("t/flood", 1, &db::seq_lines(0, TOTAL));
+    let mut t = case.start("flood", &[]);
+    db::wait_count(&case.db(), MSGS, TOTAL as i64, Duration::from_secs(60));
+    let received = t.assert_metrics_balance();
+    assert_eq!(received, TOTAL as f64);
+    assert!(t.term().success());
+    // Had an ack been lost, the broker would redeliver that message to the next connection.
+    let t = case.start("flood", &[]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(t.assert_metrics_balance(), 0.0, "{}", t.log_text());
+    let (missing, dup) = db::exactly_once(&case.db(), "t/flood", TOTAL);
+    assert!(missing.is_empty() && dup.is_empty());
+}

@@ -11,9 +11,11 @@ pub use envelope::{Ack, Ingest};
 
 use tokio::sync::mpsc;
 
-/// How many ingests may wait for the writer. The broker's in-flight window normally keeps the
-/// queue far below this; it bounds memory when a large backlog arrives at once.
-pub const QUEUE_CAPACITY: usize = 20_000;
+/// How many ingests may wait for the writer: two default batches, so the next batch is ready
+/// when a commit ends. It bounds memory: brokers do not always honour the in-flight window
+/// (Mosquitto 2.0 was seen sending 25,000 unacknowledged messages at full speed), and when the
+/// queue is full the session stops reading, so TCP pushes back on the broker.
+pub const QUEUE_CAPACITY: usize = 10_000;
 
 /// The sending side sources use.
 pub type Sender = mpsc::Sender<Ingest>;

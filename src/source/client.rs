@@ -19,9 +19,10 @@ const MAX_PACKET: u32 = 268_435_460;
 /// How many unacknowledged messages tidegate lets an MQTT 5 broker send at once.
 pub const RECEIVE_MAXIMUM: u16 = 1000;
 
-/// Room in rumqttc's request channel: more than any number of outstanding acks, so `try_ack`
-/// never finds it full.
-const REQUEST_CAPACITY: usize = 65_536;
+/// Room in rumqttc's request channel, which is allocated up front (~216 bytes a slot). Acks
+/// that find it full wait in the ack gate's overflow queue, so this only sets how many leave
+/// without waiting.
+const REQUEST_CAPACITY: usize = 4096;
 
 #[derive(Clone)]
 pub enum Client {
@@ -140,10 +141,9 @@ fn qos_of(q: u8) -> rumqttc::QoS {
 }
 
 impl Client {
-    pub fn try_ack(&self, token: &AckToken) {
-        // The channel is sized so this cannot be full; a closed channel means we are stopping,
-        // and an unsent ack only causes a redelivery.
-        let _ = match (self, token) {
+    /// Queues a PUBACK; an error means the request channel is full (or the loop is gone).
+    pub fn try_ack(&self, token: &AckToken) -> Result<(), ()> {
+        match (self, token) {
             (Client::V5(c), AckToken::V5 { pkid, qos }) => {
                 let mut p = v5::mqttbytes::v5::Publish::new("", *qos, Bytes::new(), None);
                 p.pkid = *pkid;
@@ -155,7 +155,7 @@ impl Client {
                 c.try_ack(&p).map_err(|_| ())
             }
             _ => Ok(()),
-        };
+        }
     }
 
     pub fn try_subscribe(&self, filters: &[String], qos: u8) -> Result<(), String> {

@@ -41,6 +41,7 @@ pub struct SourceStatus {
 
 pub struct MqttSource {
     client: Client,
+    gate: Arc<AckGate>,
     intake: Intake,
     accepting: Arc<AtomicBool>,
     wake: Arc<Notify>,
@@ -77,7 +78,7 @@ impl MqttSource {
             settings,
             client.clone(),
             eventloop,
-            gate,
+            gate.clone(),
             intake.clone(),
             accepting.clone(),
             wake.clone(),
@@ -85,6 +86,7 @@ impl MqttSource {
         ));
         Ok(MqttSource {
             client,
+            gate,
             intake,
             accepting,
             wake,
@@ -108,6 +110,7 @@ impl MqttSource {
     /// Sends DISCONNECT after every queued ack, then waits for the loop to end.
     pub async fn disconnect(self) {
         self.stop_intake();
+        self.gate.flushed(Duration::from_secs(5)).await;
         self.client.try_disconnect();
         let abort = self.task.abort_handle();
         if tokio::time::timeout(Duration::from_secs(5), self.task)
