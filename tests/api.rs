@@ -260,6 +260,33 @@ fn bad_requests_get_clear_4xx_and_nothing_is_half_stored() {
         db::count(&dir.path().join("api.db"), "SELECT count(*) FROM messages"),
         1
     );
+    // Every parameter of the readings and stream routes: text ones are values, never SQL;
+    // the others are refused with a 400 naming the parameter.
+    for p in ["topic", "device", "field"] {
+        let (s, v) = get(&c, &format!("{base}/api/v1/readings?{p}={}", urlencode(sql)));
+        assert_eq!(s, StatusCode::OK, "{p}: {v}");
+        assert_eq!(v["points"].as_array().map(Vec::len), Some(0), "{p}: {v}");
+    }
+    for p in ["since", "until", "bucket", "limit"] {
+        let (s, v) = get(&c, &format!("{base}/api/v1/readings?{p}={}", urlencode(sql)));
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{p}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(p), "{p}: {v}");
+    }
+    // As a live-stream filter it is a valid (if odd) topic filter: a stream, not an error.
+    let r = c
+        .get(format!("{base}/api/v1/stream?topic={}", urlencode(sql)))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    drop(r);
+    let (s, v) = get(&c, &format!("{base}/api/v1/topics"));
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["topics"].as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(
+        db::count(&dir.path().join("api.db"), "SELECT count(*) FROM messages"),
+        1
+    );
     let (s, v) = get(&c, &format!("{base}/no/such/route"));
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert!(v["error"].is_string());
