@@ -76,6 +76,10 @@ impl SqliteStore {
         // A 16 MiB page cache keeps the hot index pages of the append-only tables in memory.
         conn.pragma_update(None, "cache_size", -16_384)
             .map_err(|e| open_err(e.to_string()))?;
+        // A long reader (a Metabase dashboard) keeps the WAL from restarting, so it grows past
+        // the 4 MiB autocheckpoint; once it does restart, trim it back instead of keeping the peak.
+        conn.pragma_update(None, "journal_size_limit", 32 << 20)
+            .map_err(|e| open_err(e.to_string()))?;
         schema::migrate(&mut conn).map_err(|e| match e {
             schema::MigrateError::TooNew(found) => StoreError::TooNew {
                 target: target.clone(),
