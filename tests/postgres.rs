@@ -238,7 +238,8 @@ fn a_60s_postgres_outage_at_500_msgs_loses_nothing_with_the_spool_and_the_broker
         duplicated: dup.len(),
         recovery_s: recovery,
         peak_rss_mib: report::peak_rss_mib(spooled.pid()),
-        notes: "acknowledged after the fsync'd spool append; forwarded in order once PostgreSQL was back".into(),
+        notes: "acknowledged after the fsync'd spool append; forwarded in order once PostgreSQL was back"
+            .into(),
     });
     assert!(
         missing.is_empty() && dup.is_empty(),
