@@ -552,3 +552,39 @@ fn a_backlog_flood_is_acknowledged_completely_nothing_redelivered_afterwards() {
     let (missing, dup) = db::exactly_once(&case.db(), "t/flood", TOTAL);
     assert!(missing.is_empty() && dup.is_empty());
 }
+
+#[test]
+fn a_long_reader_lets_the_wal_grow_and_it_is_trimmed_afterwards() {
+    let case = Case::new(BrokerOptions {
+        max_inflight: Some(1000),
+        ..Default::default()
+    });
+    let _t = case.start("wal", &["--readings", "off"]);
+    let dbp = case.db();
+    case.broker.publish_lines("t/w", 1, &db::seq_lines(0, 10));
+    db::wait_count(&dbp, MSGS, 10, Duration::from_secs(15));
+    let wal = dbp.with_extension("db-wal");
+    let size = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    // A dashboard query that keeps its snapshot open: checkpoints cannot restart the WAL.
+    let reader = db::open(&dbp);
+    reader.execute_batch("BEGIN").unwrap();
+    let _: i64 = reader.query_row(MSGS, [], |r| r.get(0)).unwrap();
+    let pad = "x".repeat(2000);
+    let lines: Vec<String> = (10..30_010).map(|i| format!("seq-{i} {pad}")).collect();
+    case.broker.publish_lines("t/w", 1, &lines);
+    db::wait_count(&dbp, MSGS, 30_010, Duration::from_secs(60));
+    let grown = size();
+    assert!(
+        grown > 48 << 20,
+        "the WAL did not grow past the limit: {grown} bytes"
+    );
+    reader.execute_batch("COMMIT").unwrap();
+    drop(reader);
+    // Once the reader is gone, the next checkpoints restart the WAL and trim it.
+    let trimmed = support::wait_for(Duration::from_secs(30), || {
+        case.broker
+            .publish_lines("t/w", 1, &db::seq_lines(40_000, 41_000));
+        (size() <= 32 << 20).then_some(size())
+    });
+    assert!(trimmed.is_some(), "the WAL stayed at {} bytes", size());
+}
