@@ -29,6 +29,10 @@ pub struct BenchArgs {
     /// Measure a subscriber that acknowledges on receipt and stores nothing, instead of tidegate.
     #[arg(long)]
     pub null: bool,
+    /// Only publish (every QoS 1 message acknowledged by the broker), measuring nothing else:
+    /// e.g. to build a backlog for a stopped tidegate. Publishes to exactly --topic.
+    #[arg(long, conflicts_with_all = ["api", "null"])]
+    pub publish_only: bool,
     /// Messages to publish in all (ignored with --rate).
     #[arg(long, default_value_t = 100_000)]
     pub messages: u64,
@@ -75,8 +79,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if broker.transport != crate::config::Transport::Tcp {
         anyhow::bail!("tidegate bench publishes over plain mqtt:// only");
     }
-    if args.api.is_none() && !args.null {
-        anyhow::bail!("say what to measure: --api http://HOST:PORT (tidegate's live stream) or --null");
+    if args.api.is_none() && !args.null && !args.publish_only {
+        anyhow::bail!(
+            "say what to measure: --api http://HOST:PORT (tidegate's live stream), --null, or --publish-only"
+        );
     }
     if args.qos > 1 || args.size < 60 || args.connections == 0 || args.connections > 256 {
         anyhow::bail!("--qos is 0 or 1, --size at least 60, --connections 1 to 256");
@@ -90,6 +96,26 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(r) => r * args.duration.0.as_secs().max(1),
         None => args.messages,
     };
+    if args.publish_only {
+        let topic = args.topic.clone();
+        let started = Instant::now();
+        publish::run(
+            broker,
+            topic.clone(),
+            total,
+            args.rate,
+            args.size,
+            args.qos,
+            args.connections,
+        )
+        .await?;
+        let seconds = started.elapsed().as_secs_f64();
+        println!(
+            "published {total} to {topic} in {seconds:.2} s  →  {:.0} msg/s (acknowledged by the broker)",
+            total as f64 / seconds
+        );
+        return Ok(());
+    }
     let collector = if args.null {
         collect::Collector::null(&broker, &topic, args.qos).await?
     } else {
