@@ -422,7 +422,7 @@ fn a_client_over_the_rate_limit_gets_429_and_loses_nothing_accepted() {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert!(metric(&metrics, "tidegate_http_rate_limited_total") >= 1.0);
+    assert!(support::metric(&metrics, "tidegate_http_rate_limited_total") >= 1.0);
 }
 
 #[test]
@@ -431,20 +431,7 @@ fn the_live_stream_carries_mqtt_messages_and_readiness_follows_the_broker() {
     let dir = tempfile::tempdir().unwrap();
     let dbp = dir.path().join("live.db");
     let url = broker.url();
-    let t = Tidegate::subscribed(
-        &[
-            "run",
-            "--broker",
-            &url,
-            "--db",
-            dbp.to_str().unwrap(),
-            "--topic",
-            "live/#",
-            "--client-id",
-            "live",
-        ],
-        dir.path(),
-    );
+    let t = Tidegate::run_subscribed(&url, dbp.to_str().unwrap(), "live/#", "live", &[], dir.path());
     let base = t.api();
     let c = client();
     assert_eq!(get(&c, &format!("{base}/readyz")).0, StatusCode::OK);
@@ -486,13 +473,6 @@ fn the_live_stream_carries_mqtt_messages_and_readiness_follows_the_broker() {
     );
 }
 
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[test]
 fn metrics_keep_the_invariant_after_a_run_with_duplicates_and_rejections() {
     let broker = Mosquitto::start(BrokerOptions::default());
@@ -532,22 +512,22 @@ fn metrics_keep_the_invariant_after_a_run_with_duplicates_and_rejections() {
     );
     let text = support::wait_for(Duration::from_secs(10), || {
         let text = c.get(format!("{base}/metrics")).send().ok()?.text().ok()?;
-        (metric(&text, "tidegate_messages_committed_total") >= 501.0).then_some(text)
+        (support::metric(&text, "tidegate_messages_committed_total") >= 501.0).then_some(text)
     })
     .unwrap();
-    let received = metric(&text, "tidegate_messages_received_total");
-    let committed = metric(&text, "tidegate_messages_committed_total");
-    let dups = metric(&text, "tidegate_duplicates_suppressed_total");
-    let rejected = metric(&text, "tidegate_messages_rejected_total");
-    let in_flight = metric(&text, "tidegate_in_flight_messages");
+    let received = support::metric(&text, "tidegate_messages_received_total");
+    let committed = support::metric(&text, "tidegate_messages_committed_total");
+    let dups = support::metric(&text, "tidegate_duplicates_suppressed_total");
+    let rejected = support::metric(&text, "tidegate_messages_rejected_total");
+    let in_flight = support::metric(&text, "tidegate_in_flight_messages");
     assert_eq!(
         (received, committed, dups, rejected, in_flight),
         (503.0, 501.0, 1.0, 1.0, 0.0),
         "{text}"
     );
     assert_eq!(received, committed + dups + rejected + in_flight);
-    assert_eq!(metric(&text, "tidegate_mqtt_connected"), 1.0);
-    assert!(metric(&text, "tidegate_messages_acked_total") >= 501.0);
+    assert_eq!(support::metric(&text, "tidegate_mqtt_connected"), 1.0);
+    assert!(support::metric(&text, "tidegate_messages_acked_total") >= 501.0);
     assert!(
         text.contains("tidegate_http_requests_total{route=\"/api/v1/messages\",status=\"201\"}"),
         "{text}"

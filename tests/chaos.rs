@@ -33,20 +33,7 @@ fn kill9_loop(db: &str, secs: usize, kills: usize, client_id: &str) -> (usize, D
     let broker = Mosquitto::start(BrokerOptions::default());
     let dir = tempfile::tempdir().unwrap();
     let url = broker.url();
-    let mut t = Tidegate::subscribed(
-        &[
-            "run",
-            "--broker",
-            &url,
-            "--db",
-            db,
-            "--topic",
-            "k/#",
-            "--client-id",
-            client_id,
-        ],
-        dir.path(),
-    );
+    let mut t = Tidegate::run_subscribed(&url, db, "k/#", client_id, &[], dir.path());
     let port = broker.port;
     let publisher = std::thread::spawn(move || Mosquitto::publish_paced_on(port, "k/x", 0, total, RATE));
     let mut rss: f64 = 0.0;
@@ -119,18 +106,12 @@ fn broker_killed_with_sigkill_tidegate_reconnects_and_resubscribes() {
     let dir = tempfile::tempdir().unwrap();
     let dbp = dir.path().join("b.db");
     let url = broker.url();
-    let t = Tidegate::subscribed(
-        &[
-            "run",
-            "--broker",
-            &url,
-            "--db",
-            dbp.to_str().unwrap(),
-            "--topic",
-            "bk/#",
-            "--client-id",
-            "chaos-broker",
-        ],
+    let t = Tidegate::run_subscribed(
+        &url,
+        dbp.to_str().unwrap(),
+        "bk/#",
+        "chaos-broker",
+        &[],
         dir.path(),
     );
     // Messages queued at the broker while tidegate's window is full, then the broker dies.
@@ -190,18 +171,12 @@ fn broker_stopped_gracefully_and_restarted_mid_stream() {
     let dir = tempfile::tempdir().unwrap();
     let dbp = dir.path().join("g.db");
     let url = broker.url();
-    let t = Tidegate::subscribed(
-        &[
-            "run",
-            "--broker",
-            &url,
-            "--db",
-            dbp.to_str().unwrap(),
-            "--topic",
-            "bg/#",
-            "--client-id",
-            "chaos-broker-term",
-        ],
+    let t = Tidegate::run_subscribed(
+        &url,
+        dbp.to_str().unwrap(),
+        "bg/#",
+        "chaos-broker-term",
+        &[],
         dir.path(),
     );
     broker.publish_lines("bg/x", 1, &db::seq_lines(0, 5000));
@@ -244,18 +219,12 @@ fn a_metabase_like_reader_during_full_speed_ingest_sees_no_lock() {
     let dir = tempfile::tempdir().unwrap();
     let dbp = dir.path().join("r.db");
     let url = broker.url();
-    let t = Tidegate::subscribed(
-        &[
-            "run",
-            "--broker",
-            &url,
-            "--db",
-            dbp.to_str().unwrap(),
-            "--topic",
-            "mr/#",
-            "--client-id",
-            "chaos-reader",
-        ],
+    let t = Tidegate::run_subscribed(
+        &url,
+        dbp.to_str().unwrap(),
+        "mr/#",
+        "chaos-reader",
+        &[],
         dir.path(),
     );
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -401,20 +370,7 @@ fn network_faults_and_a_slow_link_between_tidegate_and_postgres() {
     let broker = Mosquitto::start(BrokerOptions::default());
     let dir = tempfile::tempdir().unwrap();
     let b = broker.url();
-    let t = Tidegate::subscribed(
-        &[
-            "run",
-            "--broker",
-            &b,
-            "--db",
-            &via_proxy,
-            "--topic",
-            "np/#",
-            "--client-id",
-            "chaos-net-pg",
-        ],
-        dir.path(),
-    );
+    let t = Tidegate::run_subscribed(&b, &via_proxy, "np/#", "chaos-net-pg", &[], dir.path());
     // A slow store: 100 ms on every round trip to PostgreSQL while messages pour in.
     proxy.set_latency(100);
     broker.publish_lines("np/x", 1, &db::seq_lines(0, TOTAL / 2));
@@ -549,20 +505,7 @@ fn a_client_id_collision_is_detected_and_named() {
     let dir = tempfile::tempdir().unwrap();
     let dbp = dir.path().join("c.db");
     let url = broker.url();
-    let t = Tidegate::subscribed(
-        &[
-            "run",
-            "--broker",
-            &url,
-            "--db",
-            dbp.to_str().unwrap(),
-            "--topic",
-            "c/#",
-            "--client-id",
-            "twin",
-        ],
-        dir.path(),
-    );
+    let t = Tidegate::run_subscribed(&url, dbp.to_str().unwrap(), "c/#", "twin", &[], dir.path());
     // Another client with the same id connects every second, kicking tidegate off each time.
     let port = broker.port.to_string();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -650,20 +593,7 @@ fn a_corpus_of_nasty_messages_over_mqtt_and_http() {
     );
     let rss = report::peak_rss_mib(t.pid());
     assert!(t.term().success());
-    let t2 = Tidegate::subscribed(
-        &[
-            "run",
-            "--broker",
-            &url,
-            "--db",
-            dbp.to_str().unwrap(),
-            "--topic",
-            "nasty/#",
-            "--client-id",
-            "nasty-2",
-        ],
-        dir.path(),
-    );
+    let t2 = Tidegate::run_subscribed(&url, dbp.to_str().unwrap(), "nasty/#", "nasty-2", &[], dir.path());
     std::thread::sleep(Duration::from_secs(2));
 
     let size: i64 = db::open(&dbp)

@@ -13,19 +13,6 @@ use support::{
 
 const MSGS: &str = "SELECT count(*) FROM messages";
 
-fn run_args<'a>(broker: &'a str, db: &'a str, topic: &'a str) -> Vec<&'a str> {
-    vec![
-        "run",
-        "--broker",
-        broker,
-        "--db",
-        db,
-        "--topic",
-        topic,
-        "--client-id",
-    ]
-}
-
 struct Case {
     broker: Mosquitto,
     dir: tempfile::TempDir,
@@ -44,8 +31,7 @@ impl Case {
     fn start(&self, client_id: &str, extra: &[&str]) -> Tidegate {
         let url = self.broker.url();
         let db = self.db();
-        let mut args = run_args(&url, db.to_str().unwrap(), "t/#");
-        args.push(client_id);
+        let mut args = support::tidegate::run_args(&url, db.to_str().unwrap(), "t/#", client_id);
         args.extend_from_slice(extra);
         let t = Tidegate::start(&args, self.dir.path());
         assert!(
@@ -453,20 +439,7 @@ fn mqtt_over_websockets_works() {
     });
     let url = format!("ws://127.0.0.1:{}/mqtt", case.broker.ws_port);
     let db = case.db();
-    let _t = Tidegate::subscribed(
-        &[
-            "run",
-            "--broker",
-            &url,
-            "--db",
-            db.to_str().unwrap(),
-            "--topic",
-            "t/#",
-            "--client-id",
-            "ws",
-        ],
-        case.dir.path(),
-    );
+    let _t = Tidegate::run_subscribed(&url, db.to_str().unwrap(), "t/#", "ws", &[], case.dir.path());
     case.broker.publish_lines("t/ws", 1, &db::seq_lines(0, 500));
     assert_eq!(db::wait_count(&db, MSGS, 500, Duration::from_secs(20)), 500);
 }

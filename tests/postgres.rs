@@ -18,11 +18,7 @@ fn pg_url_without_params(url: &str) -> String {
 }
 
 fn metric(base: &str, name: &str) -> f64 {
-    let text = reqwest_get(&format!("{base}/metrics"));
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    support::metric(&reqwest_get(&format!("{base}/metrics")), name)
 }
 
 fn reqwest_get(url: &str) -> String {
@@ -93,20 +89,7 @@ fn postgres_down_for_20s_loses_nothing_and_acks_nothing_meanwhile() {
     let broker = Mosquitto::start(BrokerOptions::default());
     let dir = tempfile::tempdir().unwrap();
     let broker_url = broker.url();
-    let t = Tidegate::subscribed(
-        &[
-            "run",
-            "--broker",
-            &broker_url,
-            "--db",
-            &url,
-            "--topic",
-            "pgd/#",
-            "--client-id",
-            "pg-down",
-        ],
-        dir.path(),
-    );
+    let t = Tidegate::run_subscribed(&broker_url, &url, "pgd/#", "pg-down", &[], dir.path());
     let api = t.api();
     broker.publish_lines("pgd/x", 1, &db::seq_lines(0, 2000));
     let plain = pg_url_without_params(&url);
@@ -288,22 +271,12 @@ fn a_full_spool_stops_acknowledging_and_says_so_then_drains() {
     let dir = tempfile::tempdir().unwrap();
     let spool_dir = dir.path().join("spool");
     let b = broker.url();
-    let t = Tidegate::subscribed(
-        &[
-            "run",
-            "--broker",
-            &b,
-            "--db",
-            &url,
-            "--topic",
-            "full/#",
-            "--client-id",
-            "full",
-            "--spool",
-            spool_dir.to_str().unwrap(),
-            "--spool-max",
-            "1MiB",
-        ],
+    let t = Tidegate::run_subscribed(
+        &b,
+        &url,
+        "full/#",
+        "full",
+        &["--spool", spool_dir.to_str().unwrap(), "--spool-max", "1MiB"],
         dir.path(),
     );
     let api = t.api();
@@ -350,20 +323,7 @@ fn the_database_password_is_checked_and_never_shown() {
     let broker_url = broker.url();
 
     // The right password, given in the URL: rows arrive, and no log line or API body shows it.
-    let mut t = Tidegate::subscribed(
-        &[
-            "run",
-            "--broker",
-            &broker_url,
-            "--db",
-            &url,
-            "--topic",
-            "pw/#",
-            "--client-id",
-            "pw-ok",
-        ],
-        dir.path(),
-    );
+    let mut t = Tidegate::run_subscribed(&broker_url, &url, "pw/#", "pw-ok", &[], dir.path());
     broker.publish_lines("pw/x", 1, &db::seq_lines(0, 100));
     let plain = pg_url_without_params(&url);
     assert_eq!(

@@ -96,19 +96,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(r) => r * args.duration.0.as_secs().max(1),
         None => args.messages,
     };
+    let (rate, size, qos, connections) = (args.rate, args.size, args.qos, args.connections);
+    let publisher = move |broker: BrokerUrl, topic: String| {
+        publish::run(broker, topic, total, rate, size, qos, connections)
+    };
     if args.publish_only {
         let topic = args.topic.clone();
         let started = Instant::now();
-        publish::run(
-            broker,
-            topic.clone(),
-            total,
-            args.rate,
-            args.size,
-            args.qos,
-            args.connections,
-        )
-        .await?;
+        publisher(broker, topic.clone()).await?;
         let seconds = started.elapsed().as_secs_f64();
         println!(
             "published {total} to {topic} in {seconds:.2} s  →  {:.0} msg/s (acknowledged by the broker)",
@@ -131,15 +126,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let started = Instant::now();
-    let publishing = tokio::spawn(publish::run(
-        broker.clone(),
-        topic.clone(),
-        total,
-        args.rate,
-        args.size,
-        args.qos,
-        args.connections,
-    ));
+    let publishing = tokio::spawn(publisher(broker.clone(), topic.clone()));
     let report = collector
         .wait(total, &bar, Duration::from_secs(15), started)
         .await;

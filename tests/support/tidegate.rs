@@ -44,17 +44,7 @@ impl Tidegate {
         extra: &[&str],
         log_dir: &Path,
     ) -> Tidegate {
-        let mut args = vec![
-            "run",
-            "--broker",
-            broker,
-            "--db",
-            db,
-            "--topic",
-            topic,
-            "--client-id",
-            client_id,
-        ];
+        let mut args = run_args(broker, db, topic, client_id);
         args.extend_from_slice(extra);
         Self::subscribed(&args, log_dir)
     }
@@ -130,12 +120,7 @@ impl Tidegate {
     pub fn assert_metrics_balance(&self) -> f64 {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let url = format!("{}/metrics", self.api());
-        let sum = |text: &str, name: &str| -> f64 {
-            text.lines()
-                .filter(|l| l.starts_with(name))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum()
-        };
+        let sum = super::metric;
         let mut last = String::new();
         let settled = super::wait_for(Duration::from_secs(15), || {
             last = reqwest::blocking::get(&url).ok()?.text().ok()?;
@@ -188,6 +173,21 @@ impl Drop for Tidegate {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// The arguments of `run` from `broker` into `db` for `topic` as `client_id`.
+pub fn run_args<'a>(broker: &'a str, db: &'a str, topic: &'a str, client_id: &'a str) -> Vec<&'a str> {
+    vec![
+        "run",
+        "--broker",
+        broker,
+        "--db",
+        db,
+        "--topic",
+        topic,
+        "--client-id",
+        client_id,
+    ]
 }
 
 /// Runs tidegate to completion (for commands that exit by themselves).
