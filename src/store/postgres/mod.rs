@@ -29,6 +29,8 @@ const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 pub struct PgStore {
     pool: Pool,
     display: String,
+    /// `messages.id`'s sequence, qualified.
+    id_seq: String,
 }
 
 fn tls_config(target: &PgTarget) -> Result<rustls::ClientConfig, String> {
@@ -106,9 +108,13 @@ impl PgStore {
             },
             schema::MigrateError::Sql(e) => open_err(format!("migration failed: {}", describe_pg(&e))),
         })?;
+        let id_seq = write::id_sequence(&client)
+            .await
+            .map_err(|e| open_err(describe_pg(&e)))?;
         Ok(PgStore {
             pool,
             display: target.display.clone(),
+            id_seq,
         })
     }
 
@@ -122,7 +128,7 @@ impl PgStore {
             .get()
             .await
             .map_err(|e| WriteError::Other(pool_error(&e)))?;
-        write::write_batch(&mut client, batch, position)
+        write::write_batch(&mut client, batch, position, &self.id_seq)
             .await
             .map_err(|e| {
                 if is_data_error(&e) {
@@ -191,7 +197,7 @@ impl PgStore {
         let mut outcomes = Vec::with_capacity(batch.len());
         for m in batch {
             let sp = tx.transaction().await?;
-            match write::write_rows(&sp, std::slice::from_ref(m)).await {
+            match write::write_rows(&sp, std::slice::from_ref(m), &self.id_seq).await {
                 Ok(mut o) => {
                     sp.commit().await?;
                     outcomes.append(&mut o);
@@ -202,7 +208,7 @@ impl PgStore {
                     r.payload = bytes::Bytes::new();
                     r.rejection = Some(format!("the database refused this message: {}", describe_pg(&e)));
                     let sp = tx.transaction().await?;
-                    let mut o = write::write_rows(&sp, std::slice::from_ref(&r)).await?;
+                    let mut o = write::write_rows(&sp, std::slice::from_ref(&r), &self.id_seq).await?;
                     sp.commit().await?;
                     outcomes.append(&mut o);
                 }

@@ -162,10 +162,18 @@ pub async fn readings(
         args.push(v);
         sql.push_str(&frag.replace('$', &format!("${}", args.len())));
     };
+    let rollup = q.resolution != Resolution::Raw;
     if let Some(t) = &q.topic {
+        if !rollup {
+            // The prefix matches `readings_topic_field_ts`; the plain comparison keeps it exact.
+            push(
+                &mut sql,
+                " AND left(topic, 200) COLLATE \"C\" = left($, 200)",
+                Box::new(t.clone()),
+            );
+        }
         push(&mut sql, " AND topic = $", Box::new(t.clone()));
     }
-    let rollup = q.resolution != Resolution::Raw;
     if let Some(d) = &q.device {
         // md5() matches the rollups' device index; the plain comparison keeps the answer exact.
         if rollup {
@@ -176,6 +184,12 @@ pub async fn readings(
     if let Some(f) = &q.field {
         if rollup {
             push(&mut sql, " AND md5(field) = md5($)", Box::new(f.clone()));
+        } else {
+            push(
+                &mut sql,
+                " AND left(field, 200) COLLATE \"C\" = left($, 200)",
+                Box::new(f.clone()),
+            );
         }
         push(&mut sql, " AND field = $", Box::new(f.clone()));
     }

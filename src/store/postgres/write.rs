@@ -1,11 +1,17 @@
-//! One batch, one transaction, a fixed number of statements whatever its size: column arrays
-//! go through `UNNEST` (one prepared statement for any batch size). Dedup follows
+//! One batch, one transaction, a fixed number of statements whatever its size: the bulk rows
+//! (messages, readings) go in with binary `COPY`, the upserts through `UNNEST` (one prepared
+//! statement for any batch size). Keys are upserted in sorted order, so two instances writing
+//! the same topics lock rows in the same order and cannot deadlock. Dedup follows
 //! `store::dedup`, with the marks this batch needs read up front.
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use tokio_postgres::{types::Json, Client, Transaction};
+use tokio_postgres::{
+    binary_copy::BinaryCopyInWriter,
+    types::{Json, ToSql, Type},
+    Client, Transaction,
+};
 
 use crate::{
     message::{Message, Origin},
@@ -57,9 +63,10 @@ pub async fn write_batch(
     client: &mut Client,
     batch: &[Message],
     position: Option<&SpoolPosition>,
+    id_seq: &str,
 ) -> Result<Vec<Outcome>, tokio_postgres::Error> {
     let tx = client.transaction().await?;
-    let outcomes = write_rows(&tx, batch).await?;
+    let outcomes = write_rows(&tx, batch, id_seq).await?;
     if let Some(p) = position {
         record_position(&tx, p).await?;
     }
@@ -78,10 +85,20 @@ pub async fn record_position(tx: &Transaction<'_>, p: &SpoolPosition) -> Result<
     .map(|_| ())
 }
 
+/// The sequence behind `messages.id`, looked up once per store: naming it in the statement
+/// keeps `nextval` cheap (a lookup per row costs more than the insert).
+pub async fn id_sequence(client: &Client) -> Result<String, tokio_postgres::Error> {
+    client
+        .query_one("SELECT pg_get_serial_sequence('messages', 'id')", &[])
+        .await
+        .map(|r| r.get(0))
+}
+
 /// Writes `batch` inside the caller's transaction (or savepoint), without committing.
 pub async fn write_rows(
     tx: &Transaction<'_>,
     batch: &[Message],
+    id_seq: &str,
 ) -> Result<Vec<Outcome>, tokio_postgres::Error> {
     let hashes: Vec<Hash> = batch.iter().map(Message::content_hash).collect();
     let mut marks = Prefetched::default();
@@ -153,8 +170,8 @@ pub async fn write_rows(
         Vec::new()
     } else {
         tx.query(
-            "SELECT nextval(pg_get_serial_sequence('messages', 'id')) FROM generate_series(1, $1::int)",
-            &[&(to_store.len() as i32)],
+            "SELECT nextval($2::text::regclass) FROM generate_series(1, $1::int)",
+            &[&(to_store.len() as i32), &id_seq],
         )
         .await?
         .iter()
@@ -162,17 +179,9 @@ pub async fn write_rows(
         .collect()
     };
 
-    let mut c = Columns::default();
-    for (&i, &id) in to_store.iter().zip(&ids) {
-        c.push(id, &batch[i]);
-    }
+    let received_at: Vec<DateTime<Utc>> = to_store.iter().map(|&i| batch[i].received_at).collect();
     if !to_store.is_empty() {
-        tx.execute(
-            "INSERT INTO messages (id, received_at, topic, payload, payload_raw, payload_size, qos, retain, content_type, user_properties, source)
-             SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::bytea[], $6::int[], $7::smallint[], $8::bool[], $9::text[], $10::jsonb[], $11::text[])",
-            &[&c.id, &c.received_at, &c.topic, &c.payload, &c.raw, &c.size, &c.qos, &c.retain, &c.content_type, &c.props, &c.source],
-        )
-        .await?;
+        copy_messages(tx, batch, &to_store, &ids).await?;
     }
 
     let rejected: Vec<&Message> = (0..batch.len())
@@ -213,6 +222,8 @@ pub async fn write_rows(
         let mut p = Vec::new();
         let mut h = Vec::new();
         let mut id = Vec::new();
+        let mut last_mark: Vec<_> = last_mark.into_iter().collect();
+        last_mark.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         for ((session, pkid), (hash, mid)) in &last_mark {
             s.push(*session);
             p.push(i32::from(*pkid));
@@ -228,11 +239,10 @@ pub async fn write_rows(
         .await?;
     }
     if !marks.retained_changed.is_empty() {
-        let (t, h): (Vec<String>, Vec<Vec<u8>>) = marks
-            .retained_changed
-            .iter()
-            .map(|(t, h)| (t.clone(), h.to_vec()))
-            .unzip();
+        let mut changed: Vec<_> = marks.retained_changed.iter().collect();
+        changed.sort_unstable();
+        let (t, h): (Vec<String>, Vec<Vec<u8>>) =
+            changed.into_iter().map(|(t, h)| (t.clone(), h.to_vec())).unzip();
         tx.execute(
             "INSERT INTO retained_marks (topic, hash) SELECT * FROM unnest($1::text[], $2::bytea[])
              ON CONFLICT ((md5(topic))) DO UPDATE SET hash = excluded.hash",
@@ -244,9 +254,12 @@ pub async fn write_rows(
     write_readings(tx, batch, &to_store, &ids).await?;
 
     if !to_store.is_empty() {
-        let mut tally: HashMap<&str, (i64, DateTime<Utc>, DateTime<Utc>)> = HashMap::new();
-        for (t, at) in c.topic.iter().zip(&c.received_at) {
-            let e = tally.entry(t.as_str()).or_insert((0, *at, *at));
+        let mut tally: std::collections::BTreeMap<
+            std::borrow::Cow<'_, str>,
+            (i64, DateTime<Utc>, DateTime<Utc>),
+        > = Default::default();
+        for (&i, at) in to_store.iter().zip(&received_at) {
+            let e = tally.entry(pg_text(&batch[i].topic)).or_insert((0, *at, *at));
             e.0 += 1;
             e.1 = e.1.min(*at);
             e.2 = e.2.max(*at);
@@ -295,46 +308,77 @@ fn source_of(m: &Message) -> &'static str {
 /// MQTT 5 user properties as stored in `jsonb`: `[[name, value], ...]`.
 type UserProperties = Json<Vec<(String, String)>>;
 
-#[derive(Default)]
-struct Columns {
-    id: Vec<i64>,
-    received_at: Vec<DateTime<Utc>>,
-    topic: Vec<String>,
-    payload: Vec<String>,
-    raw: Vec<Option<Vec<u8>>>,
-    size: Vec<i32>,
-    qos: Vec<i16>,
-    retain: Vec<bool>,
-    content_type: Vec<Option<String>>,
-    props: Vec<Option<UserProperties>>,
-    source: Vec<&'static str>,
-}
+const MESSAGE_TYPES: [Type; 11] = [
+    Type::INT8,
+    Type::TIMESTAMPTZ,
+    Type::TEXT,
+    Type::TEXT,
+    Type::BYTEA,
+    Type::INT4,
+    Type::INT2,
+    Type::BOOL,
+    Type::TEXT,
+    Type::JSONB,
+    Type::TEXT,
+];
 
-impl Columns {
-    fn push(&mut self, id: i64, m: &Message) {
+/// The stored messages (`to_store[i]` becomes row `ids[i]`), streamed with binary `COPY`.
+async fn copy_messages(
+    tx: &Transaction<'_>,
+    batch: &[Message],
+    to_store: &[usize],
+    ids: &[i64],
+) -> Result<(), tokio_postgres::Error> {
+    let sink = tx
+        .copy_in(
+            "COPY messages (id, received_at, topic, payload, payload_raw, payload_size, qos, retain, content_type, user_properties, source)
+             FROM STDIN (FORMAT binary)",
+        )
+        .await?;
+    let writer = BinaryCopyInWriter::new(sink, &MESSAGE_TYPES);
+    futures::pin_mut!(writer);
+    for (&i, id) in to_store.iter().zip(ids) {
+        let m = &batch[i];
         let text = m.payload_lossy();
         let exact = m.payload_text().is_some() && !text.contains('\0');
-        self.id.push(id);
-        self.received_at.push(m.received_at);
-        self.topic.push(pg_text(&m.topic).into_owned());
-        self.payload.push(pg_text(&text).into_owned());
-        self.raw.push((!exact).then(|| m.payload.to_vec()));
-        self.size.push(i32::try_from(m.size).unwrap_or(i32::MAX));
-        self.qos.push(i16::from(m.qos));
-        self.retain.push(m.retain);
-        self.content_type
-            .push(m.content_type.as_deref().map(|c| pg_text(c).into_owned()));
-        self.props.push((!m.user_properties.is_empty()).then(|| {
+        let raw: Option<&[u8]> = (!exact).then_some(&m.payload[..]);
+        let props: Option<UserProperties> = (!m.user_properties.is_empty()).then(|| {
             Json(
                 m.user_properties
                     .iter()
                     .map(|(k, v)| (pg_text(k).into_owned(), pg_text(v).into_owned()))
                     .collect(),
             )
-        }));
-        self.source.push(source_of(m));
+        });
+        let row: [&(dyn ToSql + Sync); 11] = [
+            id,
+            &m.received_at,
+            &pg_text(&m.topic),
+            &pg_text(&text),
+            &raw,
+            &i32::try_from(m.size).unwrap_or(i32::MAX),
+            &i16::from(m.qos),
+            &m.retain,
+            &m.content_type.as_deref().map(pg_text),
+            &props,
+            &source_of(m),
+        ];
+        writer.as_mut().write(&row).await?;
     }
+    writer.finish().await?;
+    Ok(())
 }
+
+const READING_TYPES: [Type; 8] = [
+    Type::INT8,
+    Type::TIMESTAMPTZ,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::FLOAT8,
+    Type::TEXT,
+    Type::TEXT,
+];
 
 /// Readings, notes and rollups of the stored messages (`to_store[i]` became row `ids[i]`).
 async fn write_readings(
@@ -347,66 +391,74 @@ async fn write_readings(
         readings::Value,
         store::rollup::{self, Width},
     };
-    let mut mid = Vec::new();
-    let mut ts = Vec::new();
-    let mut topic = Vec::new();
-    let mut device: Vec<Option<String>> = Vec::new();
-    let mut field = Vec::new();
-    let mut value: Vec<Option<f64>> = Vec::new();
-    let mut text: Vec<Option<String>> = Vec::new();
-    let mut source = Vec::new();
-    let mut note_id = Vec::new();
-    let mut note = Vec::new();
     let mut stored = Vec::new();
+    let mut notes: (Vec<i64>, Vec<String>) = Default::default();
+    let mut writer = None;
     for (&i, &id) in to_store.iter().zip(ids) {
         let m = &batch[i];
         let Some(d) = &m.derived else { continue };
         stored.push(m);
-        for r in &d.readings {
-            mid.push(id);
-            ts.push(d.ts);
-            topic.push(pg_text(&m.topic).into_owned());
-            device.push(d.device.as_deref().map(|x| pg_text(x).into_owned()));
-            field.push(pg_text(&r.field).into_owned());
-            match &r.value {
-                Value::Number(v) => {
-                    value.push(Some(*v));
-                    text.push(None);
-                }
-                Value::Text(t) => {
-                    value.push(None);
-                    text.push(Some(pg_text(t).into_owned()));
-                }
-            }
-            source.push(d.ts_source.as_str());
-        }
         if let Some(n) = &d.note {
-            note_id.push(id);
-            note.push(pg_text(n).into_owned());
+            notes.0.push(id);
+            notes.1.push(pg_text(n).into_owned());
+        }
+        if d.readings.is_empty() {
+            continue;
+        }
+        if writer.is_none() {
+            let sink = tx
+                .copy_in("COPY readings (message_id, ts, topic, device, field, value, text, ts_source) FROM STDIN (FORMAT binary)")
+                .await?;
+            writer = Some(Box::pin(BinaryCopyInWriter::new(sink, &READING_TYPES)));
+        }
+        let Some(w) = writer.as_mut() else { continue };
+        let topic = pg_text(&m.topic);
+        let device = d.device.as_deref().map(pg_text);
+        for r in &d.readings {
+            let (value, text) = match &r.value {
+                Value::Number(v) => (Some(*v), None),
+                Value::Text(t) => (None, Some(pg_text(t))),
+            };
+            let row: [&(dyn ToSql + Sync); 8] = [
+                &id,
+                &d.ts,
+                &topic,
+                &device,
+                &pg_text(&r.field),
+                &value,
+                &text,
+                &d.ts_source.as_str(),
+            ];
+            w.as_mut().write(&row).await?;
         }
     }
-    if !mid.is_empty() {
-        tx.execute(
-            "INSERT INTO readings (message_id, ts, topic, device, field, value, text, ts_source)
-             SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::float8[], $7::text[], $8::text[])",
-            &[&mid, &ts, &topic, &device, &field, &value, &text, &source],
-        )
-        .await?;
+    if let Some(w) = writer.as_mut() {
+        w.as_mut().finish().await?;
     }
-    if !note_id.is_empty() {
+    if !notes.0.is_empty() {
         tx.execute(
             "INSERT INTO reading_notes (message_id, note) SELECT * FROM unnest($1::bigint[], $2::text[])
              ON CONFLICT (message_id) DO UPDATE SET note = excluded.note",
-            &[&note_id, &note],
+            &[&notes.0, &notes.1],
         )
         .await?;
     }
     write_mapped(tx, batch, to_store, ids).await?;
     for width in [Width::Minute, Width::Hour] {
-        let aggs = rollup::aggregate(stored.iter().copied(), width);
+        let mut aggs: Vec<_> = rollup::aggregate(stored.iter().copied(), width)
+            .into_iter()
+            .collect();
         if aggs.is_empty() {
             continue;
         }
+        aggs.sort_unstable_by(|a, b| {
+            (&a.0.topic, &a.0.device, &a.0.field, a.0.bucket).cmp(&(
+                &b.0.topic,
+                &b.0.device,
+                &b.0.field,
+                b.0.bucket,
+            ))
+        });
         let mut c = (
             Vec::new(),
             Vec::new(),

@@ -2,6 +2,7 @@
 //! transactions, `synchronous=FULL` by default), so readers such as Metabase are never locked
 //! out. It must never hold a write transaction open across anything but the batch itself.
 
+mod checkpoint;
 mod read;
 mod schema;
 mod write;
@@ -88,11 +89,13 @@ impl SqliteStore {
             },
             schema::MigrateError::Sql(e) => open_err(format!("migration failed: {e}")),
         })?;
+        let checkpointer = checkpoint::Checkpointer::start(path, &mut conn)
+            .map_err(|e| open_err(format!("cannot start the checkpointer: {e}")))?;
         // Small queue: the pipeline holds the backlog, and the broker holds the rest.
         let (tx, rx) = mpsc::channel::<Command>(2);
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_thread(conn, rx))
+            .spawn(move || writer_thread(conn, rx, checkpointer))
             .map_err(|e| open_err(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteStore {
             path: path.to_path_buf(),
@@ -106,7 +109,11 @@ impl SqliteStore {
     }
 }
 
-fn writer_thread(mut conn: Connection, mut rx: mpsc::Receiver<Command>) {
+fn writer_thread(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Command>,
+    checkpointer: checkpoint::Checkpointer,
+) {
     while let Some(cmd) = rx.blocking_recv() {
         match cmd {
             Command::Write(batch, reply) => {
@@ -127,6 +134,7 @@ fn writer_thread(mut conn: Connection, mut rx: mpsc::Receiver<Command>) {
         }
     }
     // The last sender is gone: fold the WAL back so the file is complete on its own.
+    checkpointer.stop(&mut conn);
     let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
 }
 
