@@ -4,7 +4,7 @@
 //! the same topics lock rows in the same order and cannot deadlock. Dedup follows
 //! `store::dedup`, with the marks this batch needs read up front.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::{
@@ -36,7 +36,8 @@ pub fn pg_text(s: &str) -> std::borrow::Cow<'_, str> {
 struct Prefetched {
     delivery: HashMap<(String, u16), Hash>,
     retained: HashMap<String, Hash>,
-    retained_changed: HashMap<String, Hash>,
+    /// Ordered, like every upsert's keys here.
+    retained_changed: BTreeMap<String, Hash>,
 }
 
 impl Marks for Prefetched {
@@ -179,7 +180,6 @@ pub async fn write_rows(
         .collect()
     };
 
-    let received_at: Vec<DateTime<Utc>> = to_store.iter().map(|&i| batch[i].received_at).collect();
     if !to_store.is_empty() {
         copy_messages(tx, batch, &to_store, &ids).await?;
     }
@@ -207,7 +207,7 @@ pub async fn write_rows(
     }
 
     // Delivery marks: the last message per (session, packet id) wins.
-    let mut last_mark: HashMap<(&str, u16), (Hash, Option<i64>)> = HashMap::new();
+    let mut last_mark: BTreeMap<(&str, u16), (Hash, Option<i64>)> = BTreeMap::new();
     let id_of: HashMap<usize, i64> = to_store.iter().copied().zip(ids.iter().copied()).collect();
     for (i, m) in batch.iter().enumerate() {
         if verdicts[i] == Verdict::Duplicate {
@@ -222,8 +222,6 @@ pub async fn write_rows(
         let mut p = Vec::new();
         let mut h = Vec::new();
         let mut id = Vec::new();
-        let mut last_mark: Vec<_> = last_mark.into_iter().collect();
-        last_mark.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         for ((session, pkid), (hash, mid)) in &last_mark {
             s.push(*session);
             p.push(i32::from(*pkid));
@@ -239,10 +237,11 @@ pub async fn write_rows(
         .await?;
     }
     if !marks.retained_changed.is_empty() {
-        let mut changed: Vec<_> = marks.retained_changed.iter().collect();
-        changed.sort_unstable();
-        let (t, h): (Vec<String>, Vec<Vec<u8>>) =
-            changed.into_iter().map(|(t, h)| (t.clone(), h.to_vec())).unzip();
+        let (t, h): (Vec<String>, Vec<Vec<u8>>) = marks
+            .retained_changed
+            .iter()
+            .map(|(t, h)| (t.clone(), h.to_vec()))
+            .unzip();
         tx.execute(
             "INSERT INTO retained_marks (topic, hash) SELECT * FROM unnest($1::text[], $2::bytea[])
              ON CONFLICT ((md5(topic))) DO UPDATE SET hash = excluded.hash",
@@ -254,15 +253,14 @@ pub async fn write_rows(
     write_readings(tx, batch, &to_store, &ids).await?;
 
     if !to_store.is_empty() {
-        let mut tally: std::collections::BTreeMap<
-            std::borrow::Cow<'_, str>,
-            (i64, DateTime<Utc>, DateTime<Utc>),
-        > = Default::default();
-        for (&i, at) in to_store.iter().zip(&received_at) {
-            let e = tally.entry(pg_text(&batch[i].topic)).or_insert((0, *at, *at));
+        let mut tally: BTreeMap<std::borrow::Cow<'_, str>, (i64, DateTime<Utc>, DateTime<Utc>)> =
+            Default::default();
+        for &i in &to_store {
+            let at = batch[i].received_at;
+            let e = tally.entry(pg_text(&batch[i].topic)).or_insert((0, at, at));
             e.0 += 1;
-            e.1 = e.1.min(*at);
-            e.2 = e.2.max(*at);
+            e.1 = e.1.min(at);
+            e.2 = e.2.max(at);
         }
         let mut t = Vec::new();
         let mut n = Vec::new();
@@ -411,7 +409,7 @@ async fn write_readings(
                 .await?;
             writer = Some(Box::pin(BinaryCopyInWriter::new(sink, &READING_TYPES)));
         }
-        let Some(w) = writer.as_mut() else { continue };
+        let w = writer.as_mut().expect("started above");
         let topic = pg_text(&m.topic);
         let device = d.device.as_deref().map(pg_text);
         for r in &d.readings {
