@@ -31,6 +31,9 @@ pub fn pg_text(s: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// The first key of the per-session advisory locks (two-key space, apart from migrations').
+const SESSION_LOCKS: i32 = 0x7469_6465; // "tide"
+
 /// Marks prefetched for the batch, updated in memory as the batch is decided.
 #[derive(Default)]
 struct Prefetched {
@@ -103,6 +106,27 @@ pub async fn write_rows(
 ) -> Result<Vec<Outcome>, tokio_postgres::Error> {
     let hashes: Vec<Hash> = batch.iter().map(Message::content_hash).collect();
     let mut marks = Prefetched::default();
+
+    // One transaction at a time per MQTT session: a restarted tidegate's batch waits here for
+    // a commit its killed predecessor left in flight, so the marks read below include it and a
+    // redelivery of that batch is recognised (the marks it inserted cannot be row-locked yet).
+    let mut own: Vec<&str> = batch
+        .iter()
+        .filter_map(|m| match &m.origin {
+            Origin::Mqtt { session, .. } => Some(session.as_str()),
+            Origin::Http => None,
+        })
+        .collect();
+    // Sorted, so two batches that need the same locks take them in the same order.
+    own.sort_unstable();
+    own.dedup();
+    if !own.is_empty() {
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext(s)) FROM unnest($2::text[]) AS s",
+            &[&SESSION_LOCKS, &own],
+        )
+        .await?;
+    }
 
     let (sessions, pkids): (Vec<&str>, Vec<i32>) = batch
         .iter()
