@@ -32,12 +32,13 @@ impl Width {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Key {
-    pub topic: String,
+/// A bucket, borrowing its strings from the batch it was folded from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key<'a> {
+    pub topic: &'a str,
     /// `''` when the message has no device (a key column cannot be NULL and stay unique).
-    pub device: String,
-    pub field: String,
+    pub device: &'a str,
+    pub field: &'a str,
     pub bucket: DateTime<Utc>,
 }
 
@@ -65,17 +66,18 @@ impl Agg {
 }
 
 /// Folds the numeric readings of `stored` messages into buckets of `width`.
-pub fn aggregate<'a>(stored: impl Iterator<Item = &'a Message>, width: Width) -> HashMap<Key, Agg> {
-    let mut out: HashMap<Key, Agg> = HashMap::new();
+pub fn aggregate<'a>(stored: impl Iterator<Item = &'a Message>, width: Width) -> HashMap<Key<'a>, Agg> {
+    let mut out: HashMap<Key<'a>, Agg> = HashMap::new();
     for m in stored {
         let Some(d) = &m.derived else { continue };
+        let bucket = width.floor(d.ts);
         for r in &d.readings {
             let Value::Number(v) = r.value else { continue };
             let key = Key {
-                topic: m.topic.clone(),
-                device: d.device.clone().unwrap_or_default(),
-                field: r.field.clone(),
-                bucket: width.floor(d.ts),
+                topic: &m.topic,
+                device: d.device.as_deref().unwrap_or_default(),
+                field: &r.field,
+                bucket,
             };
             out.entry(key).and_modify(|a| a.add(v, d.ts)).or_insert(Agg {
                 count: 1,

@@ -473,14 +473,7 @@ async fn write_readings(
         if aggs.is_empty() {
             continue;
         }
-        aggs.sort_unstable_by(|a, b| {
-            (&a.0.topic, &a.0.device, &a.0.field, a.0.bucket).cmp(&(
-                &b.0.topic,
-                &b.0.device,
-                &b.0.field,
-                b.0.bucket,
-            ))
-        });
+        aggs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut c = (
             Vec::new(),
             Vec::new(),
@@ -494,9 +487,9 @@ async fn write_readings(
             Vec::new(),
         );
         for (k, a) in aggs {
-            c.0.push(pg_text(&k.topic).into_owned());
-            c.1.push(pg_text(&k.device).into_owned());
-            c.2.push(pg_text(&k.field).into_owned());
+            c.0.push(pg_text(k.topic).into_owned());
+            c.1.push(pg_text(k.device).into_owned());
+            c.2.push(pg_text(k.field).into_owned());
             c.3.push(k.bucket);
             c.4.push(a.count);
             c.5.push(a.min);

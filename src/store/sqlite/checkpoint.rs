@@ -11,12 +11,12 @@ use std::{
 
 use rusqlite::{wal::CheckpointMode, Connection};
 
-/// WAL frames (pages) after which the checkpointer is woken: SQLite's own default.
-const WAKE_AT: i32 = 1_000;
-/// WAL frames after which the writer checkpoints inline, as SQLite would by itself. Reached
+/// WAL bytes after which the checkpointer is woken: SQLite's own default (1,000 pages of 4 KiB).
+const WAKE_AT_BYTES: i64 = 4 << 20;
+/// WAL bytes after which the writer checkpoints inline, as SQLite would by itself. Reached
 /// only when the checkpointer cannot keep up (for example while a reader holds an old
 /// snapshot); it keeps the WAL bounded whatever happens on the other thread.
-const INLINE_AT: i32 = 8_192;
+const INLINE_AT_BYTES: i64 = 32 << 20;
 
 pub struct Checkpointer {
     thread: Option<JoinHandle<()>>,
@@ -35,13 +35,19 @@ impl Checkpointer {
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(format!("the checkpointer sees journal mode `{mode}`, not WAL"));
         }
+        // The hook counts frames (pages); the thresholds are bytes whatever the page size.
+        let page: i64 = writer
+            .pragma_query_value(None, "page_size", |r| r.get(0))
+            .map_err(|e| e.to_string())?;
+        let frames = |bytes: i64| (bytes / page.max(512)).clamp(1, i64::from(i32::MAX)) as i32;
+        let (wake_at, inline_at) = (frames(WAKE_AT_BYTES), frames(INLINE_AT_BYTES));
         let (wake, woken) = sync_channel::<()>(1);
         writer
             .wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, frames: i32| {
-                if frames >= INLINE_AT {
+                if frames >= inline_at {
                     // Busy (the other thread is checkpointing) is fine: the WAL is being copied.
                     let _ = wal.checkpoint_v2(CheckpointMode::PASSIVE);
-                } else if frames >= WAKE_AT {
+                } else if frames >= wake_at {
                     // Full means a wake-up is already pending: one checkpoint covers every
                     // commit before it. Disconnected only happens while stopping.
                     let _ = wake.try_send(());

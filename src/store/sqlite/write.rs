@@ -52,6 +52,10 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut topics = TopicTally::default();
     let mut stored: Vec<(&Message, i64)> = Vec::new();
+    let received: Vec<String> = batch
+        .iter()
+        .map(|m| crate::time::to_sql_text(m.received_at))
+        .collect();
     {
         let mut insert_msg = tx.prepare_cached(
             "INSERT INTO messages (received_at, topic, payload, payload_raw, payload_size, qos, retain, content_type, user_properties, source)
@@ -75,9 +79,8 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
             last: Default::default(),
         };
 
-        for m in batch {
+        for (m, received_at) in batch.iter().zip(&received) {
             let hash = m.content_hash();
-            let received_at = crate::time::to_sql_text(m.received_at);
             let source = match m.origin {
                 Origin::Mqtt { .. } => "mqtt",
                 Origin::Http => "http",
@@ -115,7 +118,7 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
                         source,
                     ])?;
                     let id = tx.last_insert_rowid();
-                    topics.add(&m.topic, &received_at);
+                    topics.add(&m.topic, received_at);
                     if let Some(d) = &m.derived {
                         let ts = crate::time::to_sql_text(d.ts);
                         for r in &d.readings {
@@ -201,18 +204,14 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
 
 /// Per-topic counts of one batch, folded into `topics` with one upsert per topic.
 #[derive(Default)]
-struct TopicTally<'a>(std::collections::HashMap<&'a str, (i64, String, String)>);
+struct TopicTally<'a>(std::collections::HashMap<&'a str, (i64, &'a str, &'a str)>);
 
 impl<'a> TopicTally<'a> {
-    fn add(&mut self, topic: &'a str, at: &str) {
-        let e = self
-            .0
-            .entry(topic)
-            .or_insert_with(|| (0, at.to_string(), at.to_string()));
+    fn add(&mut self, topic: &'a str, at: &'a str) {
+        let e = self.0.entry(topic).or_insert((0, at, at));
         e.0 += 1;
-        if at > e.2.as_str() {
-            e.2 = at.to_string();
-        }
+        e.1 = e.1.min(at);
+        e.2 = e.2.max(at);
     }
 }
 
