@@ -39,7 +39,8 @@ impl Checkpointer {
         let page: i64 = writer
             .pragma_query_value(None, "page_size", |r| r.get(0))
             .map_err(|e| e.to_string())?;
-        let frames = |bytes: i64| (bytes / page.max(512)).clamp(1, i64::from(i32::MAX)) as i32;
+        // SQLite pages are 512 B to 64 KiB, so the frame counts fit an i32.
+        let frames = |bytes: i64| (bytes / page.max(512)) as i32;
         let (wake_at, inline_at) = (frames(WAKE_AT_BYTES), frames(INLINE_AT_BYTES));
         let (wake, woken) = sync_channel::<()>(1);
         writer
