@@ -473,6 +473,72 @@ fn retention_deletes_exactly_what_is_older() {
     }
 }
 
+/// A PostgreSQL database at schema 5 (text-prefix readings index, b-tree on `ts`) is moved to
+/// schema 6 in place: its readings stay, new ones join them, and queries find both.
+#[test]
+fn a_postgres_database_at_schema_5_gets_the_cheaper_readings_indexes() {
+    let server = support::pg::shared();
+    let url = support::pg::fresh_database(&server);
+    let db = url
+        .split('?')
+        .next()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let settings = StoreSettings {
+        db: DbUrl::parse(&url).unwrap(),
+        sqlite_sync: SqliteSync::Full,
+    };
+    let temp = |topic: &str, v: i32| with_readings(msg(topic, format!(r#"{{"temp": {v}}}"#).as_bytes()));
+    rt().block_on(async {
+        let s = store::open(&settings).await.unwrap();
+        write(&s, vec![temp("old/a", 1), temp("old/a", 2)]).await;
+    });
+    // Back to schema 5's readings indexes, as a tidegate of that version left them.
+    support::pg::psql(
+        &server,
+        &db,
+        r#"DROP INDEX readings_ts; DROP INDEX readings_series_ts;
+           CREATE INDEX readings_ts ON readings (ts);
+           CREATE INDEX readings_topic_field_ts ON readings ((left(topic, 200)) COLLATE "C", (left(field, 200)) COLLATE "C", ts);
+           DELETE FROM tidegate_schema WHERE version = 6;"#,
+    );
+    rt().block_on(async {
+        let s = store::open(&settings).await.unwrap();
+        write(&s, vec![temp("old/a", 3)]).await;
+        let pts = s
+            .readings(tidegate::store::ReadingsQuery {
+                topic: Some("old/a".into()),
+                device: None,
+                field: Some("temp".into()),
+                since: None,
+                until: None,
+                resolution: tidegate::store::Resolution::Raw,
+                limit: 100,
+            })
+            .await
+            .unwrap();
+        let mut values: Vec<f64> = pts.iter().map(|p| p.last).collect();
+        values.sort_by(f64::total_cmp);
+        assert_eq!(values, [1.0, 2.0, 3.0]);
+    });
+    let indexes = support::pg::psql(
+        &server,
+        &db,
+        "SELECT string_agg(indexname || ':' || split_part(indexdef, ' USING ', 2), ' ' ORDER BY indexname) FROM pg_indexes WHERE tablename = 'readings'",
+    );
+    assert!(indexes.contains("readings_ts:brin (ts)"), "{indexes}");
+    assert!(
+        indexes.contains("readings_series_ts:btree (hashtextextended(topic"),
+        "{indexes}"
+    );
+    assert!(!indexes.contains("readings_topic_field_ts"), "{indexes}");
+    let version = support::pg::psql(&server, &db, "SELECT max(version) FROM tidegate_schema");
+    assert_eq!(version.trim(), "6");
+}
+
 #[test]
 fn a_database_from_the_first_released_schema_is_upgraded_in_place() {
     let dir = tempfile::tempdir().unwrap();
@@ -684,8 +750,8 @@ fn retention_runs_while_ingest_goes_on_and_deletes_only_what_is_older() {
     }
 }
 
-/// Raw readings by topic and field: exact even when two long topics share the indexed prefix,
-/// and on PostgreSQL answered through `readings_topic_field_ts`.
+/// Raw readings by topic and field: exact for long topics that share a prefix, and on PostgreSQL
+/// answered through `readings_series_ts` (which holds hashes of topic and field).
 #[test]
 fn raw_readings_by_topic_and_field_are_exact_and_indexed() {
     let long = "sensors/".to_string() + &"x".repeat(300);
@@ -730,7 +796,7 @@ fn raw_readings_by_topic_and_field_are_exact_and_indexed() {
                     support::pg::psql(
                         &support::pg::shared(),
                         db,
-                        "SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = 'readings_topic_field_ts'",
+                        "SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = 'readings_series_ts'",
                     )
                 })
                 .find(|n| n.trim() != "0")

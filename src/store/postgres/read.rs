@@ -165,10 +165,10 @@ pub async fn readings(
     let rollup = q.resolution != Resolution::Raw;
     if let Some(t) = &q.topic {
         if !rollup {
-            // The prefix matches `readings_topic_field_ts`; the plain comparison keeps it exact.
+            // The hash matches `readings_series_ts`; the plain comparison keeps it exact.
             push(
                 &mut sql,
-                " AND left(topic, 200) COLLATE \"C\" = left($, 200)",
+                " AND hashtextextended(topic, 0) = hashtextextended($, 0)",
                 Box::new(t.clone()),
             );
         }
@@ -187,7 +187,7 @@ pub async fn readings(
         } else {
             push(
                 &mut sql,
-                " AND left(field, 200) COLLATE \"C\" = left($, 200)",
+                " AND hashtextextended(field, 0) = hashtextextended($, 0)",
                 Box::new(f.clone()),
             );
         }

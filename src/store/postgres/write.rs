@@ -546,8 +546,13 @@ pub async fn retain(
     }
     if let Some(d) = policy.readings {
         let c = cutoff(d);
+        // Any expired chunk, not the oldest first: `readings_ts` is a BRIN index, which finds
+        // the block ranges but cannot return rows in order without sorting them all.
         n += tx
-            .execute("DELETE FROM readings WHERE id IN (SELECT id FROM readings WHERE ts < $1 ORDER BY ts LIMIT $2)", &[&c, &chunk])
+            .execute(
+                "DELETE FROM readings WHERE id IN (SELECT id FROM readings WHERE ts < $1 LIMIT $2)",
+                &[&c, &chunk],
+            )
             .await?;
     }
     if let Some(d) = policy.rollups {
