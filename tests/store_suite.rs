@@ -37,6 +37,23 @@ fn stores() -> Vec<(String, StoreSettings, Option<tempfile::TempDir>)> {
     ]
 }
 
+/// A fresh PostgreSQL database: its server, its name, and store settings for it.
+fn fresh_pg() -> (String, String, StoreSettings) {
+    let server = support::pg::shared();
+    let url = support::pg::fresh_database(&server);
+    let db = url
+        .split('?')
+        .next()
+        .and_then(|u| u.rsplit('/').next())
+        .unwrap()
+        .to_string();
+    let settings = StoreSettings {
+        db: DbUrl::parse(&url).unwrap(),
+        sqlite_sync: SqliteSync::Full,
+    };
+    (server, db, settings)
+}
+
 fn msg(topic: &str, payload: &[u8]) -> Message {
     Message::new(
         topic.into(),
@@ -473,41 +490,62 @@ fn retention_deletes_exactly_what_is_older() {
     }
 }
 
-/// A PostgreSQL database at schema 5 (text-prefix readings index, b-tree on `ts`) is moved to
-/// schema 6 in place: its readings stay, new ones join them, and queries find both.
+/// A PostgreSQL database at schema 5 (text-prefix readings index, b-tree on `ts`, one delivery
+/// mark row per packet id) is moved to schema 6 in place: its readings stay, new ones join them,
+/// queries find both, and a redelivery of a message committed under schema 5 is still recognised.
 #[test]
-fn a_postgres_database_at_schema_5_gets_the_cheaper_readings_indexes() {
-    let server = support::pg::shared();
-    let url = support::pg::fresh_database(&server);
-    let db = url
-        .split('?')
-        .next()
-        .unwrap()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_string();
-    let settings = StoreSettings {
-        db: DbUrl::parse(&url).unwrap(),
-        sqlite_sync: SqliteSync::Full,
-    };
+fn a_postgres_database_at_schema_5_is_upgraded_in_place() {
+    let (server, db, settings) = fresh_pg();
     let temp = |topic: &str, v: i32| with_readings(msg(topic, format!(r#"{{"temp": {v}}}"#).as_bytes()));
     rt().block_on(async {
         let s = store::open(&settings).await.unwrap();
         write(&s, vec![temp("old/a", 1), temp("old/a", 2)]).await;
     });
-    // Back to schema 5's readings indexes, as a tidegate of that version left them.
+    // Back to schema 5's readings indexes and delivery marks, as a tidegate of that version left
+    // them, with the mark of one message it committed (packet id 7).
+    let committed = mqtt("old/m", b"v5", 7, false);
+    let hash: String = committed
+        .content_hash()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     support::pg::psql(
         &server,
         &db,
-        r#"DROP INDEX readings_ts; DROP INDEX readings_series_ts;
+        &format!(
+            r#"DROP INDEX readings_ts; DROP INDEX readings_series_ts;
            CREATE INDEX readings_ts ON readings (ts);
            CREATE INDEX readings_topic_field_ts ON readings ((left(topic, 200)) COLLATE "C", (left(field, 200)) COLLATE "C", ts);
-           DELETE FROM tidegate_schema WHERE version = 6;"#,
+           DROP TABLE delivery_batches;
+           CREATE TABLE delivery_marks (session text COLLATE "C" NOT NULL, pkid integer NOT NULL, hash bytea NOT NULL,
+                                        message_id bigint, PRIMARY KEY (session, pkid));
+           INSERT INTO delivery_marks VALUES ('suite-session', 7, decode('{hash}', 'hex'), NULL),
+                                             ('suite-session', 8, decode('00', 'hex'), NULL);
+           DELETE FROM tidegate_schema WHERE version = 6;"#
+        ),
     );
     rt().block_on(async {
         let s = store::open(&settings).await.unwrap();
+        assert_eq!(
+            write(
+                &s,
+                vec![mqtt("old/m", b"v5", 7, true), mqtt("old/m", b"new", 8, true)]
+            )
+            .await[0],
+            Outcome::Duplicate
+        );
         write(&s, vec![temp("old/a", 3)]).await;
+        // The mark with a different hash did not make its redelivery a duplicate.
+        assert_eq!(
+            s.topics()
+                .await
+                .unwrap()
+                .iter()
+                .find(|t| t.topic == "old/m")
+                .unwrap()
+                .message_count,
+            1
+        );
         let pts = s
             .readings(tidegate::store::ReadingsQuery {
                 topic: Some("old/a".into()),
@@ -537,6 +575,63 @@ fn a_postgres_database_at_schema_5_gets_the_cheaper_readings_indexes() {
     assert!(!indexes.contains("readings_topic_field_ts"), "{indexes}");
     let version = support::pg::psql(&server, &db, "SELECT max(version) FROM tidegate_schema");
     assert_eq!(version.trim(), "6");
+}
+
+/// PostgreSQL keeps a session's delivery marks one row per batch and drops a row once 65,535
+/// newer marks exist (no more messages than that can be in flight): after 80,000 deliveries,
+/// recent redeliveries are still recognised and the oldest row is gone.
+#[test]
+fn postgres_delivery_marks_are_kept_per_batch_and_pruned_past_the_packet_id_space() {
+    let (server, db, settings) = fresh_pg();
+    let delivery = |i: u32, dup: bool| {
+        let origin = Origin::Mqtt {
+            session: "prune-session".into(),
+            pkid: (i % 65_535 + 1) as u16,
+            redelivery: dup,
+        };
+        Message::new(
+            "p/t".into(),
+            Bytes::from(i.to_string()),
+            1,
+            false,
+            origin,
+            1 << 20,
+        )
+    };
+    rt().block_on(async {
+        let s = store::open(&settings).await.unwrap();
+        for b in 0..8 {
+            write(
+                &s,
+                (b * 10_000..(b + 1) * 10_000)
+                    .map(|i| delivery(i, false))
+                    .collect(),
+            )
+            .await;
+        }
+        let outcomes = write(
+            &s,
+            vec![
+                delivery(79_999, true), // the last delivery
+                delivery(15_000, true), // packet id 15,001, not reused since
+                delivery(5_000, true),  // packet id 5,001, reused by delivery 70,535
+                delivery(12_000, true), // packet id 12,001: both marks kept, the newer one counts
+            ],
+        )
+        .await;
+        assert_eq!(outcomes[0], Outcome::Duplicate);
+        assert_eq!(outcomes[1], Outcome::Duplicate);
+        assert!(matches!(outcomes[2], Outcome::Stored { .. }), "{outcomes:?}");
+        assert!(matches!(outcomes[3], Outcome::Stored { .. }), "{outcomes:?}");
+    });
+    // Totals 10,000 … 80,000, then 80,002 for the last batch: the first row is covered by
+    // 65,535 newer marks and is gone; the second is not.
+    let rows = support::pg::psql(
+        &server,
+        &db,
+        "SELECT count(*) || ' ' || min(total) || ' ' || max(total) FROM delivery_batches WHERE session = 'prune-session'",
+    );
+    assert_eq!(rows.trim(), "8 20000 80002");
 }
 
 #[test]

@@ -142,15 +142,33 @@ ALTER TABLE delivery_marks ALTER COLUMN session TYPE text COLLATE "C";
 ALTER TABLE delivery_marks SET (fillfactor = 70);
 "#;
 
-/// Version 6: less index upkeep per reading row, readings being the table written most. Time
-/// ranges go through a BRIN index (rows arrive in about time order, and a BRIN entry is per
-/// block range, not per row); series look-ups through 64-bit hashes of topic and field (integer
-/// comparisons in the b-tree instead of text). Measured on 300,000 rows by `COPY`: 1.31 → 0.96 s.
+/// Version 6: less work per message on the tables written with every batch.
+/// - Readings: time ranges go through a BRIN index (rows arrive in about time order, and BRIN
+///   keeps one entry per block range, not per row); series look-ups through 64-bit hashes of
+///   topic and field (integer comparisons in the b-tree instead of text). Measured on 300,000
+///   rows by `COPY`: 1.31 → 0.96 s.
+/// - Delivery marks: one row per batch and MQTT session (packet id and hash of each message,
+///   packed), instead of one upsert per message. A session can have at most 65,535 messages in
+///   flight, so a batch's row is dropped once 65,535 newer marks exist (`total` counts them).
 const V6: &str = r#"
 DROP INDEX readings_ts;
 CREATE INDEX readings_ts ON readings USING brin (ts);
 DROP INDEX readings_topic_field_ts;
 CREATE INDEX readings_series_ts ON readings (hashtextextended(topic, 0), hashtextextended(field, 0), ts);
+
+CREATE TABLE delivery_batches (
+    session text COLLATE "C" NOT NULL,
+    total   bigint NOT NULL,
+    n       integer NOT NULL,
+    marks   bytea NOT NULL,
+    PRIMARY KEY (session, total)
+);
+-- Hashes do not compress: store them as they are.
+ALTER TABLE delivery_batches ALTER COLUMN marks SET STORAGE EXTERNAL;
+INSERT INTO delivery_batches (session, total, n, marks)
+    SELECT session, count(*), count(*), string_agg(substring(int4send(pkid) FROM 3 FOR 2) || hash, ''::bytea)
+    FROM delivery_marks WHERE length(hash) = 16 GROUP BY session;
+DROP TABLE delivery_marks;
 "#;
 
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,7 @@
 //! the same topics lock rows in the same order and cannot deadlock. Dedup follows
 //! `store::dedup`, with the marks this batch needs read up front.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::{
@@ -60,6 +60,25 @@ impl Marks for Prefetched {
 
 fn hash_of(v: Vec<u8>) -> Option<Hash> {
     v.try_into().ok()
+}
+
+/// One delivery mark in `delivery_batches.marks`: the packet id (big-endian) and the hash.
+const MARK_LEN: usize = 2 + 16;
+
+fn pack_marks(by_pkid: &HashMap<u16, Hash>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(by_pkid.len() * MARK_LEN);
+    for (pkid, hash) in by_pkid {
+        out.extend_from_slice(&pkid.to_be_bytes());
+        out.extend_from_slice(hash);
+    }
+    out
+}
+
+fn unpack_marks(packed: &[u8]) -> impl Iterator<Item = (u16, Hash)> + '_ {
+    packed.chunks_exact(MARK_LEN).filter_map(|e| {
+        let (pkid, hash) = e.split_at(2);
+        Some((u16::from_be_bytes([pkid[0], pkid[1]]), hash.try_into().ok()?))
+    })
 }
 
 /// Writes `batch` in its own transaction.
@@ -128,29 +147,34 @@ pub async fn write_rows(
         .await?;
     }
 
-    let (sessions, pkids): (Vec<&str>, Vec<i32>) = batch
+    let redelivered: HashSet<(&str, u16)> = batch
         .iter()
         .filter_map(|m| match &m.origin {
             Origin::Mqtt {
                 session,
                 pkid,
                 redelivery: true,
-            } => Some((session.as_str(), i32::from(*pkid))),
+            } => Some((session.as_str(), *pkid)),
             _ => None,
         })
-        .unzip();
-    if !sessions.is_empty() {
+        .collect();
+    if !redelivered.is_empty() {
+        let mut sessions: Vec<&str> = redelivered.iter().map(|(s, _)| *s).collect();
+        sessions.sort_unstable();
+        sessions.dedup();
+        // Oldest first, so a packet id's latest mark is the one left in the map.
         let rows = tx
             .query(
-                "SELECT d.session, d.pkid, d.hash FROM delivery_marks d
-                 JOIN unnest($1::text[], $2::int[]) AS k(session, pkid) USING (session, pkid)",
-                &[&sessions, &pkids],
+                "SELECT session, marks FROM delivery_batches WHERE session = ANY($1) ORDER BY session, total",
+                &[&sessions],
             )
             .await?;
         for r in rows {
-            let pkid: i32 = r.get(1);
-            if let Some(h) = hash_of(r.get(2)) {
-                marks.delivery.insert((r.get(0), pkid as u16), h);
+            let session: &str = r.get(0);
+            for (pkid, hash) in unpack_marks(r.get(1)) {
+                if redelivered.contains(&(session, pkid)) {
+                    marks.delivery.insert((session.to_string(), pkid), hash);
+                }
             }
         }
     }
@@ -230,33 +254,26 @@ pub async fn write_rows(
         .await?;
     }
 
-    // Delivery marks: the last message per (session, packet id) wins.
-    let mut last_mark: BTreeMap<(&str, u16), (Hash, Option<i64>)> = BTreeMap::new();
-    let id_of: HashMap<usize, i64> = to_store.iter().copied().zip(ids.iter().copied()).collect();
+    // Delivery marks: per session, the last message per packet id wins.
+    let mut last_mark: BTreeMap<&str, HashMap<u16, Hash>> = BTreeMap::new();
     for (i, m) in batch.iter().enumerate() {
         if verdicts[i] == Verdict::Duplicate {
             continue;
         }
-        if let Some(k) = dedup::delivery_mark(m) {
-            last_mark.insert(k, (hashes[i], id_of.get(&i).copied()));
+        if let Some((session, pkid)) = dedup::delivery_mark(m) {
+            last_mark.entry(session).or_default().insert(pkid, hashes[i]);
         }
     }
-    if !last_mark.is_empty() {
-        let mut s = Vec::new();
-        let mut p = Vec::new();
-        let mut h = Vec::new();
-        let mut id = Vec::new();
-        for ((session, pkid), (hash, mid)) in &last_mark {
-            s.push(*session);
-            p.push(i32::from(*pkid));
-            h.push(hash.to_vec());
-            id.push(*mid);
-        }
+    for (session, by_pkid) in &last_mark {
+        let n = by_pkid.len() as i32;
+        let packed = pack_marks(by_pkid);
+        // The session's advisory lock (taken above) makes `max(total)` safe to build on.
         tx.execute(
-            "INSERT INTO delivery_marks (session, pkid, hash, message_id)
-             SELECT * FROM unnest($1::text[], $2::int[], $3::bytea[], $4::bigint[])
-             ON CONFLICT (session, pkid) DO UPDATE SET hash = excluded.hash, message_id = excluded.message_id",
-            &[&s, &p, &h, &id],
+            "WITH prev AS (SELECT coalesce(max(total), 0) AS total FROM delivery_batches WHERE session = $1),
+                  ins AS (INSERT INTO delivery_batches (session, total, n, marks)
+                          SELECT $1, total + $2::int, $2::int, $3 FROM prev RETURNING total)
+             DELETE FROM delivery_batches WHERE session = $1 AND total <= (SELECT total FROM ins) - 65535",
+            &[session, &n, &packed],
         )
         .await?;
     }
