@@ -7,7 +7,7 @@ use futures::StreamExt;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 
-use super::Report;
+use super::{Report, Tally};
 use crate::config::BrokerUrl;
 
 pub struct Collector {
@@ -15,7 +15,8 @@ pub struct Collector {
     _task: tokio::task::JoinHandle<()>,
 }
 
-fn parse(payload: &[u8]) -> Option<(u64, u64)> {
+/// (sequence number, microseconds since it was sent) from a bench payload.
+pub(super) fn parse(payload: &[u8]) -> Option<(u64, u64)> {
     #[derive(serde::Deserialize)]
     struct P {
         seq: u64,
@@ -120,23 +121,16 @@ impl Collector {
         idle: Duration,
         started: Instant,
     ) -> Report {
-        let mut seen = vec![false; total as usize];
-        let (mut unique, mut dups) = (0u64, 0u64);
+        let mut tally = Tally::new(total);
         let mut lat: Vec<u64> = Vec::with_capacity(total as usize);
         let mut last = started;
-        while unique < total {
+        while tally.unique < total {
             match tokio::time::timeout(idle, self.rx.recv()).await {
                 Ok(Some((seq, us))) => {
                     last = Instant::now();
-                    match seen.get_mut(seq as usize) {
-                        Some(s) if !*s => {
-                            *s = true;
-                            unique += 1;
-                            lat.push(us);
-                            bar.inc(1);
-                        }
-                        Some(_) => dups += 1,
-                        None => {}
+                    if tally.add(seq) {
+                        lat.push(us);
+                        bar.inc(1);
                     }
                 }
                 _ => break,
@@ -151,17 +145,6 @@ impl Collector {
             lat[i] as f64 / 1000.0
         };
         let seconds = (last - started).as_secs_f64().max(1e-6);
-        Report {
-            published: total,
-            received: unique,
-            duplicates: dups,
-            lost: total - unique,
-            seconds,
-            msg_per_s: unique as f64 / seconds,
-            latency_ms_p50: pct(0.5),
-            latency_ms_p90: pct(0.9),
-            latency_ms_p99: pct(0.99),
-            latency_ms_max: pct(1.0),
-        }
+        tally.report(seconds, Some([pct(0.5), pct(0.9), pct(0.99), pct(1.0)]))
     }
 }

@@ -1,11 +1,13 @@
 //! `tidegate bench`: a load tool users can point at their own broker and tidegate. It publishes
 //! numbered, timestamped messages over several connections and measures what comes out the
 //! other side — from tidegate's live stream (each event is sent after its commit, so the
-//! latency is publish→commit) or, with `--null`, from a subscriber that stores nothing (the
-//! ceiling the broker and this machine allow). Reports throughput, latency percentiles, loss and
-//! duplicates. It never asserts a speed; it prints figures.
+//! latency is publish→commit), with `--no-stream` from tidegate's committed counter and the
+//! stored rows, or with `--null` from a subscriber that stores nothing (the ceiling the broker
+//! and this machine allow). Reports throughput, latency percentiles, loss and duplicates. It
+//! never asserts a speed; it prints figures.
 
 mod collect;
+mod count;
 mod publish;
 
 use std::time::{Duration, Instant};
@@ -29,6 +31,12 @@ pub struct BenchArgs {
     /// Measure a subscriber that acknowledges on receipt and stores nothing, instead of tidegate.
     #[arg(long)]
     pub null: bool,
+    /// With --api: measure throughput without following the live stream, which at full speed
+    /// costs tidegate and this tool CPU that the null subscriber does not pay. Polls tidegate's
+    /// committed counter on /metrics (it counts all of tidegate's traffic: use a tidegate that
+    /// receives nothing else), then reads the rows back for loss and duplicates. No latency.
+    #[arg(long, requires = "api", conflicts_with = "null")]
+    pub no_stream: bool,
     /// Only publish (every QoS 1 message acknowledged by the broker), measuring nothing else:
     /// e.g. to build a backlog for a stopped tidegate. Publishes to exactly --topic.
     #[arg(long, conflicts_with_all = ["api", "null"])]
@@ -68,10 +76,11 @@ pub struct Report {
     pub lost: u64,
     pub seconds: f64,
     pub msg_per_s: f64,
-    pub latency_ms_p50: f64,
-    pub latency_ms_p90: f64,
-    pub latency_ms_p99: f64,
-    pub latency_ms_max: f64,
+    /// `None` when not measured (`--no-stream`).
+    pub latency_ms_p50: Option<f64>,
+    pub latency_ms_p90: Option<f64>,
+    pub latency_ms_p99: Option<f64>,
+    pub latency_ms_max: Option<f64>,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -111,11 +120,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let collector = if args.null {
-        collect::Collector::null(&broker, &topic, args.qos).await?
+    let api = args.api.clone().unwrap_or_default();
+    let token = args.api_token.as_deref();
+    let receiver = if args.null {
+        Receiver::Events(collect::Collector::null(&broker, &topic, args.qos).await?)
+    } else if args.no_stream {
+        Receiver::Rows(count::Counter::new(&api, token).await?)
     } else {
-        let api = args.api.clone().unwrap_or_default();
-        collect::Collector::stream(&api, args.api_token.as_deref(), &topic).await?
+        Receiver::Events(collect::Collector::stream(&api, token, &topic).await?)
     };
     let bar = indicatif::ProgressBar::new(total);
     if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
@@ -127,30 +139,95 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
     let started = Instant::now();
     let publishing = tokio::spawn(publisher(broker.clone(), topic.clone()));
-    let report = collector
-        .wait(total, &bar, Duration::from_secs(15), started)
-        .await;
+    let idle = Duration::from_secs(15);
+    let report = match receiver {
+        Receiver::Events(c) => c.wait(total, &bar, idle, started).await,
+        Receiver::Rows(c) => c.wait(&topic, total, &bar, idle, started).await?,
+    };
     publishing.await.context("publisher")??;
     bar.finish_and_clear();
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "published {}  received {}  lost {}  duplicates {}  in {:.2} s  →  {:.0} msg/s\nlatency (publish→{}) ms: p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}",
+            "published {}  received {}  lost {}  duplicates {}  in {:.2} s  →  {:.0} msg/s",
             report.published,
             report.received,
             report.lost,
             report.duplicates,
             report.seconds,
             report.msg_per_s,
+        );
+        let ms = |v: Option<f64>| v.map_or_else(|| "—".to_string(), |v| format!("{v:.1}"));
+        println!(
+            "latency (publish→{}) ms: p50 {}  p90 {}  p99 {}  max {}",
             if args.null { "receive" } else { "commit" },
-            report.latency_ms_p50,
-            report.latency_ms_p90,
-            report.latency_ms_p99,
-            report.latency_ms_max
+            ms(report.latency_ms_p50),
+            ms(report.latency_ms_p90),
+            ms(report.latency_ms_p99),
+            ms(report.latency_ms_max)
         );
     }
     Ok(())
+}
+
+/// Which sequence numbers came out the other side: each counted once, extra copies apart.
+struct Tally {
+    seen: Vec<bool>,
+    unique: u64,
+    duplicates: u64,
+}
+
+impl Tally {
+    fn new(total: u64) -> Tally {
+        Tally {
+            seen: vec![false; total as usize],
+            unique: 0,
+            duplicates: 0,
+        }
+    }
+
+    /// Counts `seq`; true the first time it is seen. Numbers out of range are ignored.
+    fn add(&mut self, seq: u64) -> bool {
+        match self.seen.get_mut(seq as usize) {
+            Some(s) if !*s => {
+                *s = true;
+                self.unique += 1;
+                true
+            }
+            Some(_) => {
+                self.duplicates += 1;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// The report of a run that took `seconds`; `latency_ms` is p50, p90, p99 and max.
+    fn report(&self, seconds: f64, latency_ms: Option<[f64; 4]>) -> Report {
+        let total = self.seen.len() as u64;
+        let [p50, p90, p99, max] = latency_ms.map_or([None; 4], |l| l.map(Some));
+        Report {
+            published: total,
+            received: self.unique,
+            duplicates: self.duplicates,
+            lost: total - self.unique,
+            seconds,
+            msg_per_s: self.unique as f64 / seconds,
+            latency_ms_p50: p50,
+            latency_ms_p90: p90,
+            latency_ms_p99: p99,
+            latency_ms_max: max,
+        }
+    }
+}
+
+/// What tells the bench a message came out the other side.
+enum Receiver {
+    /// One event per message: the live stream or the null subscriber.
+    Events(collect::Collector),
+    /// tidegate's committed counter, then its stored rows.
+    Rows(count::Counter),
 }
 
 /// Microseconds since the unix epoch, the clock in every bench payload.
