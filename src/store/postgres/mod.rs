@@ -189,7 +189,7 @@ impl PgStore {
 
     async fn savepoint_each(
         &self,
-        client: &mut tokio_postgres::Client,
+        client: &mut deadpool_postgres::ClientWrapper,
         batch: &[Message],
         position: Option<&SpoolPosition>,
     ) -> Result<Vec<Outcome>, tokio_postgres::Error> {

@@ -7,10 +7,11 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
+use deadpool_postgres::{ClientWrapper, Transaction};
 use tokio_postgres::{
     binary_copy::BinaryCopyInWriter,
     types::{Json, ToSql, Type},
-    Client, Transaction,
+    Client, Row,
 };
 
 use crate::{
@@ -33,6 +34,26 @@ pub fn pg_text(s: &str) -> std::borrow::Cow<'_, str> {
 
 /// The first key of the per-session advisory locks (two-key space, apart from migrations').
 const SESSION_LOCKS: i32 = 0x7469_6465; // "tide"
+
+/// Runs one of the fixed statements, prepared once per connection: parsing and planning them
+/// for every batch cost the server more than some of the writes.
+async fn exec(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<u64, tokio_postgres::Error> {
+    let st = tx.prepare_cached(sql).await?;
+    tx.execute(&st, params).await
+}
+
+async fn query(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Row>, tokio_postgres::Error> {
+    let st = tx.prepare_cached(sql).await?;
+    tx.query(&st, params).await
+}
 
 /// Marks prefetched for the batch, updated in memory as the batch is decided.
 #[derive(Default)]
@@ -83,7 +104,7 @@ fn unpack_marks(packed: &[u8]) -> impl Iterator<Item = (u16, Hash)> + '_ {
 
 /// Writes `batch` in its own transaction.
 pub async fn write_batch(
-    client: &mut Client,
+    client: &mut ClientWrapper,
     batch: &[Message],
     position: Option<&SpoolPosition>,
     id_seq: &str,
@@ -99,7 +120,8 @@ pub async fn write_batch(
 
 /// Records how far a spool has been forwarded, inside the batch's transaction.
 pub async fn record_position(tx: &Transaction<'_>, p: &SpoolPosition) -> Result<(), tokio_postgres::Error> {
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO spool_positions (name, last_id) VALUES ($1, $2)
          ON CONFLICT (name) DO UPDATE SET last_id = excluded.last_id",
         &[&p.name, &p.last_id],
@@ -140,7 +162,8 @@ pub async fn write_rows(
     own.sort_unstable();
     own.dedup();
     if !own.is_empty() {
-        tx.execute(
+        exec(
+            tx,
             "SELECT pg_advisory_xact_lock($1, hashtext(s)) FROM unnest($2::text[]) AS s",
             &[&SESSION_LOCKS, &own],
         )
@@ -163,12 +186,12 @@ pub async fn write_rows(
         sessions.sort_unstable();
         sessions.dedup();
         // Oldest first, so a packet id's latest mark is the one left in the map.
-        let rows = tx
-            .query(
-                "SELECT session, marks FROM delivery_batches WHERE session = ANY($1) ORDER BY session, total",
-                &[&sessions],
-            )
-            .await?;
+        let rows = query(
+            tx,
+            "SELECT session, marks FROM delivery_batches WHERE session = ANY($1) ORDER BY session, total",
+            &[&sessions],
+        )
+        .await?;
         for r in rows {
             let session: &str = r.get(0);
             for (pkid, hash) in unpack_marks(r.get(1)) {
@@ -184,8 +207,8 @@ pub async fn write_rows(
         .map(|m| pg_text(&m.topic).into_owned())
         .collect();
     if !retained_topics.is_empty() {
-        let rows = tx
-            .query(
+        let rows = query(
+                tx,
                 "SELECT topic, hash FROM retained_marks WHERE md5(topic) IN (SELECT md5(t) FROM unnest($1::text[]) t)",
                 &[&retained_topics],
             )
@@ -218,7 +241,8 @@ pub async fn write_rows(
     let ids: Vec<i64> = if to_store.is_empty() {
         Vec::new()
     } else {
-        tx.query(
+        query(
+            tx,
             "SELECT nextval($2::text::regclass) FROM generate_series(1, $1::int)",
             &[&(to_store.len() as i32), &id_seq],
         )
@@ -246,7 +270,8 @@ pub async fn write_rows(
             .map(|m| pg_text(m.rejection.as_deref().unwrap_or("rejected")).into_owned())
             .collect();
         let source: Vec<&str> = rejected.iter().map(|m| source_of(m)).collect();
-        tx.execute(
+        exec(
+            tx,
             "INSERT INTO rejected (received_at, topic, size, qos, reason, source)
              SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::bigint[], $4::smallint[], $5::text[], $6::text[])",
             &[&at, &topic, &size, &qos, &reason, &source],
@@ -268,7 +293,8 @@ pub async fn write_rows(
         let n = by_pkid.len() as i32;
         let packed = pack_marks(by_pkid);
         // The session's advisory lock (taken above) makes `max(total)` safe to build on.
-        tx.execute(
+        exec(
+            tx,
             "WITH prev AS (SELECT coalesce(max(total), 0) AS total FROM delivery_batches WHERE session = $1),
                   ins AS (INSERT INTO delivery_batches (session, total, n, marks)
                           SELECT $1, total + $2::int, $2::int, $3 FROM prev RETURNING total)
@@ -283,7 +309,8 @@ pub async fn write_rows(
             .iter()
             .map(|(t, h)| (t.clone(), h.to_vec()))
             .unzip();
-        tx.execute(
+        exec(
+            tx,
             "INSERT INTO retained_marks (topic, hash) SELECT * FROM unnest($1::text[], $2::bytea[])
              ON CONFLICT ((md5(topic))) DO UPDATE SET hash = excluded.hash",
             &[&t, &h],
@@ -313,7 +340,8 @@ pub async fn write_rows(
             first.push(f);
             last.push(l);
         }
-        tx.execute(
+        exec(
+            tx,
             "INSERT INTO topics (topic, message_count, first_seen, last_seen)
              SELECT * FROM unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::timestamptz[])
              ON CONFLICT ((md5(topic))) DO UPDATE SET message_count = topics.message_count + excluded.message_count,
@@ -368,12 +396,13 @@ async fn copy_messages(
     to_store: &[usize],
     ids: &[i64],
 ) -> Result<(), tokio_postgres::Error> {
-    let sink = tx
-        .copy_in(
+    let copy = tx
+        .prepare_cached(
             "COPY messages (id, received_at, topic, payload, payload_raw, payload_size, qos, retain, content_type, user_properties, source)
              FROM STDIN (FORMAT binary)",
         )
         .await?;
+    let sink = tx.copy_in(&copy).await?;
     let writer = BinaryCopyInWriter::new(sink, &MESSAGE_TYPES);
     futures::pin_mut!(writer);
     for (&i, id) in to_store.iter().zip(ids) {
@@ -445,9 +474,10 @@ async fn write_readings(
             continue;
         }
         if writer.is_none() {
-            let sink = tx
-                .copy_in("COPY readings (message_id, ts, topic, device, field, value, text, ts_source) FROM STDIN (FORMAT binary)")
+            let copy = tx
+                .prepare_cached("COPY readings (message_id, ts, topic, device, field, value, text, ts_source) FROM STDIN (FORMAT binary)")
                 .await?;
+            let sink = tx.copy_in(&copy).await?;
             writer = Some(Box::pin(BinaryCopyInWriter::new(sink, &READING_TYPES)));
         }
         let w = writer.as_mut().expect("started above");
@@ -475,7 +505,8 @@ async fn write_readings(
         w.as_mut().finish().await?;
     }
     if !notes.0.is_empty() {
-        tx.execute(
+        exec(
+            tx,
             "INSERT INTO reading_notes (message_id, note) SELECT * FROM unnest($1::bigint[], $2::text[])
              ON CONFLICT (message_id) DO UPDATE SET note = excluded.note",
             &[&notes.0, &notes.1],
@@ -516,7 +547,8 @@ async fn write_readings(
             c.9.push(a.last_ts);
         }
         let t = width.table();
-        tx.execute(
+        exec(
+            tx,
             &format!(
                 "INSERT INTO {t} (topic, device, field, bucket, count, min, max, sum, avg, last, last_ts)
                  SELECT t, d, f, b, n, mn, mx, s, s / n, l, lt
@@ -567,7 +599,7 @@ pub async fn retain(
         // the block ranges but cannot return rows in order without sorting them all.
         n += tx
             .execute(
-                "DELETE FROM readings WHERE id IN (SELECT id FROM readings WHERE ts < $1 LIMIT $2)",
+                "DELETE FROM readings WHERE ctid = ANY(ARRAY(SELECT ctid FROM readings WHERE ts < $1 LIMIT $2))",
                 &[&c, &chunk],
             )
             .await?;
