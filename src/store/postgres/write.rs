@@ -58,10 +58,10 @@ async fn query(
 /// Marks prefetched for the batch, updated in memory as the batch is decided.
 #[derive(Default)]
 struct Prefetched {
+    /// Only for the packet ids redelivered in this batch: no other delivery mark is looked up.
     delivery: HashMap<(String, u16), Hash>,
-    retained: HashMap<String, Hash>,
-    /// Ordered, like every upsert's keys here.
-    retained_changed: BTreeMap<String, Hash>,
+    /// Per topic, the last stored hash and whether this batch changed it.
+    retained: HashMap<String, (Hash, bool)>,
 }
 
 impl Marks for Prefetched {
@@ -70,11 +70,16 @@ impl Marks for Prefetched {
         Ok(self.delivery.get(&(session.to_string(), pkid)).copied())
     }
     fn last_stored(&mut self, topic: &str) -> Result<Option<Hash>, Self::Error> {
-        Ok(self.retained.get(topic).copied())
+        Ok(self.retained.get(topic).map(|(h, _)| *h))
     }
     fn set_last_stored(&mut self, topic: &str, hash: Hash) -> Result<(), Self::Error> {
-        self.retained.insert(topic.to_string(), hash);
-        self.retained_changed.insert(topic.to_string(), hash);
+        // Every stored message lands here: no allocation once a topic is known.
+        match self.retained.get_mut(topic) {
+            Some(e) => *e = (hash, true),
+            None => {
+                self.retained.insert(topic.to_string(), (hash, true));
+            }
+        }
         Ok(())
     }
 }
@@ -86,9 +91,10 @@ fn hash_of(v: Vec<u8>) -> Option<Hash> {
 /// One delivery mark in `delivery_batches.marks`: the packet id (big-endian) and the hash.
 const MARK_LEN: usize = 2 + 16;
 
-fn pack_marks(by_pkid: &HashMap<u16, Hash>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(by_pkid.len() * MARK_LEN);
-    for (pkid, hash) in by_pkid {
+/// Packs marks in arrival order: when they are read back in order, a packet id's last mark wins.
+fn pack_marks(marks: &[(u16, Hash)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(marks.len() * MARK_LEN);
+    for (pkid, hash) in marks {
         out.extend_from_slice(&pkid.to_be_bytes());
         out.extend_from_slice(hash);
     }
@@ -158,7 +164,9 @@ pub async fn write_rows(
             Origin::Http => None,
         })
         .collect();
-    // Sorted, so two batches that need the same locks take them in the same order.
+    // Sorted, so two batches that need the same locks take them in the same order. (A session's
+    // messages come in runs: deduplicating first leaves little to sort.)
+    own.dedup();
     own.sort_unstable();
     own.dedup();
     if !own.is_empty() {
@@ -215,7 +223,7 @@ pub async fn write_rows(
             .await?;
         for r in rows {
             if let Some(h) = hash_of(r.get(1)) {
-                marks.retained.insert(r.get(0), h);
+                marks.retained.insert(r.get(0), (h, false));
             }
         }
     }
@@ -227,9 +235,11 @@ pub async fn write_rows(
             Ok(v) => v,
             Err(never) => match never {},
         };
-        if v != Verdict::Duplicate {
+        if v != Verdict::Duplicate && !redelivered.is_empty() {
             if let Some((s, p)) = dedup::delivery_mark(m) {
-                marks.delivery.insert((s.to_string(), p), *h);
+                if redelivered.contains(&(s, p)) {
+                    marks.delivery.insert((s.to_string(), p), *h);
+                }
             }
         }
         verdicts.push(v);
@@ -279,19 +289,28 @@ pub async fn write_rows(
         .await?;
     }
 
-    // Delivery marks: per session, the last message per packet id wins.
-    let mut last_mark: BTreeMap<&str, HashMap<u16, Hash>> = BTreeMap::new();
+    // Delivery marks, per session in arrival order (a session's messages come in runs).
+    let mut session_marks: Vec<(&str, Vec<(u16, Hash)>)> = Vec::new();
     for (i, m) in batch.iter().enumerate() {
         if verdicts[i] == Verdict::Duplicate {
             continue;
         }
         if let Some((session, pkid)) = dedup::delivery_mark(m) {
-            last_mark.entry(session).or_default().insert(pkid, hashes[i]);
+            let at = match session_marks.iter().rposition(|(s, _)| *s == session) {
+                Some(at) => at,
+                None => {
+                    session_marks.push((session, Vec::new()));
+                    session_marks.len() - 1
+                }
+            };
+            session_marks[at].1.push((pkid, hashes[i]));
         }
     }
-    for (session, by_pkid) in &last_mark {
-        let n = by_pkid.len() as i32;
-        let packed = pack_marks(by_pkid);
+    // In session order, like the locks.
+    session_marks.sort_by(|a, b| a.0.cmp(b.0));
+    for (session, marks) in &session_marks {
+        let n = marks.len() as i32;
+        let packed = pack_marks(marks);
         // The session's advisory lock (taken above) makes `max(total)` safe to build on.
         exec(
             tx,
@@ -303,12 +322,16 @@ pub async fn write_rows(
         )
         .await?;
     }
-    if !marks.retained_changed.is_empty() {
-        let (t, h): (Vec<String>, Vec<Vec<u8>>) = marks
-            .retained_changed
-            .iter()
-            .map(|(t, h)| (t.clone(), h.to_vec()))
-            .unzip();
+    // Ordered, like every upsert's keys here.
+    let mut changed: Vec<(&String, &Hash)> = marks
+        .retained
+        .iter()
+        .filter(|(_, (_, changed))| *changed)
+        .map(|(t, (h, _))| (t, h))
+        .collect();
+    changed.sort_unstable();
+    if !changed.is_empty() {
+        let (t, h): (Vec<&String>, Vec<Vec<u8>>) = changed.iter().map(|(t, h)| (*t, h.to_vec())).unzip();
         exec(
             tx,
             "INSERT INTO retained_marks (topic, hash) SELECT * FROM unnest($1::text[], $2::bytea[])
