@@ -3,7 +3,7 @@
 //! chart reads thousands of rollup rows instead of millions of readings — and nothing is ever
 //! rescanned. Both stores use this aggregation; only the upsert SQL differs.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 
@@ -65,28 +65,65 @@ impl Agg {
     }
 }
 
-/// Folds the numeric readings of `stored` messages into buckets of `width`.
-pub fn aggregate<'a>(stored: impl Iterator<Item = &'a Message>, width: Width) -> HashMap<Key<'a>, Agg> {
-    let mut out: HashMap<Key<'a>, Agg> = HashMap::new();
+/// One series: the part of a bucket's key that is hashed.
+#[derive(PartialEq, Eq, Hash)]
+struct Series<'a> {
+    topic: &'a str,
+    device: &'a str,
+    field: &'a str,
+}
+
+/// The buckets of one series, per width (few: a batch spans minutes, not days, unless it is a
+/// replay; the b-tree keeps a long one cheap too).
+type Buckets = [BTreeMap<DateTime<Utc>, Agg>; 2];
+
+const WIDTHS: [Width; 2] = [Width::Minute, Width::Hour];
+
+/// Folds the numeric readings of `stored` messages into minute and hour buckets in one pass:
+/// one hash look-up per reading, for its series, instead of one per reading and width. Each
+/// bucket still adds its readings in arrival order, so its sums are bit-for-bit those of a
+/// fold per width.
+pub fn aggregate<'a>(stored: impl Iterator<Item = &'a Message>) -> [(Width, Vec<(Key<'a>, Agg)>); 2] {
+    let mut series: HashMap<Series<'a>, Buckets> = HashMap::new();
     for m in stored {
         let Some(d) = &m.derived else { continue };
-        let bucket = width.floor(d.ts);
+        let buckets = WIDTHS.map(|w| w.floor(d.ts));
         for r in &d.readings {
             let Value::Number(v) = r.value else { continue };
-            let key = Key {
-                topic: &m.topic,
-                device: d.device.as_deref().unwrap_or_default(),
-                field: &r.field,
-                bucket,
-            };
-            out.entry(key).and_modify(|a| a.add(v, d.ts)).or_insert(Agg {
-                count: 1,
-                min: v,
-                max: v,
-                sum: v,
-                last: v,
-                last_ts: d.ts,
-            });
+            let s = series
+                .entry(Series {
+                    topic: &m.topic,
+                    device: d.device.as_deref().unwrap_or_default(),
+                    field: &r.field,
+                })
+                .or_default();
+            for (per_width, bucket) in s.iter_mut().zip(buckets) {
+                per_width
+                    .entry(bucket)
+                    .and_modify(|a| a.add(v, d.ts))
+                    .or_insert(Agg {
+                        count: 1,
+                        min: v,
+                        max: v,
+                        sum: v,
+                        last: v,
+                        last_ts: d.ts,
+                    });
+            }
+        }
+    }
+    let mut out = WIDTHS.map(|w| (w, Vec::new()));
+    for (k, per_width) in series {
+        for ((_, rows), buckets) in out.iter_mut().zip(per_width) {
+            rows.extend(buckets.into_iter().map(|(bucket, a)| {
+                let key = Key {
+                    topic: k.topic,
+                    device: k.device,
+                    field: k.field,
+                    bucket,
+                };
+                (key, a)
+            }));
         }
     }
     out

@@ -478,10 +478,7 @@ async fn write_readings(
     to_store: &[usize],
     ids: &[i64],
 ) -> Result<(), tokio_postgres::Error> {
-    use crate::{
-        readings::Value,
-        store::rollup::{self, Width},
-    };
+    use crate::{readings::Value, store::rollup};
     let mut stored = Vec::new();
     let mut notes: (Vec<i64>, Vec<String>) = Default::default();
     let mut writer = None;
@@ -537,10 +534,7 @@ async fn write_readings(
         .await?;
     }
     write_mapped(tx, batch, to_store, ids).await?;
-    for width in [Width::Minute, Width::Hour] {
-        let mut aggs: Vec<_> = rollup::aggregate(stored.iter().copied(), width)
-            .into_iter()
-            .collect();
+    for (width, mut aggs) in rollup::aggregate(stored.iter().copied()) {
         if aggs.is_empty() {
             continue;
         }

@@ -7,8 +7,7 @@ use crate::{
     message::{Message, Origin},
     store::{
         dedup::{self, Hash, Marks, Verdict},
-        rollup::{self, Width},
-        Outcome,
+        rollup, Outcome,
     },
 };
 
@@ -164,8 +163,7 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
         for (topic, (count, first, last)) in topics.0 {
             upsert_topic.execute(params![topic, count, first, last])?;
         }
-        for width in [Width::Minute, Width::Hour] {
-            let aggs = rollup::aggregate(stored.iter().map(|(m, _)| *m), width);
+        for (width, aggs) in rollup::aggregate(stored.iter().map(|(m, _)| *m)) {
             if aggs.is_empty() {
                 continue;
             }
