@@ -128,3 +128,62 @@ pub fn aggregate<'a>(stored: impl Iterator<Item = &'a Message>) -> [(Width, Vec<
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::{
+        message::Origin,
+        readings::{derive, ReadingsConfig},
+    };
+
+    fn at(h: u32, m: u32, payload: &str) -> Message {
+        let mut msg = Message::new(
+            "site/a".into(),
+            Bytes::copy_from_slice(payload.as_bytes()),
+            0,
+            false,
+            Origin::Http,
+            1 << 20,
+        );
+        msg.received_at = Utc.with_ymd_and_hms(2026, 1, 2, h, m, 30).unwrap();
+        msg.derived = derive(
+            &ReadingsConfig::default(),
+            &msg.topic,
+            &msg.payload,
+            msg.received_at,
+        );
+        msg
+    }
+
+    #[test]
+    fn one_pass_gives_each_width_its_own_buckets_in_arrival_order() {
+        let batch = [
+            at(10, 0, r#"{"t": 1, "h": 50}"#),
+            at(10, 0, r#"{"t": 3}"#),
+            at(10, 1, r#"{"t": 5, "label": "x"}"#),
+            at(11, 0, r#"{"t": 7}"#),
+        ];
+        let [(minute_w, minute), (hour_w, hour)] = aggregate(batch.iter());
+        assert_eq!((minute_w, hour_w), (Width::Minute, Width::Hour));
+        let find = |rows: &[(Key, Agg)], field: &str, h: u32, m: u32| {
+            let bucket = Utc.with_ymd_and_hms(2026, 1, 2, h, m, 0).unwrap();
+            rows.iter()
+                .find(|(k, _)| k.field == field && k.bucket == bucket)
+                .map(|(_, a)| (a.count, a.sum, a.min, a.max, a.last))
+        };
+        // Minutes: t in 10:00 (1, 3), 10:01 (5), 11:00 (7); h in 10:00; text is not rolled up.
+        assert_eq!(minute.len(), 4);
+        assert_eq!(find(&minute, "t", 10, 0), Some((2, 4.0, 1.0, 3.0, 3.0)));
+        assert_eq!(find(&minute, "t", 10, 1), Some((1, 5.0, 5.0, 5.0, 5.0)));
+        assert_eq!(find(&minute, "h", 10, 0), Some((1, 50.0, 50.0, 50.0, 50.0)));
+        // Hours: t in 10:00 (1, 3, 5) and 11:00 (7).
+        assert_eq!(hour.len(), 3);
+        assert_eq!(find(&hour, "t", 10, 0), Some((3, 9.0, 1.0, 5.0, 5.0)));
+        assert_eq!(find(&hour, "t", 11, 0), Some((1, 7.0, 7.0, 7.0, 7.0)));
+        assert!(minute.iter().chain(&hour).all(|(k, _)| k.field != "label"));
+    }
+}

@@ -35,8 +35,8 @@ pub fn pg_text(s: &str) -> std::borrow::Cow<'_, str> {
 /// The first key of the per-session advisory locks (two-key space, apart from migrations').
 const SESSION_LOCKS: i32 = 0x7469_6465; // "tide"
 
-/// Runs one of the fixed statements, prepared once per connection: parsing and planning them
-/// for every batch cost the server more than some of the writes.
+/// Runs one of the fixed statements, prepared once per connection, so the server does not parse
+/// and plan it again for every batch (at low rates every message is a batch of its own).
 async fn exec(
     tx: &Transaction<'_>,
     sql: &str,
