@@ -3,7 +3,7 @@
 
 use tokio_postgres::Client;
 
-pub const VERSION: i32 = 7;
+pub const VERSION: i32 = MIGRATIONS.len() as i32;
 
 /// Any constant; it only has to be the same in every tidegate.
 const LOCK_KEY: i64 = 0x7469_6465_6761_7465; // "tidegate"
@@ -179,6 +179,9 @@ const V7: &str = r#"
 ALTER TABLE readings DROP CONSTRAINT readings_pkey;
 "#;
 
+/// Every migration, oldest first; a new schema version is one more entry.
+const MIGRATIONS: [&str; 7] = [V1, V2, V3, V4, V5, V6, V7];
+
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
     #[error("schema version {0} is newer than this tidegate")]
@@ -201,40 +204,13 @@ pub async fn migrate(client: &mut Client) -> Result<(), MigrateError> {
     if found > VERSION {
         return Err(MigrateError::TooNew(found));
     }
-    if found < 1 {
-        tx.batch_execute(V1).await?;
-        tx.execute("INSERT INTO tidegate_schema (version) VALUES (1)", &[])
-            .await?;
-    }
-    if found < 2 {
-        tx.batch_execute(V2).await?;
-        tx.execute("INSERT INTO tidegate_schema (version) VALUES (2)", &[])
-            .await?;
-    }
-    if found < 3 {
-        tx.batch_execute(V3).await?;
-        tx.execute("INSERT INTO tidegate_schema (version) VALUES (3)", &[])
-            .await?;
-    }
-    if found < 4 {
-        tx.batch_execute(V4).await?;
-        tx.execute("INSERT INTO tidegate_schema (version) VALUES (4)", &[])
-            .await?;
-    }
-    if found < 5 {
-        tx.batch_execute(V5).await?;
-        tx.execute("INSERT INTO tidegate_schema (version) VALUES (5)", &[])
-            .await?;
-    }
-    if found < 6 {
-        tx.batch_execute(V6).await?;
-        tx.execute("INSERT INTO tidegate_schema (version) VALUES (6)", &[])
-            .await?;
-    }
-    if found < 7 {
-        tx.batch_execute(V7).await?;
-        tx.execute("INSERT INTO tidegate_schema (version) VALUES (7)", &[])
-            .await?;
+    // Version n is MIGRATIONS[n - 1]; each step records itself in the same transaction.
+    for (version, sql) in (1..).zip(MIGRATIONS) {
+        if found < version {
+            tx.batch_execute(sql).await?;
+            tx.execute("INSERT INTO tidegate_schema (version) VALUES ($1)", &[&version])
+                .await?;
+        }
     }
     tx.commit().await?;
     Ok(())
