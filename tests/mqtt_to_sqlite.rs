@@ -93,6 +93,27 @@ fn identical_payloads_published_separately_are_all_stored() {
 }
 
 #[test]
+fn a_connected_idle_subscriber_allocates_little_memory() {
+    // Allocated (anonymous) memory, not the mapped binary, whose size depends on the build. With
+    // rumqttc's default of a slot per outgoing packet id for MQTT 5 this was ~18 MiB.
+    for version in ["5", "3.1.1"] {
+        let case = Case::new(BrokerOptions::default());
+        let t = case.start("idle-mem", &["--mqtt-version", version]);
+        std::thread::sleep(Duration::from_millis(500));
+        let status = std::fs::read_to_string(format!("/proc/{}/status", t.pid())).unwrap();
+        let anon_kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("RssAnon:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap();
+        assert!(
+            anon_kib < 10 * 1024,
+            "MQTT {version}: {anon_kib} KiB allocated while idle"
+        );
+    }
+}
+
+#[test]
 fn tls_with_password_works_and_an_unknown_ca_is_refused() {
     let case = Case::new(BrokerOptions {
         tls: true,

@@ -24,6 +24,11 @@ pub const RECEIVE_MAXIMUM: u16 = 1000;
 /// without waiting.
 const REQUEST_CAPACITY: usize = 4096;
 
+/// Packet ids tidegate's own outgoing packets (SUBSCRIBE, UNSUBSCRIBE) may use at once; it
+/// publishes nothing. rumqttc's MQTT 5 client preallocates a slot per id, 65,535 by default:
+/// ~14 MiB of resident memory for nothing.
+const OUTGOING_INFLIGHT: u16 = 100;
+
 #[derive(Clone)]
 pub enum Client {
     V5(v5::AsyncClient),
@@ -95,6 +100,7 @@ pub fn build(s: &MqttSettings) -> Result<(Client, EventLoop), TlsError> {
                 .set_session_expiry_interval(Some(s.session_expiry.as_secs() as u32))
                 .set_manual_acks(true)
                 .set_receive_maximum(Some(RECEIVE_MAXIMUM))
+                .set_outgoing_inflight_upper_limit(OUTGOING_INFLIGHT)
                 .set_max_packet_size(Some(MAX_PACKET))
                 .set_connection_timeout(10)
                 .set_transport(transport);
