@@ -4,9 +4,15 @@
 
 use std::{sync::Arc, time::Duration};
 
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::{
+    sync::{broadcast, mpsc, watch},
+    task::JoinSet,
+};
 
-use super::{batcher, envelope::Ingest};
+use super::{
+    batcher::Batcher,
+    envelope::{Ingest, SealedBatch},
+};
 use crate::{
     config::PipelineSettings,
     store::{Committed, Outcome, Store, StoredMessage},
@@ -33,66 +39,140 @@ pub struct Writer {
 impl Writer {
     /// Runs until every source is gone and the queue is drained, or until `stop` fires while the
     /// store cannot write.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Ingest>) {
-        let PipelineSettings {
-            batch_size,
-            batch_delay,
-        } = self.settings.clone();
-        while let Some(mut batch) = batcher::next_batch(&mut rx, batch_size, batch_delay).await {
-            if self.readings.enabled {
-                for m in batch.messages_mut() {
-                    if m.rejection.is_none() && m.derived.is_none() {
-                        m.derived =
-                            crate::readings::derive(&self.readings, &m.topic, &m.payload, m.received_at);
+    ///
+    /// One batch commits at a time, so ids follow arrival and acknowledgements go out in order;
+    /// the next batch is gathered and its readings derived while the previous one commits, so
+    /// the store never waits for that work.
+    pub async fn run(self, mut rx: mpsc::Receiver<Ingest>) {
+        let Writer {
+            store,
+            settings,
+            fault,
+            stop,
+            live,
+            readings,
+            stats,
+        } = self;
+        let committer = Arc::new(Committer {
+            store,
+            fault,
+            stop,
+            live,
+            stats,
+        });
+        let mut batcher = Batcher::new(settings.batch_size, settings.batch_delay);
+        let mut in_flight = JoinSet::new();
+        let mut open = true;
+        loop {
+            let due = batcher.due();
+            tokio::select! {
+                biased;
+                done = in_flight.join_next(), if !in_flight.is_empty() => {
+                    if !matches!(done, Some(Ok(true))) {
+                        return;
                     }
                 }
+                ingest = rx.recv(), if open && batcher.has_room() => match ingest {
+                    Some(mut ingest) => {
+                        derive(&readings, &mut ingest);
+                        batcher.push(ingest);
+                    }
+                    None => open = false,
+                },
+                _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)),
+                    if in_flight.is_empty() && due.is_some() => {}
+                else => break,
             }
-            let batch = batch.seal();
-            let mut backoff = Duration::from_millis(100);
-            loop {
-                let started = std::time::Instant::now();
-                match self.store.write(batch.messages.clone()).await {
-                    Ok(committed) => {
-                        metrics::histogram!(t::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
-                        metrics::histogram!(t::BATCH_SIZE).record(batch.messages.len() as f64);
-                        metrics::counter!(t::BATCHES).increment(1);
-                        if self.fault.borrow().is_some() {
-                            tracing::info!(store = %self.store.describe(), "store writable again; resuming acknowledgements");
-                            let _ = self.fault.send(None);
-                            metrics::gauge!(t::STORE_WRITABLE).set(1.0);
+            if in_flight.is_empty() {
+                // Everything queued behind what woke us goes in too.
+                while open && batcher.has_room() {
+                    match rx.try_recv() {
+                        Ok(mut ingest) => {
+                            derive(&readings, &mut ingest);
+                            batcher.push(ingest);
                         }
-                        self.publish_live(&batch.messages, &committed);
-                        self.stats
-                            .record(&batch.messages, committed.outcomes(), crate::time::now());
-                        record_outcomes(&committed);
-                        let acked = batch.acknowledge(&committed);
-                        metrics::counter!(t::ACKED).increment(acked as u64);
-                        break;
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => open = false,
                     }
-                    Err(e) => {
-                        let reason = e.to_string();
-                        if self.fault.borrow().as_deref() != Some(reason.as_str()) {
-                            tracing::error!(
-                                store = %self.store.describe(),
-                                error = %reason,
-                                "cannot write to the store; nothing is acknowledged until it works again (retrying)"
-                            );
-                            let _ = self.fault.send(Some(reason));
-                            metrics::gauge!(t::STORE_WRITABLE).set(0.0);
-                        }
-                        tokio::select! {
-                            _ = tokio::time::sleep(backoff) => {}
-                            _ = self.stop.changed() => {}
-                        }
-                        if *self.stop.borrow() {
-                            tracing::warn!(
-                                rows = batch.messages.len(),
-                                "stopping with an uncommitted batch; it was not acknowledged and will be redelivered"
-                            );
-                            return;
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                if batcher.ready(open) {
+                    in_flight.spawn(committer.clone().commit(batcher.take().seal()));
+                }
+            }
+        }
+    }
+}
+
+/// Readings are derived as a message is taken into a batch, before it is sealed.
+fn derive(readings: &crate::readings::ReadingsConfig, ingest: &mut Ingest) {
+    if !readings.enabled {
+        return;
+    }
+    for m in &mut ingest.messages {
+        if m.rejection.is_none() && m.derived.is_none() {
+            m.derived = crate::readings::derive(readings, &m.topic, &m.payload, m.received_at);
+        }
+    }
+}
+
+/// Commits one batch and acknowledges it, on a task of its own.
+struct Committer {
+    store: Arc<dyn Store>,
+    fault: watch::Sender<Option<String>>,
+    stop: watch::Receiver<bool>,
+    live: Live,
+    stats: Arc<super::stats::StatsBook>,
+}
+
+impl Committer {
+    /// Commits (retrying with backoff) and then acknowledges the batch. `false` when stopping
+    /// before it could commit: the batch is dropped unacknowledged, so it is redelivered.
+    async fn commit(self: Arc<Self>, batch: SealedBatch) -> bool {
+        let mut stop = self.stop.clone();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let started = std::time::Instant::now();
+            match self.store.write(batch.messages.clone()).await {
+                Ok(committed) => {
+                    metrics::histogram!(t::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+                    metrics::histogram!(t::BATCH_SIZE).record(batch.messages.len() as f64);
+                    metrics::counter!(t::BATCHES).increment(1);
+                    if self.fault.borrow().is_some() {
+                        tracing::info!(store = %self.store.describe(), "store writable again; resuming acknowledgements");
+                        let _ = self.fault.send(None);
+                        metrics::gauge!(t::STORE_WRITABLE).set(1.0);
                     }
+                    self.publish_live(&batch.messages, &committed);
+                    self.stats
+                        .record(&batch.messages, committed.outcomes(), crate::time::now());
+                    record_outcomes(&committed);
+                    let acked = batch.acknowledge(&committed);
+                    metrics::counter!(t::ACKED).increment(acked as u64);
+                    return true;
+                }
+                Err(e) => {
+                    let reason = e.to_string();
+                    if self.fault.borrow().as_deref() != Some(reason.as_str()) {
+                        tracing::error!(
+                            store = %self.store.describe(),
+                            error = %reason,
+                            "cannot write to the store; nothing is acknowledged until it works again (retrying)"
+                        );
+                        let _ = self.fault.send(Some(reason));
+                        metrics::gauge!(t::STORE_WRITABLE).set(0.0);
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.changed() => {}
+                    }
+                    if *stop.borrow() {
+                        tracing::warn!(
+                            rows = batch.messages.len(),
+                            "stopping with an uncommitted batch; it was not acknowledged and will be redelivered"
+                        );
+                        return false;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
