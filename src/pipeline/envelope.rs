@@ -53,11 +53,6 @@ impl Batch {
         self.acks.push((ingest.ack, start..self.messages.len()));
     }
 
-    /// The messages, to derive readings from before the batch is sealed.
-    pub fn messages_mut(&mut self) -> &mut [Message] {
-        &mut self.messages
-    }
-
     pub fn len(&self) -> usize {
         self.messages.len()
     }
