@@ -93,6 +93,15 @@ fn identical_payloads_published_separately_are_all_stored() {
 }
 
 #[test]
+fn with_a_batch_delay_a_lone_message_is_still_committed() {
+    // Nothing else arrives, so only the linger's end can send the batch to the store.
+    let case = Case::new(BrokerOptions::default());
+    let _t = case.start("linger", &["--batch-delay", "300ms"]);
+    case.broker.publish_lines("t/lone", 1, &db::seq_lines(0, 1));
+    assert_eq!(db::wait_count(&case.db(), MSGS, 1, Duration::from_secs(10)), 1);
+}
+
+#[test]
 fn a_connected_idle_subscriber_allocates_little_memory() {
     // Allocated (anonymous) memory, not the mapped binary, whose size depends on the build. With
     // rumqttc's default of a slot per outgoing packet id for MQTT 5 this was ~18 MiB.
