@@ -79,8 +79,13 @@ impl Writer {
                     }
                     None => open = false,
                 },
-                _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)),
-                    if in_flight.is_empty() && due.is_some() => {}
+                // Built only when polled: no timer per message while a commit runs.
+                _ = async {
+                    match due {
+                        Some(due) => tokio::time::sleep_until(due).await,
+                        None => std::future::pending().await,
+                    }
+                }, if in_flight.is_empty() && due.is_some() => {}
                 else => break,
             }
             if in_flight.is_empty() {
