@@ -582,12 +582,11 @@ fn a_postgres_database_at_schema_5_is_upgraded_in_place() {
     );
 }
 
-/// PostgreSQL keeps a session's delivery marks one row per batch and drops a row once 65,535
+/// Every store keeps a session's delivery marks one row per batch and drops a row once 65,535
 /// newer marks exist (no more messages than that can be in flight): after 80,000 deliveries,
 /// recent redeliveries are still recognised and the oldest row is gone.
 #[test]
-fn postgres_delivery_marks_are_kept_per_batch_and_pruned_past_the_packet_id_space() {
-    let (server, db, settings) = fresh_pg();
+fn every_store_keeps_delivery_marks_per_batch_and_prunes_past_the_packet_id_space() {
     let delivery = |i: u32, dup: bool| {
         let origin = Origin::Mqtt {
             session: "prune-session".into(),
@@ -603,40 +602,110 @@ fn postgres_delivery_marks_are_kept_per_batch_and_pruned_past_the_packet_id_spac
             1 << 20,
         )
     };
-    rt().block_on(async {
-        let s = store::open(&settings).await.unwrap();
-        for b in 0..8 {
-            write(
+    for (name, settings, _dir) in stores() {
+        rt().block_on(async {
+            let s = store::open(&settings).await.unwrap();
+            for b in 0..8 {
+                write(
+                    &s,
+                    (b * 10_000..(b + 1) * 10_000)
+                        .map(|i| delivery(i, false))
+                        .collect(),
+                )
+                .await;
+            }
+            let outcomes = write(
                 &s,
-                (b * 10_000..(b + 1) * 10_000)
-                    .map(|i| delivery(i, false))
-                    .collect(),
+                vec![
+                    delivery(79_999, true), // the last delivery
+                    delivery(15_000, true), // packet id 15,001, not reused since
+                    delivery(5_000, true),  // packet id 5,001, reused by delivery 70,535
+                    delivery(12_000, true), // packet id 12,001: both marks kept, the newer one counts
+                    delivery(5_000, true),  // again: matches the mark made just above, in this batch
+                ],
             )
             .await;
-        }
-        let outcomes = write(
+            assert_eq!(outcomes[0], Outcome::Duplicate, "{name}");
+            assert_eq!(outcomes[1], Outcome::Duplicate, "{name}");
+            assert!(
+                matches!(outcomes[2], Outcome::Stored { .. }),
+                "{name}: {outcomes:?}"
+            );
+            assert!(
+                matches!(outcomes[3], Outcome::Stored { .. }),
+                "{name}: {outcomes:?}"
+            );
+            assert_eq!(outcomes[4], Outcome::Duplicate, "{name}");
+        });
+        // Totals 10,000 … 80,000, then 80,002 for the last batch: the first row is covered by
+        // 65,535 newer marks and is gone; the second is not.
+        let sql = "SELECT count(*) || ' ' || min(total) || ' ' || max(total) FROM delivery_batches WHERE session = 'prune-session'";
+        let rows = match &settings.db {
+            DbUrl::Sqlite(p) => rusqlite::Connection::open(p)
+                .unwrap()
+                .query_row(sql, [], |r| r.get::<_, String>(0))
+                .unwrap(),
+            DbUrl::Postgres(t) => {
+                support::pg::psql(&support::pg::shared(), t.config.get_dbname().unwrap(), sql)
+            }
+        };
+        assert_eq!(rows.trim(), "8 20000 80002", "{name}");
+    }
+}
+
+/// An SQLite database at schema 4 (one delivery mark row per packet id) is moved to schema 5 in
+/// place: a redelivery of a message committed under schema 4 is still recognised.
+#[test]
+fn an_sqlite_database_at_schema_4_keeps_its_delivery_marks() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v4.db");
+    let settings = StoreSettings {
+        db: DbUrl::Sqlite(path.clone()),
+        sqlite_sync: SqliteSync::Full,
+    };
+    rt().block_on(async {
+        write(&store::open(&settings).await.unwrap(), vec![msg("x", b"1")]).await;
+    });
+    let committed = mqtt("old/m", b"v4", 7, false);
+    {
+        // Back to schema 4's marks, as a tidegate of that version left them.
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "DROP TABLE delivery_batches;
+             CREATE TABLE delivery_marks (session TEXT NOT NULL, pkid INTEGER NOT NULL, hash BLOB NOT NULL,
+                                          message_id INTEGER, PRIMARY KEY (session, pkid)) WITHOUT ROWID;
+             PRAGMA user_version = 4;",
+        )
+        .unwrap();
+        let mut put = c
+            .prepare("INSERT INTO delivery_marks VALUES ('suite-session', ?1, ?2, NULL)")
+            .unwrap();
+        put.execute(rusqlite::params![7, &committed.content_hash()[..]])
+            .unwrap();
+        put.execute(rusqlite::params![8, &[0u8][..]]).unwrap();
+    }
+    rt().block_on(async {
+        let s = store::open(&settings).await.unwrap();
+        let out = write(
             &s,
-            vec![
-                delivery(79_999, true), // the last delivery
-                delivery(15_000, true), // packet id 15,001, not reused since
-                delivery(5_000, true),  // packet id 5,001, reused by delivery 70,535
-                delivery(12_000, true), // packet id 12,001: both marks kept, the newer one counts
-            ],
+            vec![mqtt("old/m", b"v4", 7, true), mqtt("old/m", b"new", 8, true)],
         )
         .await;
-        assert_eq!(outcomes[0], Outcome::Duplicate);
-        assert_eq!(outcomes[1], Outcome::Duplicate);
-        assert!(matches!(outcomes[2], Outcome::Stored { .. }), "{outcomes:?}");
-        assert!(matches!(outcomes[3], Outcome::Stored { .. }), "{outcomes:?}");
+        assert_eq!(out[0], Outcome::Duplicate);
+        // The malformed mark was dropped, not matched.
+        assert!(matches!(out[1], Outcome::Stored { .. }), "{out:?}");
     });
-    // Totals 10,000 … 80,000, then 80,002 for the last batch: the first row is covered by
-    // 65,535 newer marks and is gone; the second is not.
-    let rows = support::pg::psql(
-        &server,
-        &db,
-        "SELECT count(*) || ' ' || min(total) || ' ' || max(total) FROM delivery_batches WHERE session = 'prune-session'",
-    );
-    assert_eq!(rows.trim(), "8 20000 80002");
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let v: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+    assert_eq!(v, tidegate::store::sqlite::SCHEMA_VERSION);
+    let old: i64 = c
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'delivery_marks'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(old, 0);
 }
 
 #[test]

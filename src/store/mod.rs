@@ -3,6 +3,7 @@
 //! must never acknowledge anything itself: `Committed` is handed back to the pipeline, which acks.
 
 pub mod dedup;
+pub mod delivery_marks;
 pub mod mapped;
 pub mod postgres;
 pub mod query;

@@ -4,7 +4,7 @@
 //! the same topics lock rows in the same order and cannot deadlock. Dedup follows
 //! `store::dedup`, with the marks this batch needs read up front.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{ClientWrapper, Transaction};
@@ -18,7 +18,7 @@ use crate::{
     message::{Message, Origin},
     store::{
         dedup::{self, Hash, Marks, Verdict},
-        Outcome, SpoolPosition,
+        delivery_marks, Outcome, SpoolPosition,
     },
 };
 
@@ -59,7 +59,7 @@ async fn query(
 #[derive(Default)]
 struct Prefetched {
     /// Only for the packet ids redelivered in this batch: no other delivery mark is looked up.
-    delivery: HashMap<(String, u16), Hash>,
+    delivery: delivery_marks::Lookup,
     /// Per topic, the last stored hash and whether this batch changed it.
     retained: HashMap<String, (Hash, bool)>,
 }
@@ -67,7 +67,7 @@ struct Prefetched {
 impl Marks for Prefetched {
     type Error = std::convert::Infallible;
     fn delivery(&mut self, session: &str, pkid: u16) -> Result<Option<Hash>, Self::Error> {
-        Ok(self.delivery.get(&(session.to_string(), pkid)).copied())
+        Ok(self.delivery.get(session, pkid))
     }
     fn last_stored(&mut self, topic: &str) -> Result<Option<Hash>, Self::Error> {
         Ok(self.retained.get(topic).map(|(h, _)| *h))
@@ -86,26 +86,6 @@ impl Marks for Prefetched {
 
 fn hash_of(v: Vec<u8>) -> Option<Hash> {
     v.try_into().ok()
-}
-
-/// One delivery mark in `delivery_batches.marks`: the packet id (big-endian) and the hash.
-const MARK_LEN: usize = 2 + 16;
-
-/// Packs marks in arrival order: when they are read back in order, a packet id's last mark wins.
-fn pack_marks(marks: &[(u16, Hash)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(marks.len() * MARK_LEN);
-    for (pkid, hash) in marks {
-        out.extend_from_slice(&pkid.to_be_bytes());
-        out.extend_from_slice(hash);
-    }
-    out
-}
-
-fn unpack_marks(packed: &[u8]) -> impl Iterator<Item = (u16, Hash)> + '_ {
-    packed.chunks_exact(MARK_LEN).filter_map(|e| {
-        let (pkid, hash) = e.split_at(2);
-        Some((u16::from_be_bytes([pkid[0], pkid[1]]), hash.try_into().ok()?))
-    })
 }
 
 /// Writes `batch` in its own transaction.
@@ -178,35 +158,17 @@ pub async fn write_rows(
         .await?;
     }
 
-    let redelivered: HashSet<(&str, u16)> = batch
-        .iter()
-        .filter_map(|m| match &m.origin {
-            Origin::Mqtt {
-                session,
-                pkid,
-                redelivery: true,
-            } => Some((session.as_str(), *pkid)),
-            _ => None,
-        })
-        .collect();
+    let redelivered = delivery_marks::redelivered(batch);
     if !redelivered.is_empty() {
-        let mut sessions: Vec<&str> = redelivered.iter().map(|(s, _)| *s).collect();
-        sessions.sort_unstable();
-        sessions.dedup();
-        // Oldest first, so a packet id's latest mark is the one left in the map.
+        // Oldest first, so a packet id's latest mark is the one left.
         let rows = query(
             tx,
             "SELECT session, marks FROM delivery_batches WHERE session = ANY($1) ORDER BY session, total",
-            &[&sessions],
+            &[&delivery_marks::sessions(&redelivered)],
         )
         .await?;
         for r in rows {
-            let session: &str = r.get(0);
-            for (pkid, hash) in unpack_marks(r.get(1)) {
-                if redelivered.contains(&(session, pkid)) {
-                    marks.delivery.insert((session.to_string(), pkid), hash);
-                }
-            }
+            marks.delivery.add_row(r.get(0), r.get(1), &redelivered);
         }
     }
     let retained_topics: Vec<String> = batch
@@ -235,13 +197,7 @@ pub async fn write_rows(
             Ok(v) => v,
             Err(never) => match never {},
         };
-        if v != Verdict::Duplicate && !redelivered.is_empty() {
-            if let Some((s, p)) = dedup::delivery_mark(m) {
-                if redelivered.contains(&(s, p)) {
-                    marks.delivery.insert((s.to_string(), p), *h);
-                }
-            }
-        }
+        marks.delivery.decided(m, *h, v, &redelivered);
         verdicts.push(v);
     }
 
@@ -289,36 +245,17 @@ pub async fn write_rows(
         .await?;
     }
 
-    // Delivery marks, per session in arrival order (a session's messages come in runs).
-    let mut session_marks: Vec<(&str, Vec<(u16, Hash)>)> = Vec::new();
-    for (i, m) in batch.iter().enumerate() {
-        if verdicts[i] == Verdict::Duplicate {
-            continue;
-        }
-        if let Some((session, pkid)) = dedup::delivery_mark(m) {
-            let at = match session_marks.iter().rposition(|(s, _)| *s == session) {
-                Some(at) => at,
-                None => {
-                    session_marks.push((session, Vec::new()));
-                    session_marks.len() - 1
-                }
-            };
-            session_marks[at].1.push((pkid, hashes[i]));
-        }
-    }
-    // In session order, like the locks.
-    session_marks.sort_by(|a, b| a.0.cmp(b.0));
-    for (session, marks) in &session_marks {
+    for (session, marks) in delivery_marks::new_rows(batch, &verdicts, &hashes) {
         let n = marks.len() as i32;
-        let packed = pack_marks(marks);
+        let packed = delivery_marks::pack(&marks);
         // The session's advisory lock (taken above) makes `max(total)` safe to build on.
         exec(
             tx,
             "WITH prev AS (SELECT coalesce(max(total), 0) AS total FROM delivery_batches WHERE session = $1),
                   ins AS (INSERT INTO delivery_batches (session, total, n, marks)
                           SELECT $1, total + $2::int, $2::int, $3 FROM prev RETURNING total)
-             DELETE FROM delivery_batches WHERE session = $1 AND total <= (SELECT total FROM ins) - 65535",
-            &[session, &n, &packed],
+             DELETE FROM delivery_batches WHERE session = $1 AND total <= (SELECT total FROM ins) - $4",
+            &[&session, &n, &packed, &delivery_marks::KEPT],
         )
         .await?;
     }

@@ -1,19 +1,22 @@
 //! One batch, one transaction: messages, rejections and the marks that recognise redeliveries
 //! (the rule itself is `store::dedup`). It must never commit part of a batch.
 
+use std::collections::HashSet;
+
 use rusqlite::{params, CachedStatement, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::{
     message::{Message, Origin},
     store::{
         dedup::{self, Hash, Marks, Verdict},
-        rollup, Outcome,
+        delivery_marks, rollup, Outcome,
     },
 };
 
 /// Marks read and written inside the write transaction.
 struct SqliteMarks<'c> {
-    get_mark: CachedStatement<'c>,
+    /// Only for the packet ids redelivered in this batch, read up front.
+    delivery: delivery_marks::Lookup,
     get_last: CachedStatement<'c>,
     /// Last message per topic in this batch, written once per topic at the end.
     last: std::collections::HashMap<String, Hash>,
@@ -26,11 +29,7 @@ fn to_hash(v: Option<Vec<u8>>) -> Option<Hash> {
 impl Marks for SqliteMarks<'_> {
     type Error = rusqlite::Error;
     fn delivery(&mut self, session: &str, pkid: u16) -> rusqlite::Result<Option<Hash>> {
-        Ok(to_hash(
-            self.get_mark
-                .query_row(params![session, pkid], |r| r.get(0))
-                .optional()?,
-        ))
+        Ok(self.delivery.get(session, pkid))
     }
     fn last_stored(&mut self, topic: &str) -> rusqlite::Result<Option<Hash>> {
         if let Some(h) = self.last.get(topic) {
@@ -44,6 +43,47 @@ impl Marks for SqliteMarks<'_> {
         self.last.insert(topic.to_string(), hash);
         Ok(())
     }
+}
+
+/// The stored marks of the sessions `redelivered` names, for those packet ids only.
+fn read_marks(
+    tx: &Connection,
+    redelivered: &HashSet<(&str, u16)>,
+) -> rusqlite::Result<delivery_marks::Lookup> {
+    let mut lookup = delivery_marks::Lookup::default();
+    if redelivered.is_empty() {
+        return Ok(lookup);
+    }
+    // Oldest first, so a packet id's latest mark is the one left.
+    let mut st = tx.prepare_cached("SELECT marks FROM delivery_batches WHERE session = ?1 ORDER BY total")?;
+    for session in delivery_marks::sessions(redelivered) {
+        let mut rows = st.query([session])?;
+        while let Some(r) = rows.next()? {
+            lookup.add_row(session, r.get_ref(0)?.as_blob()?, redelivered);
+        }
+    }
+    Ok(lookup)
+}
+
+/// Appends one row of marks per session and drops that session's rows no redelivery can
+/// refer to any more.
+fn write_marks(tx: &Connection, rows: Vec<(&str, Vec<(u16, Hash)>)>) -> rusqlite::Result<()> {
+    for (session, marks) in rows {
+        let prev: i64 = tx
+            .prepare_cached("SELECT coalesce(max(total), 0) FROM delivery_batches WHERE session = ?1")?
+            .query_row([session], |r| r.get(0))?;
+        let total = prev + marks.len() as i64;
+        tx.prepare_cached("INSERT INTO delivery_batches (session, total, n, marks) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![
+                session,
+                total,
+                marks.len() as i64,
+                delivery_marks::pack(&marks)
+            ])?;
+        tx.prepare_cached("DELETE FROM delivery_batches WHERE session = ?1 AND total <= ?2")?
+            .execute(params![session, total - delivery_marks::KEPT])?;
+    }
+    Ok(())
 }
 
 pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result<Vec<Outcome>> {
@@ -63,28 +103,31 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
         let mut insert_rejected = tx.prepare_cached(
             "INSERT INTO rejected (received_at, topic, size, qos, reason, source) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
-        let mut put_mark = tx.prepare_cached(
-            "INSERT OR REPLACE INTO delivery_marks (session, pkid, hash, message_id) VALUES (?1, ?2, ?3, ?4)",
-        )?;
         let mut insert_reading = tx.prepare_cached(
             "INSERT INTO readings (message_id, ts, topic, device, field, value, text, ts_source) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
         let mut insert_note =
             tx.prepare_cached("INSERT OR REPLACE INTO reading_notes (message_id, note) VALUES (?1, ?2)")?;
+        let redelivered = delivery_marks::redelivered(batch);
         let mut marks = SqliteMarks {
-            get_mark: tx
-                .prepare_cached("SELECT hash FROM delivery_marks WHERE session = ?1 AND pkid = ?2")?,
+            delivery: read_marks(&tx, &redelivered)?,
             get_last: tx.prepare_cached("SELECT hash FROM retained_marks WHERE topic = ?1")?,
             last: Default::default(),
         };
 
+        let mut verdicts = Vec::with_capacity(batch.len());
+        let mut hashes = Vec::with_capacity(batch.len());
         for (m, received_at) in batch.iter().zip(&received) {
             let hash = m.content_hash();
             let source = match m.origin {
                 Origin::Mqtt { .. } => "mqtt",
                 Origin::Http => "http",
             };
-            let (outcome, id) = match dedup::verdict(m, hash, &mut marks)? {
+            let verdict = dedup::verdict(m, hash, &mut marks)?;
+            marks.delivery.decided(m, hash, verdict, &redelivered);
+            verdicts.push(verdict);
+            hashes.push(hash);
+            let outcome = match verdict {
                 Verdict::Duplicate => {
                     outcomes.push(Outcome::Duplicate);
                     continue;
@@ -99,7 +142,7 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
                         reason,
                         source
                     ])?;
-                    (Outcome::Rejected, None)
+                    Outcome::Rejected
                 }
                 Verdict::Store => {
                     let text = m.payload_lossy();
@@ -141,14 +184,12 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
                         }
                         stored.push((m, id));
                     }
-                    (Outcome::Stored { id }, Some(id))
+                    Outcome::Stored { id }
                 }
             };
-            if let Some((session, pkid)) = dedup::delivery_mark(m) {
-                put_mark.execute(params![session, pkid, &hash[..], id])?;
-            }
             outcomes.push(outcome);
         }
+        write_marks(&tx, delivery_marks::new_rows(batch, &verdicts, &hashes))?;
         let mut put_last =
             tx.prepare_cached("INSERT OR REPLACE INTO retained_marks (topic, hash) VALUES (?1, ?2)")?;
         for (topic, hash) in &marks.last {
