@@ -1,7 +1,7 @@
 //! One batch, one transaction: messages, rejections and the marks that recognise redeliveries
 //! (the rule itself is `store::dedup`). It must never commit part of a batch.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, rc::Rc};
 
 use rusqlite::{params, CachedStatement, Connection, OptionalExtension, TransactionBehavior};
 
@@ -40,7 +40,13 @@ impl Marks for SqliteMarks<'_> {
         ))
     }
     fn set_last_stored(&mut self, topic: &str, hash: Hash) -> rusqlite::Result<()> {
-        self.last.insert(topic.to_string(), hash);
+        // Every stored message lands here: no allocation once a topic is known.
+        match self.last.get_mut(topic) {
+            Some(h) => *h = hash,
+            None => {
+                self.last.insert(topic.to_string(), hash);
+            }
+        }
         Ok(())
     }
 }
@@ -91,9 +97,21 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut topics = TopicTally::default();
     let mut stored: Vec<(&Message, i64)> = Vec::new();
-    let received: Vec<String> = batch
+    // A batch's messages mostly share their millisecond: each distinct one is formatted once.
+    let mut last: Option<(i64, Rc<str>)> = None;
+    let received: Vec<Rc<str>> = batch
         .iter()
-        .map(|m| crate::time::to_sql_text(m.received_at))
+        .map(|m| {
+            let ms = m.received_at.timestamp_millis();
+            match &last {
+                Some((at, text)) if *at == ms => text.clone(),
+                _ => {
+                    let text: Rc<str> = crate::time::to_sql_text(m.received_at).into();
+                    last = Some((ms, text.clone()));
+                    text
+                }
+            }
+        })
         .collect();
     {
         let mut insert_msg = tx.prepare_cached(
@@ -162,7 +180,11 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
                     let id = tx.last_insert_rowid();
                     topics.add(&m.topic, received_at);
                     if let Some(d) = &m.derived {
-                        let ts = crate::time::to_sql_text(d.ts);
+                        let ts = if d.ts.timestamp_millis() == m.received_at.timestamp_millis() {
+                            received_at.clone()
+                        } else {
+                            crate::time::to_sql_text(d.ts).into()
+                        };
                         for r in &d.readings {
                             let (value, text) = match &r.value {
                                 crate::readings::Value::Number(v) => (Some(*v), None),
