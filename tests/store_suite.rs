@@ -490,9 +490,10 @@ fn retention_deletes_exactly_what_is_older() {
     }
 }
 
-/// A PostgreSQL database at schema 5 (text-prefix readings index, b-tree on `ts`, one delivery
-/// mark row per packet id) is moved to schema 6 in place: its readings stay, new ones join them,
-/// queries find both, and a redelivery of a message committed under schema 5 is still recognised.
+/// A PostgreSQL database at schema 5 (text-prefix readings index, b-trees on `ts` and
+/// `received_at`, one delivery mark row per packet id) is moved to the current schema in place:
+/// its readings stay, new ones join them, queries find both, and a redelivery of a message
+/// committed under schema 5 is still recognised.
 #[test]
 fn a_postgres_database_at_schema_5_is_upgraded_in_place() {
     let (server, db, settings) = fresh_pg();
@@ -522,6 +523,7 @@ fn a_postgres_database_at_schema_5_is_upgraded_in_place() {
                                         message_id bigint, PRIMARY KEY (session, pkid));
            INSERT INTO delivery_marks VALUES ('suite-session', 7, decode('{hash}', 'hex'), NULL),
                                              ('suite-session', 8, decode('00', 'hex'), NULL);
+           DROP INDEX messages_received_at; CREATE INDEX messages_received_at ON messages (received_at);
            DELETE FROM tidegate_schema WHERE version >= 6;"#
         ),
     );
@@ -575,6 +577,12 @@ fn a_postgres_database_at_schema_5_is_upgraded_in_place() {
     );
     assert!(!indexes.contains("readings_topic_field_ts"), "{indexes}");
     assert!(!indexes.contains("readings_pkey"), "{indexes}");
+    let messages_ts = support::pg::psql(
+        &server,
+        &db,
+        "SELECT split_part(indexdef, ' USING ', 2) FROM pg_indexes WHERE indexname = 'messages_received_at'",
+    );
+    assert_eq!(messages_ts.trim(), "brin (received_at)");
     let version = support::pg::psql(&server, &db, "SELECT max(version) FROM tidegate_schema");
     assert_eq!(
         version.trim(),

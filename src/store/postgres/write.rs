@@ -537,8 +537,12 @@ pub async fn retain(
     let mut n = 0;
     if let Some(d) = policy.raw {
         let c = cutoff(d);
+        // Any expired chunk, not the oldest first: `messages_received_at` is a BRIN index too.
         n += tx
-            .execute("DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE received_at < $1 ORDER BY received_at LIMIT $2)", &[&c, &chunk])
+            .execute(
+                "DELETE FROM messages WHERE ctid = ANY(ARRAY(SELECT ctid FROM messages WHERE received_at < $1 LIMIT $2))",
+                &[&c, &chunk],
+            )
             .await?;
         n += tx
             .execute(
