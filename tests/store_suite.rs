@@ -700,7 +700,7 @@ fn an_sqlite_database_at_schema_4_keeps_its_delivery_marks() {
         )
         .await;
         assert_eq!(out[0], Outcome::Duplicate);
-        // The malformed mark was dropped, not matched.
+        // A malformed mark does not stop the upgrade, and matches nothing.
         assert!(matches!(out[1], Outcome::Stored { .. }), "{out:?}");
     });
     let c = rusqlite::Connection::open(&path).unwrap();

@@ -146,10 +146,7 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
             verdicts.push(verdict);
             hashes.push(hash);
             let outcome = match verdict {
-                Verdict::Duplicate => {
-                    outcomes.push(Outcome::Duplicate);
-                    continue;
-                }
+                Verdict::Duplicate => Outcome::Duplicate,
                 Verdict::Reject => {
                     let reason = m.rejection.as_deref().unwrap_or("rejected");
                     insert_rejected.execute(params![
