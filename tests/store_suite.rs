@@ -1035,3 +1035,54 @@ fn concurrent_writers_on_the_same_topics_all_commit_and_add_up() {
         format!("{}/{TOPICS}/{}", ROUNDS * 2 * TOPICS, ROUNDS * 2 * TOPICS * 2)
     );
 }
+
+/// PostgreSQL refuses what SQLite stores, a rollup sum past the largest float8: the message
+/// whose reading overflows is recorded in `rejected` with the reason, and the rest of its batch
+/// is stored. A batch's statements are pipelined, so this also checks that the refusal decides
+/// what happens, not the "transaction aborted" of every statement sent after it.
+#[test]
+fn a_message_postgresql_refuses_is_rejected_alone_and_the_rest_of_its_batch_is_stored() {
+    let (server, db, settings) = fresh_pg();
+    let reading = |topic: &str, v: &str| {
+        with_readings(msg(
+            topic,
+            format!(r#"{{"ts":"2026-11-25T10:00:00Z","v":{v}}}"#).as_bytes(),
+        ))
+    };
+    rt().block_on(async {
+        let s = store::open(&settings).await.unwrap();
+        let first = write(&s, vec![reading("big/a", "1e308")]).await;
+        assert!(matches!(first[..], [Outcome::Stored { .. }]), "{first:?}");
+        let second = write(
+            &s,
+            vec![
+                reading("ok/b", "1"),
+                reading("big/a", "1e308"),
+                reading("ok/c", "2"),
+            ],
+        )
+        .await;
+        assert!(
+            matches!(
+                second[..],
+                [Outcome::Stored { .. }, Outcome::Rejected, Outcome::Stored { .. }]
+            ),
+            "{second:?}"
+        );
+    });
+    let sql = |q: &str| support::pg::psql(&server, &db, q);
+    let reason = sql("SELECT topic || ': ' || reason FROM rejected");
+    assert!(
+        reason.starts_with("big/a: the database refused this message") && reason.contains("out of range"),
+        "{reason}"
+    );
+    assert_eq!(
+        sql("SELECT string_agg(topic, ',' ORDER BY id) FROM messages"),
+        "big/a,ok/b,ok/c"
+    );
+    assert_eq!(sql("SELECT count(*) FROM readings"), "3");
+    assert_eq!(
+        sql("SELECT string_agg(topic || '=' || count, ',' ORDER BY topic) FROM readings_1h"),
+        "big/a=1,ok/b=1,ok/c=1"
+    );
+}

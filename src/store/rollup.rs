@@ -77,7 +77,7 @@ struct Series<'a> {
 /// replay; the b-tree keeps a long one cheap too).
 type Buckets = [BTreeMap<DateTime<Utc>, Agg>; 2];
 
-const WIDTHS: [Width; 2] = [Width::Minute, Width::Hour];
+pub const WIDTHS: [Width; 2] = [Width::Minute, Width::Hour];
 
 /// Folds the numeric readings of `stored` messages into minute and hour buckets in one pass:
 /// one hash look-up per reading, for its series, instead of one per reading and width. Each
