@@ -139,8 +139,9 @@ pub async fn write_rows(
 ) -> Result<Vec<Outcome>, tokio_postgres::Error> {
     let hashes: Vec<Hash> = batch.iter().map(Message::content_hash).collect();
     let rollup_sql = crate::store::rollup::WIDTHS.map(|w| rollup_upsert(w.table()));
-    // Step 1, on a connection's first batch only: every statement, so that the ones below are
-    // sent in the order they are written rather than as their preparations return.
+    // Step 1: every statement prepared (a round trip on a connection's first batch only; later
+    // ones find them cached), so the ones below are sent in the order they are written rather
+    // than as their preparations return.
     futures::future::try_join_all(
         FIXED_STATEMENTS
             .iter()
