@@ -138,7 +138,6 @@ pub async fn write_rows(
     id_seq: &str,
 ) -> Result<Vec<Outcome>, tokio_postgres::Error> {
     let hashes: Vec<Hash> = batch.iter().map(Message::content_hash).collect();
-    let rollup_sql = crate::store::rollup::WIDTHS.map(|w| rollup_upsert(w.table()));
     // Step 1: every statement prepared (a round trip on a connection's first batch only; later
     // ones find them cached), so the ones below are sent in the order they are written rather
     // than as their preparations return.
@@ -146,7 +145,7 @@ pub async fn write_rows(
         FIXED_STATEMENTS
             .iter()
             .copied()
-            .chain(rollup_sql.iter().map(String::as_str))
+            .chain(ROLLUP_UPSERTS.iter().map(String::as_str))
             .map(|sql| tx.prepare_cached(sql)),
     )
     .await?;
@@ -253,7 +252,7 @@ pub async fn write_rows(
         upsert_retained(tx, &changed),
         copy_readings(tx, batch, &to_store, &ids),
         insert_notes(tx, batch, &to_store, &ids),
-        upsert_rollups(tx, &stored_messages, &rollup_sql),
+        upsert_rollups(tx, &stored_messages),
         upsert_topics(tx, &stored_messages),
     );
     first_error([done.0, done.1, done.2, done.3, done.4, done.5, done.6, done.7])?;
@@ -302,7 +301,7 @@ const UPSERT_TOPICS: &str = "INSERT INTO topics (topic, message_count, first_see
          first_seen = least(topics.first_seen, excluded.first_seen),
          last_seen = greatest(topics.last_seen, excluded.last_seen)";
 
-/// What `write_rows` runs, besides the rollup upserts (one per table, `rollup_upsert`).
+/// What `write_rows` runs, besides the rollup upserts (`ROLLUP_UPSERTS`).
 const FIXED_STATEMENTS: [&str; 11] = [
     LOCK_SESSIONS,
     READ_DELIVERY,
@@ -505,6 +504,10 @@ const READING_TYPES: [Type; 8] = [
     Type::TEXT,
 ];
 
+/// The rollup upserts, in `rollup::WIDTHS` order: built once, not per batch.
+static ROLLUP_UPSERTS: std::sync::LazyLock<[String; 2]> =
+    std::sync::LazyLock::new(|| crate::store::rollup::WIDTHS.map(|w| rollup_upsert(w.table())));
+
 /// The rollup upsert for one table of `rollup::WIDTHS`.
 fn rollup_upsert(t: &str) -> String {
     format!(
@@ -590,16 +593,15 @@ async fn insert_notes(
 }
 
 /// Folds the stored messages' readings into the rollup tables, one upsert per table with its
-/// keys sorted. `sql[k]` is the upsert for `rollup::WIDTHS[k]`.
-async fn upsert_rollups(
-    tx: &Transaction<'_>,
-    stored: &[&Message],
-    sql: &[String],
-) -> Result<(), tokio_postgres::Error> {
+/// keys sorted.
+async fn upsert_rollups(tx: &Transaction<'_>, stored: &[&Message]) -> Result<(), tokio_postgres::Error> {
     use crate::store::rollup;
     let mut upserts = Vec::new();
-    for ((width, mut aggs), sql) in rollup::aggregate(stored.iter().copied()).into_iter().zip(sql) {
-        debug_assert_eq!(sql, &rollup_upsert(width.table()));
+    // `aggregate` answers in `WIDTHS` order, as `ROLLUP_UPSERTS` is built.
+    for ((_, mut aggs), sql) in rollup::aggregate(stored.iter().copied())
+        .into_iter()
+        .zip(ROLLUP_UPSERTS.iter())
+    {
         if aggs.is_empty() {
             continue;
         }
