@@ -307,6 +307,41 @@ fn urlencode(s: &str) -> String {
 }
 
 #[test]
+fn a_large_body_is_stored_whole_and_a_bad_line_in_it_is_named() {
+    // Over 64 KiB, so parsed on a blocking thread rather than the runtime's.
+    let dir = tempfile::tempdir().unwrap();
+    let t = serve(dir.path(), &[]);
+    let base = t.api();
+    let c = client();
+    let lines = |bad: Option<usize>| -> String {
+        (0..3000)
+            .map(|i| match bad {
+                Some(b) if b == i => format!("{{\"payload\":{{\"seq\":{i}}}}}\n"),
+                _ => format!(
+                    "{{\"topic\":\"big/{}\",\"payload\":{{\"seq\":{i},\"pad\":\"{}\"}}}}\n",
+                    i % 7,
+                    "x".repeat(40)
+                ),
+            })
+            .collect()
+    };
+    let body = lines(None);
+    assert!(body.len() > 64 << 10);
+    let (s, v) = post(&c, &base, "application/x-ndjson", body);
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["stored"], 3000, "{v}");
+
+    let (s, v) = post(&c, &base, "application/x-ndjson", lines(Some(2500)));
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(v["detail"]["index"], 2500, "{v}");
+    assert!(v["error"].as_str().is_some_and(|e| e.contains("topic")), "{v}");
+    assert_eq!(
+        db::count(&dir.path().join("api.db"), "SELECT count(*) FROM messages"),
+        3000
+    );
+}
+
+#[test]
 fn a_token_guards_every_route_but_healthz() {
     let dir = tempfile::tempdir().unwrap();
     let dbp = dir.path().join("auth.db");
