@@ -459,6 +459,15 @@ fn a_locked_database_delays_acks_and_recovers_by_itself() {
         missing.is_empty() && dup.is_empty(),
         "missing {missing:?} dup {dup:?}"
     );
+    // The batch queued behind the one that failed did not overtake it once the lock went.
+    let seqs: Vec<usize> = db::payloads(&case.db(), "t/l")
+        .iter()
+        .map(|p| p.strip_prefix("seq-").unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "ids do not follow the publish order: {seqs:?}"
+    );
 }
 
 #[test]

@@ -4,10 +4,8 @@
 
 use std::{sync::Arc, time::Duration};
 
-use tokio::{
-    sync::{broadcast, mpsc, watch},
-    task::JoinSet,
-};
+use futures::{stream::FuturesOrdered, StreamExt};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use super::{
     batcher::Batcher,
@@ -40,9 +38,10 @@ impl Writer {
     /// Runs until every source is gone and the queue is drained, or until `stop` fires while the
     /// store cannot write.
     ///
-    /// One batch commits at a time, so ids follow arrival and acknowledgements go out in order;
-    /// the next batch is gathered and its readings derived while the previous one commits, so
-    /// the store never waits for that work.
+    /// The next batch is gathered and its readings derived while the previous one commits; a
+    /// store that queues (`Store::queue_depth`) is handed it at once, so its writer goes from one
+    /// commit to the next without waiting for this loop. Batches are acknowledged in the order
+    /// they were handed over, whatever order their answers come in.
     pub async fn run(self, mut rx: mpsc::Receiver<Ingest>) {
         let Writer {
             store,
@@ -53,6 +52,7 @@ impl Writer {
             readings,
             stats,
         } = self;
+        let depth = store.queue_depth().max(1);
         let committer = Arc::new(Committer {
             store,
             fault,
@@ -61,17 +61,18 @@ impl Writer {
             stats,
         });
         let mut batcher = Batcher::new(settings.batch_size, settings.batch_delay);
-        let mut in_flight = JoinSet::new();
+        let mut in_flight = FuturesOrdered::new();
         let mut open = true;
         loop {
             let due = batcher.due();
             tokio::select! {
                 biased;
-                done = in_flight.join_next(), if !in_flight.is_empty() => {
-                    if !matches!(done, Some(Ok(true))) {
-                        return;
-                    }
-                }
+                done = in_flight.next(), if !in_flight.is_empty() => match done {
+                    Some(Some((batch, committed))) => committer.acknowledge(batch, &committed),
+                    // Stopping with a batch that could not be committed: it stays unacknowledged,
+                    // and so does everything after it.
+                    _ => return,
+                },
                 ingest = rx.recv(), if open && batcher.has_room() => match ingest {
                     Some(mut ingest) => {
                         derive(&readings, &mut ingest);
@@ -85,10 +86,10 @@ impl Writer {
                         Some(due) => tokio::time::sleep_until(due).await,
                         None => std::future::pending().await,
                     }
-                }, if in_flight.is_empty() && due.is_some() => {}
+                }, if in_flight.len() < depth && due.is_some() => {}
                 else => break,
             }
-            if in_flight.is_empty() {
+            if in_flight.len() < depth {
                 // Everything queued behind what woke us goes in too.
                 while open && batcher.has_room() {
                     match rx.try_recv() {
@@ -101,7 +102,7 @@ impl Writer {
                     }
                 }
                 if batcher.ready(open) {
-                    in_flight.spawn(committer.clone().commit(batcher.take().seal()));
+                    in_flight.push_back(committer.clone().commit(batcher.take().seal()));
                 }
             }
         }
@@ -120,7 +121,7 @@ fn derive(readings: &crate::readings::ReadingsConfig, ingest: &mut Ingest) {
     }
 }
 
-/// Commits one batch and acknowledges it, on a task of its own.
+/// Commits batches and acknowledges them.
 struct Committer {
     store: Arc<dyn Store>,
     fault: watch::Sender<Option<String>>,
@@ -130,9 +131,9 @@ struct Committer {
 }
 
 impl Committer {
-    /// Commits (retrying with backoff) and then acknowledges the batch. `false` when stopping
-    /// before it could commit: the batch is dropped unacknowledged, so it is redelivered.
-    async fn commit(self: Arc<Self>, batch: SealedBatch) -> bool {
+    /// Commits, retrying with backoff. `None` when stopping before it could commit: the batch
+    /// is dropped unacknowledged, so it is redelivered.
+    async fn commit(self: Arc<Self>, batch: SealedBatch) -> Option<(SealedBatch, Committed)> {
         let mut stop = self.stop.clone();
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -147,13 +148,7 @@ impl Committer {
                         let _ = self.fault.send(None);
                         metrics::gauge!(t::STORE_WRITABLE).set(1.0);
                     }
-                    self.publish_live(&batch.messages, &committed);
-                    self.stats
-                        .record(&batch.messages, committed.outcomes(), crate::time::now());
-                    record_outcomes(&committed);
-                    let acked = batch.acknowledge(&committed);
-                    metrics::counter!(t::ACKED).increment(acked as u64);
-                    return true;
+                    return Some((batch, committed));
                 }
                 Err(e) => {
                     let reason = e.to_string();
@@ -175,12 +170,23 @@ impl Committer {
                             rows = batch.messages.len(),
                             "stopping with an uncommitted batch; it was not acknowledged and will be redelivered"
                         );
-                        return false;
+                        return None;
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
+    }
+
+    /// Everything owed once a batch is committed, in the order batches were handed over: the
+    /// live stream, the statistics, and the acknowledgements.
+    fn acknowledge(&self, batch: SealedBatch, committed: &Committed) {
+        self.publish_live(&batch.messages, committed);
+        self.stats
+            .record(&batch.messages, committed.outcomes(), crate::time::now());
+        record_outcomes(committed);
+        let acked = batch.acknowledge(committed);
+        metrics::counter!(t::ACKED).increment(acked as u64);
     }
 
     fn publish_live(&self, messages: &[crate::message::Message], committed: &Committed) {

@@ -71,6 +71,15 @@ pub trait Store: Send + Sync + 'static {
     /// Writes every message of `batch` in one transaction, or nothing.
     async fn write(&self, batch: Arc<Vec<Message>>) -> Result<Committed, StoreError>;
 
+    /// How many batches the pipeline may hand over before the first one is committed. A store
+    /// that takes more than one must commit them in the order `write` was called, and after a
+    /// failed write hold back every later one until that same batch (the same `Arc`) is written
+    /// again: nothing may overtake a batch, or ids, delivery marks and retained marks would no
+    /// longer follow arrival.
+    fn queue_depth(&self) -> usize {
+        1
+    }
+
     /// Messages matching `q`, in the order asked.
     async fn messages(&self, q: MessageQuery) -> Result<Vec<StoredMessage>, StoreError>;
 
