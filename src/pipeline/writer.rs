@@ -140,6 +140,8 @@ impl Committer {
             let started = std::time::Instant::now();
             match self.store.write(batch.messages.clone()).await {
                 Ok(committed) => {
+                    // Handed over to committed: behind a queueing store this includes the wait
+                    // for the batch ahead, which is what an acknowledgement waits for too.
                     metrics::histogram!(t::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
                     metrics::histogram!(t::BATCH_SIZE).record(batch.messages.len() as f64);
                     metrics::counter!(t::BATCHES).increment(1);
