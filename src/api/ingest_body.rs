@@ -129,9 +129,7 @@ pub fn parse(format: Format, body: &[u8], max_payload: usize) -> Result<Vec<Mess
             None,
         )
     })?;
-    // One pass, into a vector sized up front: a message is a few hundred bytes, and growing
-    // the vector line by line copied each one several times.
-    let messages: Vec<Message> = match format {
+    let messages = match format {
         Format::Json => {
             let items: Vec<IncomingMessage> = match text.trim_start().as_bytes().first() {
                 Some(b'[') => serde_json::from_str(text).map_err(|e| json_error(e, None))?,
@@ -145,20 +143,16 @@ pub fn parse(format: Format, body: &[u8], max_payload: usize) -> Result<Vec<Mess
                     ))
                 }
             };
-            let mut messages = Vec::with_capacity(items.len());
-            for (i, item) in items.into_iter().enumerate() {
-                messages.push(checked(item, i, max_payload)?);
-            }
-            messages
+            to_messages(items.len(), items.into_iter().map(Ok), max_payload)?
         }
         Format::Ndjson => {
-            let lines = text.lines().filter(|l| !l.trim().is_empty());
-            let mut messages = Vec::with_capacity(text.bytes().filter(|&b| b == b'\n').count() + 1);
-            for (i, line) in lines.enumerate() {
-                let item = serde_json::from_str(line).map_err(|e| json_error(e, Some(i)))?;
-                messages.push(checked(item, i, max_payload)?);
-            }
-            messages
+            let lines = text.lines().filter(|l| !l.trim().is_empty()).enumerate();
+            let items = lines.map(|(i, l)| serde_json::from_str(l).map_err(|e| json_error(e, Some(i))));
+            to_messages(
+                text.bytes().filter(|&b| b == b'\n').count() + 1,
+                items,
+                max_payload,
+            )?
         }
     };
     if messages.is_empty() {
@@ -167,8 +161,19 @@ pub fn parse(format: Format, body: &[u8], max_payload: usize) -> Result<Vec<Mess
     Ok(messages)
 }
 
-fn checked(item: IncomingMessage, index: usize, max_payload: usize) -> Result<Message, BodyError> {
-    to_message(item, max_payload).map_err(|(status, m)| BodyError::new(status, m, Some(index)))
+/// Builds the messages straight into a vector sized up front (`capacity`): a message is a few
+/// hundred bytes, and growing the vector item by item copied each one several times.
+fn to_messages(
+    capacity: usize,
+    items: impl Iterator<Item = Result<IncomingMessage, BodyError>>,
+    max_payload: usize,
+) -> Result<Vec<Message>, BodyError> {
+    let mut messages = Vec::with_capacity(capacity);
+    for (i, item) in items.enumerate() {
+        let m = to_message(item?, max_payload).map_err(|(status, m)| BodyError::new(status, m, Some(i)))?;
+        messages.push(m);
+    }
+    Ok(messages)
 }
 
 fn to_message(item: IncomingMessage, max_payload: usize) -> Result<Message, (u16, String)> {

@@ -209,7 +209,8 @@ impl Store for SqliteStore {
     }
 
     /// The writer thread takes the next batch the moment a commit ends, instead of waiting for
-    /// the pipeline to answer the last one and send another: 8–29 % more API ingest.
+    /// the pipeline to answer the last one and send another: 9–21 % more API ingest in 4
+    /// alternating pairs (docs/performance.md, session 11).
     fn queue_depth(&self) -> usize {
         2
     }
