@@ -1086,3 +1086,70 @@ fn a_message_postgresql_refuses_is_rejected_alone_and_the_rest_of_its_batch_is_s
         "big/a=1,ok/b=1,ok/c=1"
     );
 }
+
+#[test]
+fn an_sqlite_batch_that_fails_midway_leaves_nothing_behind_and_commits_whole_on_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fail.db");
+    let settings = StoreSettings {
+        db: DbUrl::Sqlite(path.clone()),
+        sqlite_sync: SqliteSync::Full,
+    };
+    rt().block_on(async {
+        let s = store::open(&settings).await.unwrap();
+        let first = write(&s, vec![with_readings(msg("a", br#"{"v": 1}"#))]).await;
+        let Outcome::Stored { id: first } = first[0] else {
+            panic!("{first:?}")
+        };
+        // The database refuses the batch's third message, after two were taken in.
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON messages WHEN NEW.topic = 'boom'
+             BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+        )
+        .unwrap();
+        let batch = Arc::new(vec![
+            with_readings(msg("a", br#"{"v": 2}"#)),
+            with_readings(msg("b", br#"{"v": 3, "w": 4}"#)),
+            with_readings(msg("boom", br#"{"v": 5}"#)),
+            with_readings(msg("c", br#"{"v": 6}"#)),
+        ]);
+        let err = s.write(batch.clone()).await.err().unwrap().to_string();
+        assert!(err.contains("refused"), "{err}");
+        c.execute_batch("DROP TRIGGER refuse").unwrap();
+
+        // The same batch again: stored whole, once, in arrival order, right after the first.
+        let out = s.write(batch).await.unwrap().outcomes().to_vec();
+        let ids: Vec<Outcome> = (1..=4).map(|k| Outcome::Stored { id: first + k }).collect();
+        assert_eq!(out, ids);
+        let rows: Vec<(i64, String, String)> = c
+            .prepare("SELECT id, topic, payload FROM messages ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let topics: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+        assert_eq!(topics, ["a", "a", "b", "boom", "c"]);
+        assert_eq!(rows[3], (first + 3, "boom".into(), r#"{"v": 5}"#.into()));
+        // Each reading points at its own message, none twice.
+        let readings: Vec<(i64, String, f64)> = c
+            .prepare("SELECT message_id, field, value FROM readings ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let expected = [
+            (first, "v", 1.0),
+            (first + 1, "v", 2.0),
+            (first + 2, "v", 3.0),
+            (first + 2, "w", 4.0),
+            (first + 3, "v", 5.0),
+            (first + 4, "v", 6.0),
+        ];
+        let expected: Vec<(i64, String, f64)> =
+            expected.iter().map(|(i, f, v)| (*i, f.to_string(), *v)).collect();
+        assert_eq!(readings, expected);
+    });
+}

@@ -92,6 +92,28 @@ fn write_marks(tx: &Connection, rows: Vec<(&str, Vec<(u16, Hash)>)>) -> rusqlite
     Ok(())
 }
 
+/// The columns a batch's messages are staged with, in `messages`' order.
+const STAGED: &str =
+    "received_at, topic, payload, payload_raw, payload_size, qos, retain, content_type, user_properties, source";
+/// The same for its readings.
+const STAGED_READINGS: &str = "message_id, ts, topic, device, field, value, text, ts_source";
+
+/// Readies the writer's connection: in-memory tables the batch's messages and readings are
+/// staged in.
+///
+/// Why: a statement opens its b-tree cursors afresh, so an `INSERT` a row descends from the root
+/// of the table and of both its indexes for every row. One `INSERT … SELECT` per batch keeps
+/// them open: the table and the time index are appended to where the cursor already is. The
+/// stage is an attached `:memory:` database, so its writes never reach the file or the WAL, and
+/// it is part of the batch's transaction (a rolled-back batch leaves it empty).
+pub fn prepare(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(&format!(
+        "ATTACH DATABASE ':memory:' AS tidegate_stage;
+         CREATE TABLE tidegate_stage.messages ({STAGED});
+         CREATE TABLE tidegate_stage.readings ({STAGED_READINGS});"
+    ))
+}
+
 pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result<Vec<Outcome>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut outcomes = Vec::with_capacity(batch.len());
@@ -114,16 +136,15 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
         })
         .collect();
     {
-        let mut insert_msg = tx.prepare_cached(
-            "INSERT INTO messages (received_at, topic, payload, payload_raw, payload_size, qos, retain, content_type, user_properties, source)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        )?;
+        let mut stage_msg = tx.prepare_cached(&format!(
+            "INSERT INTO tidegate_stage.messages ({STAGED}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+        ))?;
         let mut insert_rejected = tx.prepare_cached(
             "INSERT INTO rejected (received_at, topic, size, qos, reason, source) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
-        let mut insert_reading = tx.prepare_cached(
-            "INSERT INTO readings (message_id, ts, topic, device, field, value, text, ts_source) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?;
+        let mut stage_reading = tx.prepare_cached(&format!(
+            "INSERT INTO tidegate_stage.readings ({STAGED_READINGS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+        ))?;
         let mut insert_note =
             tx.prepare_cached("INSERT OR REPLACE INTO reading_notes (message_id, note) VALUES (?1, ?2)")?;
         let redelivered = delivery_marks::redelivered(batch);
@@ -133,6 +154,7 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
             last: Default::default(),
         };
 
+        let mut staged = Vec::with_capacity(batch.len());
         let mut verdicts = Vec::with_capacity(batch.len());
         let mut hashes = Vec::with_capacity(batch.len());
         for (m, received_at) in batch.iter().zip(&received) {
@@ -162,7 +184,7 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
                 Verdict::Store => {
                     let text = m.payload_lossy();
                     let raw: Option<&[u8]> = m.payload_text().is_none().then_some(&m.payload[..]);
-                    insert_msg.execute(params![
+                    stage_msg.execute(params![
                         received_at,
                         m.topic,
                         text.as_ref(),
@@ -174,40 +196,45 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
                         m.user_properties_json(),
                         source,
                     ])?;
-                    let id = tx.last_insert_rowid();
                     topics.add(&m.topic, received_at);
-                    if let Some(d) = &m.derived {
-                        let ts = if d.ts.timestamp_millis() == m.received_at.timestamp_millis() {
-                            received_at.clone()
-                        } else {
-                            crate::time::to_sql_text(d.ts).into()
-                        };
-                        for r in &d.readings {
-                            let (value, text) = match &r.value {
-                                crate::readings::Value::Number(v) => (Some(*v), None),
-                                crate::readings::Value::Text(t) => (None, Some(t.as_str())),
-                            };
-                            insert_reading.execute(params![
-                                id,
-                                ts,
-                                m.topic,
-                                d.device,
-                                r.field,
-                                value,
-                                text,
-                                d.ts_source.as_str()
-                            ])?;
-                        }
-                        if let Some(note) = &d.note {
-                            insert_note.execute(params![id, note])?;
-                        }
-                        stored.push((m, id));
-                    }
-                    Outcome::Stored { id }
+                    staged.push((outcomes.len(), m, received_at));
+                    // The id is known once the stage is moved, below.
+                    Outcome::Stored { id: 0 }
                 }
             };
             outcomes.push(outcome);
         }
+        let first = unstage(&tx, staged.len())?;
+        for (id, (at, m, received_at)) in (first..).zip(staged) {
+            outcomes[at] = Outcome::Stored { id };
+            let Some(d) = &m.derived else { continue };
+            let ts = if d.ts.timestamp_millis() == m.received_at.timestamp_millis() {
+                received_at.clone()
+            } else {
+                crate::time::to_sql_text(d.ts).into()
+            };
+            for r in &d.readings {
+                let (value, text) = match &r.value {
+                    crate::readings::Value::Number(v) => (Some(*v), None),
+                    crate::readings::Value::Text(t) => (None, Some(t.as_str())),
+                };
+                stage_reading.execute(params![
+                    id,
+                    ts,
+                    m.topic,
+                    d.device,
+                    r.field,
+                    value,
+                    text,
+                    d.ts_source.as_str()
+                ])?;
+            }
+            if let Some(note) = &d.note {
+                insert_note.execute(params![id, note])?;
+            }
+            stored.push((m, id));
+        }
+        unstage_readings(&tx)?;
         write_marks(&tx, delivery_marks::new_rows(batch, &verdicts, &hashes))?;
         let mut put_last =
             tx.prepare_cached("INSERT OR REPLACE INTO retained_marks (topic, hash) VALUES (?1, ?2)")?;
@@ -258,6 +285,42 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
     }
     tx.commit()?;
     Ok(outcomes)
+}
+
+/// Moves the `n` staged messages into `messages` in one statement, in the order they were
+/// staged, and empties the stage. Returns the first one's id; the others follow it by one.
+fn unstage(tx: &Connection, n: usize) -> rusqlite::Result<i64> {
+    if n == 0 {
+        return Ok(0);
+    }
+    let moved = tx
+        .prepare_cached(&format!(
+            "INSERT INTO messages ({STAGED}) SELECT {STAGED} FROM tidegate_stage.messages ORDER BY rowid"
+        ))?
+        .execute([])?;
+    tx.prepare_cached("DELETE FROM tidegate_stage.messages")?
+        .execute([])?;
+    if moved != n {
+        return Err(rusqlite::Error::StatementChangedRows(moved));
+    }
+    // `id` is an INTEGER PRIMARY KEY without AUTOINCREMENT, and the immediate transaction holds
+    // the write lock: each row took the largest id so far plus one, so the batch's ids are the
+    // `n` ending at the last one.
+    Ok(tx.last_insert_rowid() - (n as i64 - 1))
+}
+
+/// Moves the staged readings into `readings`, in the order they were staged.
+fn unstage_readings(tx: &Connection) -> rusqlite::Result<()> {
+    let moved = tx
+        .prepare_cached(&format!(
+            "INSERT INTO readings ({STAGED_READINGS}) SELECT {STAGED_READINGS} FROM tidegate_stage.readings ORDER BY rowid"
+        ))?
+        .execute([])?;
+    if moved > 0 {
+        tx.prepare_cached("DELETE FROM tidegate_stage.readings")?
+            .execute([])?;
+    }
+    Ok(())
 }
 
 /// Per-topic counts of one batch, folded into `topics` with one upsert per topic.
