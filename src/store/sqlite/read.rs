@@ -7,7 +7,7 @@ use std::{
 };
 
 use base64::Engine;
-use rusqlite::{params_from_iter, types::Value, Connection, OpenFlags};
+use rusqlite::{params_from_iter, types::Value, Connection, OpenFlags, OptionalExtension};
 
 use crate::{
     config::filter_matches,
@@ -71,40 +71,41 @@ fn row_to_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
     })
 }
 
-pub fn messages(conn: &Connection, q: &MessageQuery) -> rusqlite::Result<Vec<StoredMessage>> {
-    let mut sql = String::from(
-        "SELECT id, received_at, topic, payload, payload_raw, qos, retain, content_type FROM messages WHERE 1=1",
-    );
-    let mut args: Vec<Value> = Vec::new();
-    let prefix = q.topic_prefix();
-    match &prefix {
-        Some((p, true)) => {
-            sql.push_str(" AND topic = ?");
-            args.push(Value::Text(p.clone()));
-        }
-        Some((p, false)) if !p.is_empty() => {
-            // Every topic starting with the literal prefix; the wildcard part is checked below.
-            sql.push_str(" AND topic >= ? AND topic < ?");
-            args.push(Value::Text(p.clone()));
-            args.push(Value::Text(format!("{p}\u{10FFFF}")));
-        }
-        _ => {}
-    }
-    if let Some(s) = q.since {
-        sql.push_str(" AND received_at >= ?");
-        args.push(Value::Text(time::to_sql_text(s)));
-    }
-    if let Some(u) = q.until {
-        sql.push_str(" AND received_at < ?");
-        args.push(Value::Text(time::to_sql_text(u)));
-    }
-    let (cmp, dir) = match q.order {
-        Order::NewestFirst => ("<", "DESC"),
-        Order::OldestFirst => (">", "ASC"),
+/// Whether a page of `prefix`'s messages, with no time bounds, is cheaper to find by walking
+/// the ids and skipping other topics than through the `(topic, received_at)` index.
+///
+/// Why: the index hands over every row of the topic, to be sorted by id for each page, so paging
+/// through a topic that fills most of the table reads the whole topic once a page. Walking the
+/// ids reads about `page / share` rows, where `share` is the topic's part of the table (from
+/// the `topics` counts); the index reads `share × rows`. Walking wins when `share² × rows > page`.
+fn walk_ids(conn: &Connection, prefix: &(String, bool), page: usize) -> rusqlite::Result<bool> {
+    let (p, exact) = prefix;
+    let in_topic: Option<i64> = if *exact {
+        conn.prepare_cached("SELECT message_count FROM topics WHERE topic = ?1")?
+            .query_row([p], |r| r.get(0))
+            .optional()?
+    } else {
+        conn.prepare_cached("SELECT sum(message_count) FROM topics WHERE topic >= ?1 AND topic < ?2")?
+            .query_row([p.clone(), format!("{p}\u{10FFFF}")], |r| r.get(0))?
     };
-    let wildcard = matches!(prefix, Some((_, false)));
-    let page = if wildcard { q.limit.max(500) } else { q.limit };
-    sql.push_str(&format!(" AND id {cmp} ? ORDER BY id {dir} LIMIT {page}"));
+    let Some(in_topic) = in_topic else {
+        return Ok(false);
+    };
+    let (all, rows): (i64, i64) = conn
+        .prepare_cached(
+            "SELECT (SELECT coalesce(sum(message_count), 0) FROM topics),
+                    (SELECT coalesce(max(id) - min(id) + 1, 0) FROM messages)",
+        )?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    if all <= 0 {
+        return Ok(false);
+    }
+    let share = in_topic as f64 / all as f64;
+    Ok(share * share * rows as f64 > page as f64)
+}
+
+pub fn messages(conn: &Connection, q: &MessageQuery) -> rusqlite::Result<Vec<StoredMessage>> {
+    let (sql, args, page, wildcard) = messages_sql(conn, q)?;
     let mut cursor = q.after_id.unwrap_or(match q.order {
         Order::NewestFirst => i64::MAX,
         Order::OldestFirst => i64::MIN,
@@ -137,6 +138,51 @@ pub fn messages(conn: &Connection, q: &MessageQuery) -> rusqlite::Result<Vec<Sto
             return Ok(out);
         }
     }
+}
+
+/// The statement for one page of `q` (its last argument, the id cursor, is added per page),
+/// its arguments, the page size and whether rows must still be matched against a wildcard.
+fn messages_sql(conn: &Connection, q: &MessageQuery) -> rusqlite::Result<(String, Vec<Value>, usize, bool)> {
+    let prefix = q.topic_prefix();
+    let wildcard = matches!(prefix, Some((_, false)));
+    let page = if wildcard { q.limit.max(500) } else { q.limit };
+    let walk = match &prefix {
+        Some(p) if q.since.is_none() && q.until.is_none() => walk_ids(conn, p, page)?,
+        _ => false,
+    };
+    // NOT INDEXED still walks the ids: it only keeps SQLite off the secondary indexes.
+    let table = if walk { "messages NOT INDEXED" } else { "messages" };
+    let mut sql = format!(
+        "SELECT id, received_at, topic, payload, payload_raw, qos, retain, content_type FROM {table} WHERE 1=1"
+    );
+    let mut args: Vec<Value> = Vec::new();
+    match &prefix {
+        Some((p, true)) => {
+            sql.push_str(" AND topic = ?");
+            args.push(Value::Text(p.clone()));
+        }
+        Some((p, false)) if !p.is_empty() => {
+            // Every topic starting with the literal prefix; the wildcard part is checked below.
+            sql.push_str(" AND topic >= ? AND topic < ?");
+            args.push(Value::Text(p.clone()));
+            args.push(Value::Text(format!("{p}\u{10FFFF}")));
+        }
+        _ => {}
+    }
+    if let Some(s) = q.since {
+        sql.push_str(" AND received_at >= ?");
+        args.push(Value::Text(time::to_sql_text(s)));
+    }
+    if let Some(u) = q.until {
+        sql.push_str(" AND received_at < ?");
+        args.push(Value::Text(time::to_sql_text(u)));
+    }
+    let (cmp, dir) = match q.order {
+        Order::NewestFirst => ("<", "DESC"),
+        Order::OldestFirst => (">", "ASC"),
+    };
+    sql.push_str(&format!(" AND id {cmp} ? ORDER BY id {dir} LIMIT {page}"));
+    Ok((sql, args, page, wildcard))
 }
 
 pub fn topics(conn: &Connection) -> rusqlite::Result<Vec<TopicStats>> {
@@ -218,4 +264,97 @@ pub fn readings(
         })
     })?;
     rows.collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database where `big` fills most of the table and `rare` a few rows.
+    fn filled() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Connection::open(dir.path().join("q.db")).unwrap();
+        crate::store::sqlite::schema::migrate(&mut c).unwrap();
+        let tx = c.transaction().unwrap();
+        for i in 0..3000 {
+            let topic = if i % 500 == 7 { "rare" } else { "big" };
+            tx.execute(
+                "INSERT INTO messages (received_at, topic, payload, payload_size, qos, retain, source)
+                 VALUES ('2026-12-03 10:00:00.000', ?1, ?2, 1, 1, 0, 'http')",
+                rusqlite::params![topic, i.to_string()],
+            )
+            .unwrap();
+        }
+        tx.execute_batch(
+            "INSERT INTO topics SELECT topic, count(*), min(received_at), max(received_at) FROM messages GROUP BY topic",
+        )
+        .unwrap();
+        tx.commit().unwrap();
+        (dir, c)
+    }
+
+    fn query(topic: &str, after_id: Option<i64>, order: Order) -> MessageQuery {
+        MessageQuery {
+            topic: Some(topic.into()),
+            since: None,
+            until: None,
+            after_id,
+            limit: 100,
+            order,
+        }
+    }
+
+    fn plan(c: &Connection, q: &MessageQuery) -> String {
+        let (sql, mut args, ..) = messages_sql(c, q).unwrap();
+        args.push(Value::Integer(0));
+        let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let rows = st
+            .query_map(params_from_iter(args), |r| r.get::<_, String>(3))
+            .unwrap();
+        rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
+    }
+
+    #[test]
+    fn a_page_of_a_large_topic_walks_the_ids_and_a_rare_topic_uses_its_index() {
+        let (_dir, c) = filled();
+        let big = plan(&c, &query("big", None, Order::NewestFirst));
+        assert!(!big.contains("TEMP B-TREE") && !big.contains("INDEX"), "{big}");
+        let rare = plan(&c, &query("rare", None, Order::NewestFirst));
+        assert!(rare.contains("messages_topic_received_at"), "{rare}");
+        // A time range keeps the index: it bounds the rows the topic hands over.
+        let mut timed = query("big", None, Order::OldestFirst);
+        timed.since = Some(time::from_sql_text("2026-12-03 09:00:00.000").unwrap());
+        assert!(plan(&c, &timed).contains("messages_topic_received_at"));
+
+        // Either way, the pages are the topic's rows in id order.
+        let ids = |topic: &str| -> Vec<i64> {
+            let mut st = c
+                .prepare("SELECT id FROM messages WHERE topic = ?1 ORDER BY id")
+                .unwrap();
+            st.query_map([topic], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        for topic in ["big", "rare"] {
+            for order in [Order::OldestFirst, Order::NewestFirst] {
+                let mut want = ids(topic);
+                if order == Order::NewestFirst {
+                    want.reverse();
+                }
+                let mut got = Vec::new();
+                let mut after = None;
+                loop {
+                    let page = messages(&c, &query(topic, after, order)).unwrap();
+                    assert!(page.iter().all(|m| m.topic == topic));
+                    got.extend(page.iter().map(|m| m.id));
+                    match page.last() {
+                        Some(m) if page.len() == 100 => after = Some(m.id),
+                        _ => break,
+                    }
+                }
+                assert_eq!(got, want, "{topic} {order:?}");
+            }
+        }
+    }
 }
