@@ -76,8 +76,9 @@ fn row_to_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
 ///
 /// Why: the index hands over every row of the topic, to be sorted by id for each page, so paging
 /// through a topic that fills most of the table reads the whole topic once a page. Walking the
-/// ids reads about `page / share` rows, where `share` is the topic's part of the table (from
-/// the `topics` counts); the index reads `share × rows`. Walking wins when `share² × rows > page`.
+/// ids reads about `page / share` rows in order, where `share` is the topic's part of the table
+/// (from the `topics` counts); the index reads `share × rows`, each looked up in the table and
+/// then sorted, at about `INDEX_ROW_COST` times the cost of a row walked.
 fn walk_ids(conn: &Connection, prefix: &(String, bool), page: usize) -> rusqlite::Result<bool> {
     let (p, exact) = prefix;
     let in_topic: Option<i64> = if *exact {
@@ -93,16 +94,20 @@ fn walk_ids(conn: &Connection, prefix: &(String, bool), page: usize) -> rusqlite
     };
     let (all, rows): (i64, i64) = conn
         .prepare_cached(
+            // max and min in separate subqueries: together in one they would scan the table.
             "SELECT (SELECT coalesce(sum(message_count), 0) FROM topics),
-                    (SELECT coalesce(max(id) - min(id) + 1, 0) FROM messages)",
+                    coalesce((SELECT max(id) FROM messages) - (SELECT min(id) FROM messages) + 1, 0)",
         )?
         .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     if all <= 0 {
         return Ok(false);
     }
     let share = in_topic as f64 / all as f64;
-    Ok(share * share * rows as f64 > page as f64)
+    Ok(INDEX_ROW_COST * share * share * rows as f64 > page as f64)
 }
+
+/// Measured on 1M rows: 2.1 µs a row through the topic index and the sort, 0.13 µs a row walked.
+const INDEX_ROW_COST: f64 = 16.0;
 
 pub fn messages(conn: &Connection, q: &MessageQuery) -> rusqlite::Result<Vec<StoredMessage>> {
     let (sql, args, page, wildcard) = messages_sql(conn, q)?;
