@@ -234,7 +234,7 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
             }
             stored.push((m, id));
         }
-        unstage_readings(&tx)?;
+        move_staged(&tx, "readings", STAGED_READINGS)?;
         write_marks(&tx, delivery_marks::new_rows(batch, &verdicts, &hashes))?;
         let mut put_last =
             tx.prepare_cached("INSERT OR REPLACE INTO retained_marks (topic, hash) VALUES (?1, ?2)")?;
@@ -287,19 +287,25 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
     Ok(outcomes)
 }
 
-/// Moves the `n` staged messages into `messages` in one statement, in the order they were
-/// staged, and empties the stage. Returns the first one's id; the others follow it by one.
-fn unstage(tx: &Connection, n: usize) -> rusqlite::Result<i64> {
-    if n == 0 {
-        return Ok(0);
-    }
+/// Moves what is staged for `table` into it in one statement, in staged order, and empties the
+/// stage. Returns how many rows moved.
+fn move_staged(tx: &Connection, table: &str, columns: &str) -> rusqlite::Result<usize> {
     let moved = tx
         .prepare_cached(&format!(
-            "INSERT INTO messages ({STAGED}) SELECT {STAGED} FROM tidegate_stage.messages ORDER BY rowid"
+            "INSERT INTO {table} ({columns}) SELECT {columns} FROM tidegate_stage.{table} ORDER BY rowid"
         ))?
         .execute([])?;
-    tx.prepare_cached("DELETE FROM tidegate_stage.messages")?
-        .execute([])?;
+    if moved > 0 {
+        tx.prepare_cached(&format!("DELETE FROM tidegate_stage.{table}"))?
+            .execute([])?;
+    }
+    Ok(moved)
+}
+
+/// Moves the `n` staged messages into `messages`. Returns the first one's id; the others
+/// follow it by one, in staged order.
+fn unstage(tx: &Connection, n: usize) -> rusqlite::Result<i64> {
+    let moved = move_staged(tx, "messages", STAGED)?;
     if moved != n {
         return Err(rusqlite::Error::StatementChangedRows(moved));
     }
@@ -307,20 +313,6 @@ fn unstage(tx: &Connection, n: usize) -> rusqlite::Result<i64> {
     // the write lock: each row took the largest id so far plus one, so the batch's ids are the
     // `n` ending at the last one.
     Ok(tx.last_insert_rowid() - (n as i64 - 1))
-}
-
-/// Moves the staged readings into `readings`, in the order they were staged.
-fn unstage_readings(tx: &Connection) -> rusqlite::Result<()> {
-    let moved = tx
-        .prepare_cached(&format!(
-            "INSERT INTO readings ({STAGED_READINGS}) SELECT {STAGED_READINGS} FROM tidegate_stage.readings ORDER BY rowid"
-        ))?
-        .execute([])?;
-    if moved > 0 {
-        tx.prepare_cached("DELETE FROM tidegate_stage.readings")?
-            .execute([])?;
-    }
-    Ok(())
 }
 
 /// Per-topic counts of one batch, folded into `topics` with one upsert per topic.
