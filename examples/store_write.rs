@@ -42,7 +42,7 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
     let readings = ReadingsConfig::default();
-    let session = format!("w{}", std::process::id());
+    let session: std::sync::Arc<str> = format!("w{}", std::process::id()).into();
     let mut batches = Vec::new();
     let mut seq = 0usize;
     while seq < total {

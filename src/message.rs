@@ -11,7 +11,7 @@ pub enum Origin {
     /// Delivered by an MQTT broker on the persistent session `session` with packet id `pkid`.
     /// `redelivery` is the DUP flag: the broker may have sent it before.
     Mqtt {
-        session: String,
+        session: std::sync::Arc<str>,
         pkid: u16,
         redelivery: bool,
     },

@@ -524,6 +524,7 @@ fn a_postgres_database_at_schema_5_is_upgraded_in_place() {
            INSERT INTO delivery_marks VALUES ('suite-session', 7, decode('{hash}', 'hex'), NULL),
                                              ('suite-session', 8, decode('00', 'hex'), NULL);
            DROP INDEX messages_received_at; CREATE INDEX messages_received_at ON messages (received_at);
+           DROP TABLE commit_tokens;
            DELETE FROM tidegate_schema WHERE version >= 6;"#
         ),
     );
@@ -1152,4 +1153,32 @@ fn an_sqlite_batch_that_fails_midway_leaves_nothing_behind_and_commits_whole_on_
             expected.iter().map(|(i, f, v)| (*i, f.to_string(), *v)).collect();
         assert_eq!(readings, expected);
     });
+}
+
+#[test]
+fn a_postgresql_batch_retried_after_its_commit_went_unanswered_is_stored_once() {
+    let (server, db, settings) = fresh_pg();
+    rt().block_on(async {
+        let s = store::open(&settings).await.unwrap();
+        let batch = Arc::new(vec![mqtt("t/a", b"1", 1, false), msg("t/b", b"2")]);
+        let first = s.write(batch.clone()).await.unwrap().outcomes().to_vec();
+        assert!(
+            matches!(first[..], [Outcome::Stored { .. }, Outcome::Stored { .. }]),
+            "{first:?}"
+        );
+        // The pipeline hands the same batch over again when a COMMIT's answer never came: here
+        // the COMMIT went through, so nothing more may be stored (the HTTP message included,
+        // which has no delivery mark to recognise it by).
+        let retried = s.write(batch.clone()).await.unwrap().outcomes().to_vec();
+        assert_eq!(retried, [Outcome::Duplicate, Outcome::Duplicate]);
+        // Equal messages in a batch of their own are new messages.
+        let later = write(&s, vec![mqtt("t/a", b"1", 2, false), msg("t/b", b"2")]).await;
+        assert!(
+            matches!(later[..], [Outcome::Stored { .. }, Outcome::Stored { .. }]),
+            "{later:?}"
+        );
+    });
+    let sql = |q: &str| support::pg::psql(&server, &db, q);
+    assert_eq!(sql("SELECT count(*) FROM messages"), "4");
+    assert_eq!(sql("SELECT count(*) FROM commit_tokens"), "2");
 }

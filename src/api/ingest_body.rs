@@ -212,7 +212,7 @@ fn to_message(item: IncomingMessage, max_payload: usize) -> Result<Message, (u16
     }
     let origin = match item.mqtt {
         Some(d) => Origin::Mqtt {
-            session: d.session,
+            session: d.session.into(),
             pkid: d.packet_id,
             redelivery: d.redelivery,
         },

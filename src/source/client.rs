@@ -206,7 +206,11 @@ fn v5_qos(q: u8) -> v5::mqttbytes::QoS {
 pub struct ConnectionError(pub String);
 
 impl EventLoop {
-    pub async fn poll(&mut self, session: &str, max_payload: usize) -> Result<Event, ConnectionError> {
+    pub async fn poll(
+        &mut self,
+        session: &std::sync::Arc<str>,
+        max_payload: usize,
+    ) -> Result<Event, ConnectionError> {
         match self {
             EventLoop::V5(e) => {
                 use v5::{mqttbytes::v5::Packet, Event as E};
@@ -232,7 +236,7 @@ impl EventLoop {
                             qos.min(2),
                             p.retain,
                             Origin::Mqtt {
-                                session: session.to_string(),
+                                session: session.clone(),
                                 pkid: p.pkid,
                                 redelivery: p.dup,
                             },
@@ -274,7 +278,7 @@ impl EventLoop {
                             p.qos as u8,
                             p.retain,
                             Origin::Mqtt {
-                                session: session.to_string(),
+                                session: session.clone(),
                                 pkid: p.pkid,
                                 redelivery: p.dup,
                             },

@@ -140,8 +140,10 @@ async fn session_loop(
     // client id keeps kicking us off (or the broker refuses us after CONNACK).
     let mut connected_at: Option<std::time::Instant> = None;
     let mut short_lived = 0u32;
+    // Shared by every delivery's origin rather than copied into each.
+    let session: Arc<str> = s.client_id.as_str().into();
     loop {
-        match eventloop.poll(&s.client_id, s.max_payload).await {
+        match eventloop.poll(&session, s.max_payload).await {
             Ok(Event::ConnAck {
                 session_present,
                 detail,

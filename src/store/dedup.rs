@@ -54,7 +54,7 @@ pub fn verdict<M: Marks>(m: &Message, hash: Hash, marks: &mut M) -> Result<Verdi
 /// The (session, packet id) mark to record for a written message, if it came over MQTT with QoS > 0.
 pub fn delivery_mark(m: &Message) -> Option<(&str, u16)> {
     match &m.origin {
-        Origin::Mqtt { session, pkid, .. } if m.qos > 0 => Some((session.as_str(), *pkid)),
+        Origin::Mqtt { session, pkid, .. } if m.qos > 0 => Some((&**session, *pkid)),
         _ => None,
     }
 }

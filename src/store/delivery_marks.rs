@@ -42,7 +42,7 @@ pub fn redelivered(batch: &[Message]) -> HashSet<(&str, u16)> {
                 session,
                 pkid,
                 redelivery: true,
-            } => Some((session.as_str(), *pkid)),
+            } => Some((&**session, *pkid)),
             _ => None,
         })
         .collect()

@@ -67,7 +67,7 @@ impl RemoteStore {
             } = &m.origin
             {
                 v["mqtt"] =
-                    json!({"session": session, "packet_id": pkid, "redelivery": *redelivery || retry});
+                    json!({"session": &**session, "packet_id": pkid, "redelivery": *redelivery || retry});
             }
             if let Some(reason) = &m.rejection {
                 v["rejected"] = json!({"reason": reason, "size": m.size});

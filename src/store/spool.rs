@@ -133,7 +133,7 @@ fn append(c: &mut Connection, batch: &[Message], max_bytes: u64) -> Result<Vec<O
                     session,
                     pkid,
                     redelivery,
-                } => (Some(session.as_str()), Some(*pkid), Some(*redelivery)),
+                } => (Some(&**session), Some(*pkid), Some(*redelivery)),
                 Origin::Http => (None, None, None),
             };
             ins.execute(params![
@@ -227,7 +227,7 @@ fn read_head(c: &Connection, mark_redelivery: bool) -> rusqlite::Result<(Vec<Mes
         let session: Option<String> = r.get(9)?;
         let origin = match session {
             Some(session) => Origin::Mqtt {
-                session,
+                session: session.into(),
                 pkid: r.get::<_, i64>(10)? as u16,
                 redelivery: r.get::<_, bool>(11)? || mark_redelivery,
             },

@@ -8,7 +8,11 @@ mod read;
 mod schema;
 mod write;
 
-use std::sync::Arc;
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex, Weak},
+    time::{Duration, Instant},
+};
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -24,13 +28,22 @@ use crate::{
 pub use schema::VERSION as SCHEMA_VERSION;
 
 /// How long one batch may take before the connection is presumed dead.
-const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How many recent batches keep their token for a retry. The pipeline retries one batch until
+/// it commits; a spool forwarding beside it makes two.
+const RECENT_BATCHES: usize = 8;
 
 pub struct PgStore {
     pool: Pool,
     display: String,
     /// `messages.id`'s sequence, qualified.
     id_seq: String,
+    /// The latest batches and their tokens (`write::claim`). A retry hands over the same
+    /// allocation, which the weak reference keeps from being reused by another batch.
+    recent: Mutex<VecDeque<(Weak<Vec<Message>>, i64)>>,
+    /// When old tokens were last deleted.
+    pruned: Mutex<Instant>,
 }
 
 fn tls_config(target: &PgTarget) -> Result<rustls::ClientConfig, String> {
@@ -115,39 +128,74 @@ impl PgStore {
             pool,
             display: target.display.clone(),
             id_seq,
+            recent: Mutex::new(VecDeque::new()),
+            pruned: Mutex::new(Instant::now() - Duration::from_secs(3600)),
         })
+    }
+
+    /// The batch's token: the one it was given on an earlier attempt, else a new one.
+    fn token_for(&self, batch: &Arc<Vec<Message>>) -> i64 {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, token)) = recent
+            .iter()
+            .find(|(w, _)| std::ptr::eq(w.as_ptr(), Arc::as_ptr(batch)))
+        {
+            return *token;
+        }
+        let token = rand::random::<i64>();
+        recent.push_back((Arc::downgrade(batch), token));
+        if recent.len() > RECENT_BATCHES {
+            recent.pop_front();
+        }
+        token
+    }
+
+    /// Whether this batch should also delete old tokens (about once a minute).
+    fn prune_due(&self) -> bool {
+        let mut pruned = self.pruned.lock().unwrap_or_else(|p| p.into_inner());
+        if pruned.elapsed() < Duration::from_secs(60) {
+            return false;
+        }
+        *pruned = Instant::now();
+        true
     }
 
     async fn write_once(
         &self,
         batch: &[Message],
         position: Option<&SpoolPosition>,
+        token: i64,
     ) -> Result<Vec<Outcome>, WriteError> {
-        let mut client = self
-            .pool
+        let mut client = self.writing_client().await?;
+        write::write_batch(
+            &mut client,
+            batch,
+            position,
+            &self.id_seq,
+            token,
+            self.prune_due(),
+        )
+        .await
+        .map_err(|e| WriteError::from_pg(&e))
+    }
+
+    async fn writing_client(&self) -> Result<deadpool_postgres::Object, WriteError> {
+        self.pool
             .get()
             .await
-            .map_err(|e| WriteError::Other(pool_error(&e)))?;
-        write::write_batch(&mut client, batch, position, &self.id_seq)
-            .await
-            .map_err(|e| {
-                if is_data_error(&e) {
-                    WriteError::Data(describe_pg(&e))
-                } else {
-                    WriteError::Other(describe_pg(&e))
-                }
-            })
+            .map_err(|e| WriteError::Other(pool_error(&e)))
     }
 }
 
 impl PgStore {
     async fn write_at(
         &self,
-        batch: &[Message],
+        batch: &Arc<Vec<Message>>,
         position: Option<&SpoolPosition>,
     ) -> Result<Committed, StoreError> {
+        let token = self.token_for(batch);
         // A half-open connection would wait forever; give up and retry on a new connection.
-        match tokio::time::timeout(WRITE_TIMEOUT, self.write_inner(batch, position)).await {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.write_inner(batch, position, token)).await {
             Ok(r) => r,
             Err(_) => Err(StoreError::Write(format!(
                 "PostgreSQL did not answer within {} s; retrying on a new connection",
@@ -160,18 +208,26 @@ impl PgStore {
         &self,
         batch: &[Message],
         position: Option<&SpoolPosition>,
+        token: i64,
     ) -> Result<Committed, StoreError> {
-        match self.write_once(batch, position).await {
-            Ok(outcomes) => return Ok(Committed::new(outcomes)),
-            Err(WriteError::Other(e)) => return Err(StoreError::Write(e)),
+        let written = match self.write_once(batch, position, token).await {
             Err(WriteError::Data(e)) => {
-                tracing::warn!(error = %e, "the database refused a batch; writing its messages one by one")
+                tracing::warn!(error = %e, "the database refused a batch; writing its messages one by one");
+                self.write_one_by_one(batch, position, token).await
             }
+            other => other,
+        };
+        match written {
+            Ok(outcomes) => Ok(Committed::new(outcomes)),
+            Err(WriteError::AlreadyCommitted) => {
+                tracing::info!(
+                    rows = batch.len(),
+                    "an earlier attempt at this batch was committed although its answer was lost; not writing it again"
+                );
+                Ok(Committed::new(vec![Outcome::Duplicate; batch.len()]))
+            }
+            Err(WriteError::Data(e) | WriteError::Other(e)) => Err(StoreError::Write(e)),
         }
-        self.write_one_by_one(batch, position)
-            .await
-            .map(Committed::new)
-            .map_err(StoreError::Write)
     }
 
     /// Still one transaction, with a savepoint per message: a message the database refuses is
@@ -180,11 +236,12 @@ impl PgStore {
         &self,
         batch: &[Message],
         position: Option<&SpoolPosition>,
-    ) -> Result<Vec<Outcome>, String> {
-        let mut client = self.pool.get().await.map_err(|e| pool_error(&e))?;
-        self.savepoint_each(&mut client, batch, position)
+        token: i64,
+    ) -> Result<Vec<Outcome>, WriteError> {
+        let mut client = self.writing_client().await?;
+        self.savepoint_each(&mut client, batch, position, token)
             .await
-            .map_err(|e| describe_pg(&e))
+            .map_err(|e| WriteError::from_pg(&e))
     }
 
     async fn savepoint_each(
@@ -192,12 +249,14 @@ impl PgStore {
         client: &mut deadpool_postgres::ClientWrapper,
         batch: &[Message],
         position: Option<&SpoolPosition>,
+        token: i64,
     ) -> Result<Vec<Outcome>, tokio_postgres::Error> {
         let mut tx = client.transaction().await?;
+        write::claim(&tx, token).await?;
         let mut outcomes = Vec::with_capacity(batch.len());
         for m in batch {
             let sp = tx.transaction().await?;
-            match write::write_rows(&sp, std::slice::from_ref(m), &self.id_seq).await {
+            match write::write_rows(&sp, std::slice::from_ref(m), &self.id_seq, None).await {
                 Ok(mut o) => {
                     sp.commit().await?;
                     outcomes.append(&mut o);
@@ -208,7 +267,7 @@ impl PgStore {
                     r.payload = bytes::Bytes::new();
                     r.rejection = Some(format!("the database refused this message: {}", describe_pg(&e)));
                     let sp = tx.transaction().await?;
-                    let mut o = write::write_rows(&sp, std::slice::from_ref(&r), &self.id_seq).await?;
+                    let mut o = write::write_rows(&sp, std::slice::from_ref(&r), &self.id_seq, None).await?;
                     sp.commit().await?;
                     outcomes.append(&mut o);
                 }
@@ -226,7 +285,21 @@ impl PgStore {
 enum WriteError {
     /// The database refused the data (bad encoding, a limit exceeded, ...).
     Data(String),
+    /// An earlier attempt at the batch committed it (`write::claim`).
+    AlreadyCommitted,
     Other(String),
+}
+
+impl WriteError {
+    fn from_pg(e: &tokio_postgres::Error) -> Self {
+        if write::already_committed(e) {
+            WriteError::AlreadyCommitted
+        } else if is_data_error(e) {
+            WriteError::Data(describe_pg(e))
+        } else {
+            WriteError::Other(describe_pg(e))
+        }
+    }
 }
 
 fn pool_error(e: &deadpool_postgres::PoolError) -> String {

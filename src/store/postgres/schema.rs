@@ -188,8 +188,17 @@ DROP INDEX messages_received_at;
 CREATE INDEX messages_received_at ON messages USING brin (received_at);
 "#;
 
+/// Version 9: one token per committed batch (`write::claim`), so a batch whose `COMMIT` went
+/// unanswered is not stored twice when it is retried. Kept a day.
+const V9: &str = r#"
+CREATE TABLE commit_tokens (
+    token bigint PRIMARY KEY,
+    at    timestamptz NOT NULL
+);
+"#;
+
 /// Every migration, oldest first; a new schema version is one more entry.
-const MIGRATIONS: [&str; 8] = [V1, V2, V3, V4, V5, V6, V7, V8];
+const MIGRATIONS: [&str; 9] = [V1, V2, V3, V4, V5, V6, V7, V8, V9];
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {

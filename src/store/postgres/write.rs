@@ -88,15 +88,20 @@ fn hash_of(v: Vec<u8>) -> Option<Hash> {
     v.try_into().ok()
 }
 
-/// Writes `batch` in its own transaction.
+/// Writes `batch` in its own transaction, claiming its token first (`claim`).
 pub async fn write_batch(
     client: &mut ClientWrapper,
     batch: &[Message],
     position: Option<&SpoolPosition>,
     id_seq: &str,
+    token: i64,
+    prune: bool,
 ) -> Result<Vec<Outcome>, tokio_postgres::Error> {
     let tx = client.transaction().await?;
-    let outcomes = write_rows(&tx, batch, id_seq).await?;
+    let outcomes = write_rows(&tx, batch, id_seq, Some(token)).await?;
+    if prune {
+        prune_tokens(&tx).await?;
+    }
     if let Some(p) = position {
         record_position(&tx, p).await?;
     }
@@ -132,10 +137,13 @@ pub async fn id_sequence(client: &Client) -> Result<String, tokio_postgres::Erro
 /// at a time they waited for about a dozen round trips a batch, which is most of a batch's time
 /// when the database is across a network; pipelined, the whole transaction waits for about half
 /// as many, whatever the batch holds.
+///
+/// With a `token`, the transaction claims it before anything else (see `claim`).
 pub async fn write_rows(
     tx: &Transaction<'_>,
     batch: &[Message],
     id_seq: &str,
+    token: Option<i64>,
 ) -> Result<Vec<Outcome>, tokio_postgres::Error> {
     let hashes: Vec<Hash> = batch.iter().map(Message::content_hash).collect();
     // Step 1: every statement prepared (a round trip on a connection's first batch only; later
@@ -156,7 +164,7 @@ pub async fn write_rows(
     let mut own: Vec<&str> = batch
         .iter()
         .filter_map(|m| match &m.origin {
-            Origin::Mqtt { session, .. } => Some(session.as_str()),
+            Origin::Mqtt { session, .. } => Some(&**session),
             Origin::Http => None,
         })
         .collect();
@@ -165,6 +173,13 @@ pub async fn write_rows(
     own.dedup();
     own.sort_unstable();
     own.dedup();
+    // Sent first: a transaction that cannot claim its token writes nothing.
+    let claimed = async {
+        match token {
+            Some(t) => claim(tx, t).await,
+            None => Ok(()),
+        }
+    };
     let lock = async {
         if !own.is_empty() {
             exec(tx, LOCK_SESSIONS, &[&SESSION_LOCKS, &own]).await?;
@@ -198,7 +213,8 @@ pub async fn write_rows(
     // redelivery or retained (the usual batch), else the marks, and the ids in a step of their own.
     let (verdicts, ids) = if redelivered.is_empty() && retained_topics.is_empty() {
         let verdicts = decide(&mut marks);
-        let (locked, ids) = futures::join!(lock, next_ids(tx, stored(&verdicts), id_seq));
+        let (claimed, locked, ids) = futures::join!(claimed, lock, next_ids(tx, stored(&verdicts), id_seq));
+        claimed?;
         locked?;
         (verdicts, ids?)
     } else {
@@ -215,7 +231,8 @@ pub async fn write_rows(
             }
             query(tx, READ_RETAINED, &[&retained_topics]).await
         };
-        let (locked, delivery, retained) = futures::join!(lock, delivery, retained);
+        let (claimed, locked, delivery, retained) = futures::join!(claimed, lock, delivery, retained);
+        claimed?;
         locked?;
         for r in delivery? {
             marks.delivery.add_row(r.get(0), r.get(1), &redelivered);
@@ -301,8 +318,35 @@ const UPSERT_TOPICS: &str = "INSERT INTO topics (topic, message_count, first_see
          first_seen = least(topics.first_seen, excluded.first_seen),
          last_seen = greatest(topics.last_seen, excluded.last_seen)";
 
+const CLAIM_TOKEN: &str = "INSERT INTO commit_tokens (token, at) VALUES ($1, now())";
+const PRUNE_TOKENS: &str = "DELETE FROM commit_tokens WHERE at < now() - interval '1 day'";
+
+/// Claims a batch's token in its transaction: one token per batch, the same for every attempt
+/// at it. When an attempt's `COMMIT` goes unanswered (the connection dropped, the answer timed
+/// out), the batch may or may not be stored; the retry's claim tells which. If the earlier
+/// attempt committed, the claim fails (`already_committed`) and the retry writes nothing. If that
+/// attempt is still running on the server, the claim waits for it. If it comes to the server
+/// later than the retry, its own claim fails and it stores nothing. Either way the batch is
+/// stored once.
+pub async fn claim(tx: &Transaction<'_>, token: i64) -> Result<(), tokio_postgres::Error> {
+    exec(tx, CLAIM_TOKEN, &[&token]).await.map(drop)
+}
+
+/// Whether `e` is a claim refused because the token is already committed.
+pub fn already_committed(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|db| {
+        db.code() == &tokio_postgres::error::SqlState::UNIQUE_VIOLATION && db.table() == Some("commit_tokens")
+    })
+}
+
+/// Tokens only matter while their batch can still be retried; a day is far beyond that.
+async fn prune_tokens(tx: &Transaction<'_>) -> Result<(), tokio_postgres::Error> {
+    exec(tx, PRUNE_TOKENS, &[]).await.map(drop)
+}
+
 /// What `write_rows` runs, besides the rollup upserts (`ROLLUP_UPSERTS`).
-const FIXED_STATEMENTS: [&str; 11] = [
+const FIXED_STATEMENTS: [&str; 12] = [
+    CLAIM_TOKEN,
     LOCK_SESSIONS,
     READ_DELIVERY,
     READ_RETAINED,

@@ -137,6 +137,11 @@ fn writer_thread(
                         write::write_batch(&mut conn, &batch).map_err(|e| StoreError::Write(e.to_string()));
                     if result.is_err() {
                         failed = Some(batch);
+                    } else {
+                        // Let go of the batch before answering, so the pipeline holds the last
+                        // reference and frees the messages on the thread that allocated them:
+                        // freed here, they cost this thread, the bottleneck, ~6 % of its time.
+                        drop(batch);
                     }
                     let _ = reply.send(result);
                 }

@@ -182,8 +182,11 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
                     Outcome::Rejected
                 }
                 Verdict::Store => {
-                    let text = m.payload_lossy();
-                    let raw: Option<&[u8]> = m.payload_text().is_none().then_some(&m.payload[..]);
+                    // Validated once: the display text, and the exact bytes only when they differ.
+                    let (text, raw) = match m.payload_text() {
+                        Some(t) => (std::borrow::Cow::Borrowed(t), None),
+                        None => (m.payload_lossy(), Some(&m.payload[..])),
+                    };
                     stage_msg.execute(params![
                         received_at,
                         m.topic,
