@@ -339,7 +339,8 @@ pub fn already_committed(e: &tokio_postgres::Error) -> bool {
     })
 }
 
-/// Tokens only matter while their batch can still be retried; a day is far beyond that.
+/// Tokens only matter until their batch's retry, which follows within seconds while the
+/// database answers; a day covers all but this instance losing the database for that long.
 async fn prune_tokens(tx: &Transaction<'_>) -> Result<(), tokio_postgres::Error> {
     exec(tx, PRUNE_TOKENS, &[]).await.map(drop)
 }
