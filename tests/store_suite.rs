@@ -455,6 +455,10 @@ fn retention_deletes_exactly_what_is_older() {
                 .map(|m| m.payload)
                 .collect();
             assert_eq!(left, [r#"{"v":29}"#, r#"{"v":1}"#], "{name}");
+            // `topics` counts what is stored, not what ever arrived.
+            let counted = s.topics().await.unwrap();
+            let x = counted.iter().find(|t| t.topic == "ret/x").unwrap();
+            assert_eq!(x.message_count, 2, "{name}");
             let pts = s
                 .readings(tidegate::store::ReadingsQuery {
                     topic: Some("ret/x".into()),

@@ -706,12 +706,16 @@ pub async fn retain(
     if let Some(d) = policy.raw {
         let c = cutoff(d);
         // Any expired chunk, not the oldest first: `messages_received_at` is a BRIN index too.
-        n += tx
-            .execute(
-                "DELETE FROM messages WHERE ctid = ANY(ARRAY(SELECT ctid FROM messages WHERE received_at < $1 LIMIT $2))",
+        let gone = tx
+            .query(
+                "WITH gone AS (DELETE FROM messages
+                               WHERE ctid = ANY(ARRAY(SELECT ctid FROM messages WHERE received_at < $1 LIMIT $2))
+                               RETURNING topic)
+                 SELECT topic, count(*) FROM gone GROUP BY topic",
                 &[&c, &chunk],
             )
             .await?;
+        n += uncount_topics(&tx, &gone).await?;
         n += tx
             .execute(
                 "DELETE FROM rejected WHERE id IN (SELECT id FROM rejected WHERE received_at < $1 LIMIT $2)",
@@ -745,6 +749,34 @@ pub async fn retain(
     }
     tx.commit().await?;
     Ok(n)
+}
+
+/// Takes what retention deleted (topic, count) off `topics`, which counts the messages stored;
+/// returns how many. The rows are locked in topic order first, the order the writers' upserts
+/// take them in, so retention cannot deadlock with a batch.
+async fn uncount_topics(
+    tx: &tokio_postgres::Transaction<'_>,
+    gone: &[Row],
+) -> Result<u64, tokio_postgres::Error> {
+    if gone.is_empty() {
+        return Ok(0);
+    }
+    let topics: Vec<String> = gone.iter().map(|r| r.get(0)).collect();
+    let counts: Vec<i64> = gone.iter().map(|r| r.get(1)).collect();
+    tx.execute(
+        "SELECT 1 FROM topics WHERE md5(topic) IN (SELECT md5(t) FROM unnest($1::text[]) t)
+         ORDER BY topic COLLATE \"C\" FOR UPDATE",
+        &[&topics],
+    )
+    .await?;
+    tx.execute(
+        "UPDATE topics SET message_count = greatest(topics.message_count - d.n, 0)
+         FROM unnest($1::text[], $2::bigint[]) AS d(topic, n)
+         WHERE md5(topics.topic) = md5(d.topic) AND topics.topic = d.topic",
+        &[&topics, &counts],
+    )
+    .await?;
+    Ok(counts.iter().sum::<i64>() as u64)
 }
 
 /// Adds statistics rows (counts add up, the max is kept, the mean recomputed).

@@ -345,10 +345,26 @@ pub fn retain(
     let mut n = 0u64;
     if let Some(d) = policy.raw {
         let c = cutoff(d);
-        n += tx.execute(
-            &format!("DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE received_at < ?1 ORDER BY received_at LIMIT {chunk})"),
-            [&c],
-        )? as u64;
+        // `topics` counts the messages stored, so what retention deletes comes off it too.
+        let mut gone: std::collections::HashMap<String, i64> = Default::default();
+        {
+            let mut delete = tx.prepare(&format!(
+                "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE received_at < ?1 ORDER BY received_at LIMIT {chunk})
+                 RETURNING topic"
+            ))?;
+            let mut rows = delete.query([&c])?;
+            while let Some(r) = rows.next()? {
+                *gone.entry(r.get(0)?).or_default() += 1;
+            }
+        }
+        let mut uncount = tx.prepare_cached(
+            "UPDATE topics SET message_count = max(message_count - ?2, 0) WHERE topic = ?1",
+        )?;
+        for (topic, k) in &gone {
+            uncount.execute(params![topic, k])?;
+            n += *k as u64;
+        }
+        drop(uncount);
         n += tx.execute(
             &format!("DELETE FROM rejected WHERE id IN (SELECT id FROM rejected WHERE received_at < ?1 LIMIT {chunk})"),
             [&c],
