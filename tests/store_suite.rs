@@ -9,7 +9,7 @@ use bytes::Bytes;
 use tidegate::{
     config::{DbUrl, SqliteSync, StoreSettings},
     message::{Message, Origin},
-    store::{self, MessageQuery, Order, Outcome, Store},
+    store::{self, postgres::PgStore, MessageQuery, Order, Outcome, Store},
 };
 
 fn rt() -> tokio::runtime::Runtime {
@@ -1185,4 +1185,42 @@ fn a_postgresql_batch_retried_after_its_commit_went_unanswered_is_stored_once() 
     let sql = |q: &str| support::pg::psql(&server, &db, q);
     assert_eq!(sql("SELECT count(*) FROM messages"), "4");
     assert_eq!(sql("SELECT count(*) FROM commit_tokens"), "2");
+}
+
+#[test]
+fn a_postgresql_store_deletes_the_commit_tokens_no_retry_can_need() {
+    let (server, db, settings) = fresh_pg();
+    let sql = |q: &str| support::pg::psql(&server, &db, q);
+    let DbUrl::Postgres(target) = &settings.db else {
+        panic!("a PostgreSQL URL")
+    };
+    rt().block_on(async {
+        let (this, other) = (
+            PgStore::open(target).await.unwrap(),
+            PgStore::open(target).await.unwrap(),
+        );
+        // A finished batch, one the pipeline still holds (as it does until a retry succeeds),
+        // and another instance's batch.
+        this.write(Arc::new(vec![msg("t/a", b"1")])).await.unwrap();
+        let held = Arc::new(vec![msg("t/b", b"2")]);
+        this.write(held.clone()).await.unwrap();
+        other.write(Arc::new(vec![msg("t/c", b"3")])).await.unwrap();
+        assert_eq!(sql("SELECT count(*) FROM commit_tokens"), "3");
+
+        sql("UPDATE commit_tokens SET at = now() - interval '2 hours'");
+        assert_eq!(
+            this.prune_commit_tokens().await.unwrap(),
+            1,
+            "only its own finished batch's"
+        );
+        assert_eq!(sql("SELECT count(*) FROM commit_tokens"), "2");
+        // The held batch is still recognised when it is handed over again.
+        let again = this.write(held.clone()).await.unwrap().outcomes().to_vec();
+        assert_eq!(again, [Outcome::Duplicate]);
+
+        // After a day, any instance's tokens go.
+        sql("UPDATE commit_tokens SET at = now() - interval '2 days'");
+        assert_eq!(this.prune_commit_tokens().await.unwrap(), 2);
+    });
+    assert_eq!(sql("SELECT count(*) FROM messages"), "3");
 }

@@ -10,7 +10,10 @@ mod write;
 
 use std::{
     collections::VecDeque,
-    sync::{Arc, Mutex, Weak},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Arc, Mutex, Weak,
+    },
     time::{Duration, Instant},
 };
 
@@ -34,6 +37,12 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// it commits; a spool forwarding beside it makes two.
 const RECENT_BATCHES: usize = 8;
 
+/// How long this process keeps the token of a batch it has finished with
+/// (`PgStore::prune_commit_tokens`).
+const OWN_TOKENS_KEPT: Duration = Duration::from_secs(30 * 60);
+/// How long deleting old tokens may hold up the batch written before it.
+const PRUNE_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub struct PgStore {
     pool: Pool,
     display: String,
@@ -42,6 +51,10 @@ pub struct PgStore {
     /// The latest batches and their tokens (`write::claim`). A retry hands over the same
     /// allocation, which the weak reference keeps from being reused by another batch.
     recent: Mutex<VecDeque<(Weak<Vec<Message>>, i64)>>,
+    /// The high half of every token this store hands out (random, per process), so it can
+    /// tell its own tokens from other instances'; the low half counts its batches.
+    token_prefix: u32,
+    next_token: AtomicU32,
     /// When old tokens were last deleted.
     pruned: Mutex<Instant>,
 }
@@ -129,6 +142,8 @@ impl PgStore {
             display: target.display.clone(),
             id_seq,
             recent: Mutex::new(VecDeque::new()),
+            token_prefix: rand::random(),
+            next_token: AtomicU32::new(rand::random()),
             pruned: Mutex::new(Instant::now() - Duration::from_secs(3600)),
         })
     }
@@ -142,7 +157,10 @@ impl PgStore {
         {
             return *token;
         }
-        let token = rand::random::<i64>();
+        // A counter, not random bits: two live batches of this process never share a token
+        // (it wraps after 2^32 batches, long after the first ones' tokens were deleted).
+        let low = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let token = ((u64::from(self.token_prefix) << 32) | u64::from(low)) as i64;
         recent.push_back((Arc::downgrade(batch), token));
         if recent.len() > RECENT_BATCHES {
             recent.pop_front();
@@ -150,7 +168,7 @@ impl PgStore {
         token
     }
 
-    /// Whether this batch should also delete old tokens (about once a minute).
+    /// Whether it is time to delete old tokens (about once a minute).
     fn prune_due(&self) -> bool {
         let mut pruned = self.pruned.lock().unwrap_or_else(|p| p.into_inner());
         if pruned.elapsed() < Duration::from_secs(60) {
@@ -160,6 +178,34 @@ impl PgStore {
         true
     }
 
+    /// Deletes the commit tokens no retry can need any more, and answers how many.
+    ///
+    /// Why it keeps what it keeps: a retry of a batch still held by the pipeline needs its
+    /// token however long the database stays away, so this process's pending tokens stay. A
+    /// finished batch's token stays `OWN_TOKENS_KEPT`, for an earlier attempt still on its way
+    /// to the server (TCP gives up on a lost connection after about a quarter of an hour).
+    /// Other instances' tokens are theirs to delete; after a day they are a stopped instance's.
+    /// Without this, a token a commit would pile up: 100 commits a second is 8.6M rows a day.
+    pub async fn prune_commit_tokens(&self) -> Result<u64, StoreError> {
+        let pending: Vec<i64> = {
+            let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            recent
+                .iter()
+                .filter(|(batch, _)| batch.strong_count() > 0)
+                .map(|(_, token)| *token)
+                .collect()
+        };
+        let own = (u64::from(self.token_prefix) << 32) as i64;
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Write(pool_error(&e)))?;
+        write::prune_tokens(&client, (own, own | 0xFFFF_FFFF), OWN_TOKENS_KEPT, &pending)
+            .await
+            .map_err(|e| StoreError::Write(describe_pg(&e)))
+    }
+
     async fn write_once(
         &self,
         batch: &[Message],
@@ -167,16 +213,9 @@ impl PgStore {
         token: i64,
     ) -> Result<Vec<Outcome>, WriteError> {
         let mut client = self.writing_client().await?;
-        write::write_batch(
-            &mut client,
-            batch,
-            position,
-            &self.id_seq,
-            token,
-            self.prune_due(),
-        )
-        .await
-        .map_err(|e| WriteError::from_pg(&e))
+        write::write_batch(&mut client, batch, position, &self.id_seq, token)
+            .await
+            .map_err(|e| WriteError::from_pg(&e))
     }
 
     async fn writing_client(&self) -> Result<deadpool_postgres::Object, WriteError> {
@@ -195,13 +234,26 @@ impl PgStore {
     ) -> Result<Committed, StoreError> {
         let token = self.token_for(batch);
         // A half-open connection would wait forever; give up and retry on a new connection.
-        match tokio::time::timeout(WRITE_TIMEOUT, self.write_inner(batch, position, token)).await {
-            Ok(r) => r,
-            Err(_) => Err(StoreError::Write(format!(
-                "PostgreSQL did not answer within {} s; retrying on a new connection",
-                WRITE_TIMEOUT.as_secs()
-            ))),
+        let written =
+            match tokio::time::timeout(WRITE_TIMEOUT, self.write_inner(batch, position, token)).await {
+                Ok(r) => r,
+                Err(_) => Err(StoreError::Write(format!(
+                    "PostgreSQL did not answer within {} s; retrying on a new connection",
+                    WRITE_TIMEOUT.as_secs()
+                ))),
+            };
+        if written.is_ok() && self.prune_due() {
+            // Nothing is lost when this fails: the tokens wait for the next minute. Bounded,
+            // because the batch's acknowledgement waits for it.
+            let pruned = tokio::time::timeout(PRUNE_TIMEOUT, self.prune_commit_tokens()).await;
+            if let Err(e) = pruned
+                .map_err(|_| StoreError::Write("no answer".into()))
+                .and_then(|r| r)
+            {
+                tracing::warn!(error = %e, "could not delete old commit tokens; trying again in a minute");
+            }
         }
+        written
     }
 
     async fn write_inner(

@@ -95,13 +95,9 @@ pub async fn write_batch(
     position: Option<&SpoolPosition>,
     id_seq: &str,
     token: i64,
-    prune: bool,
 ) -> Result<Vec<Outcome>, tokio_postgres::Error> {
     let tx = client.transaction().await?;
     let outcomes = write_rows(&tx, batch, id_seq, Some(token)).await?;
-    if prune {
-        prune_tokens(&tx).await?;
-    }
     if let Some(p) = position {
         record_position(&tx, p).await?;
     }
@@ -319,7 +315,9 @@ const UPSERT_TOPICS: &str = "INSERT INTO topics (topic, message_count, first_see
          last_seen = greatest(topics.last_seen, excluded.last_seen)";
 
 const CLAIM_TOKEN: &str = "INSERT INTO commit_tokens (token, at) VALUES ($1, now())";
-const PRUNE_TOKENS: &str = "DELETE FROM commit_tokens WHERE at < now() - interval '1 day'";
+const PRUNE_TOKENS: &str = "DELETE FROM commit_tokens
+     WHERE (token BETWEEN $1 AND $2 AND at < now() - make_interval(secs => $3) AND token <> ALL($4))
+        OR at < now() - interval '1 day'";
 
 /// Claims a batch's token in its transaction: one token per batch, the same for every attempt
 /// at it. When an attempt's `COMMIT` goes unanswered (the connection dropped, the answer timed
@@ -339,10 +337,17 @@ pub fn already_committed(e: &tokio_postgres::Error) -> bool {
     })
 }
 
-/// Tokens only matter until their batch's retry, which follows within seconds while the
-/// database answers; a day covers all but this instance losing the database for that long.
-async fn prune_tokens(tx: &Transaction<'_>) -> Result<(), tokio_postgres::Error> {
-    exec(tx, PRUNE_TOKENS, &[]).await.map(drop)
+/// Deletes the tokens in `own` (this process's) older than `keep` except `pending`, and
+/// anyone's older than a day (`PgStore::prune_commit_tokens` says why). Answers how many.
+pub async fn prune_tokens(
+    client: &Client,
+    own: (i64, i64),
+    keep: std::time::Duration,
+    pending: &[i64],
+) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(PRUNE_TOKENS, &[&own.0, &own.1, &keep.as_secs_f64(), &pending])
+        .await
 }
 
 /// What `write_rows` runs, besides the rollup upserts (`ROLLUP_UPSERTS`).
