@@ -196,11 +196,7 @@ impl PgStore {
                 .collect()
         };
         let own = (u64::from(self.token_prefix) << 32) as i64;
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| StoreError::Write(pool_error(&e)))?;
+        let client = self.client(StoreError::Write).await?;
         write::prune_tokens(&client, (own, own | 0xFFFF_FFFF), OWN_TOKENS_KEPT, &pending)
             .await
             .map_err(|e| StoreError::Write(describe_pg(&e)))
@@ -216,6 +212,11 @@ impl PgStore {
         write::write_batch(&mut client, batch, position, &self.id_seq, token)
             .await
             .map_err(|e| WriteError::from_pg(&e))
+    }
+
+    /// A pooled connection; a failure to get one becomes a `kind` error (a query's or a write's).
+    async fn client(&self, kind: fn(String) -> StoreError) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(|e| kind(pool_error(&e)))
     }
 
     async fn writing_client(&self) -> Result<deadpool_postgres::Object, WriteError> {
@@ -376,11 +377,7 @@ impl Store for PgStore {
     }
 
     async fn spool_position(&self, name: &str) -> Result<Option<i64>, StoreError> {
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| StoreError::Query(pool_error(&e)))?;
+        let client = self.client(StoreError::Query).await?;
         let row = client
             .query_opt("SELECT last_id FROM spool_positions WHERE name = $1", &[&name])
             .await
@@ -389,33 +386,21 @@ impl Store for PgStore {
     }
 
     async fn messages(&self, q: MessageQuery) -> Result<Vec<StoredMessage>, StoreError> {
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| StoreError::Query(pool_error(&e)))?;
+        let client = self.client(StoreError::Query).await?;
         read::messages(&client, &q)
             .await
             .map_err(|e| StoreError::Query(describe_pg(&e)))
     }
 
     async fn readings(&self, q: crate::store::ReadingsQuery) -> Result<Vec<crate::store::Point>, StoreError> {
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| StoreError::Query(pool_error(&e)))?;
+        let client = self.client(StoreError::Query).await?;
         read::readings(&client, &q)
             .await
             .map_err(|e| StoreError::Query(describe_pg(&e)))
     }
 
     async fn retain(&self, policy: &crate::config::RetentionPolicy, chunk: usize) -> Result<u64, StoreError> {
-        let mut client = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| StoreError::Write(pool_error(&e)))?;
+        let mut client = self.client(StoreError::Write).await?;
         write::retain(&mut client, policy, chunk)
             .await
             .map_err(|e| StoreError::Write(describe_pg(&e)))
@@ -425,22 +410,14 @@ impl Store for PgStore {
         &self,
         rows: &std::collections::HashMap<crate::pipeline::stats::StatsKey, crate::pipeline::stats::StatsRow>,
     ) -> Result<(), StoreError> {
-        let mut client = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| StoreError::Write(pool_error(&e)))?;
+        let mut client = self.client(StoreError::Write).await?;
         write::write_stats(&mut client, rows)
             .await
             .map_err(|e| StoreError::Write(describe_pg(&e)))
     }
 
     async fn topics(&self) -> Result<Vec<TopicStats>, StoreError> {
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| StoreError::Query(pool_error(&e)))?;
+        let client = self.client(StoreError::Query).await?;
         read::topics(&client)
             .await
             .map_err(|e| StoreError::Query(describe_pg(&e)))
