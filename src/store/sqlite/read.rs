@@ -157,34 +157,33 @@ fn messages_sql(conn: &Connection, q: &MessageQuery) -> rusqlite::Result<(String
     };
     // NOT INDEXED still walks the ids: it only keeps SQLite off the secondary indexes.
     let table = if walk { "messages NOT INDEXED" } else { "messages" };
-    let mut sql = String::new();
+    let mut filters = String::new();
     let mut args: Vec<Value> = Vec::new();
     match &prefix {
         Some((p, true)) => {
-            sql.push_str(" AND topic = ?");
+            filters.push_str(" AND topic = ?");
             args.push(Value::Text(p.clone()));
         }
         Some((p, false)) if !p.is_empty() => {
             // Every topic starting with the literal prefix; the wildcard part is checked below.
-            sql.push_str(" AND topic >= ? AND topic < ?");
+            filters.push_str(" AND topic >= ? AND topic < ?");
             args.push(Value::Text(p.clone()));
             args.push(Value::Text(format!("{p}\u{10FFFF}")));
         }
         _ => {}
     }
     if let Some(s) = q.since {
-        sql.push_str(" AND received_at >= ?");
+        filters.push_str(" AND received_at >= ?");
         args.push(Value::Text(time::to_sql_text(s)));
     }
     if let Some(u) = q.until {
-        sql.push_str(" AND received_at < ?");
+        filters.push_str(" AND received_at < ?");
         args.push(Value::Text(time::to_sql_text(u)));
     }
     let (cmp, dir) = match q.order {
         Order::NewestFirst => ("<", "DESC"),
         Order::OldestFirst => (">", "ASC"),
     };
-    let filters = sql;
     const COLUMNS: &str = "id, received_at, topic, payload, payload_raw, qos, retain, content_type";
     let sql = if !walk && !filters.is_empty() {
         // The page's ids first, from the index alone (an index entry ends with its row's id),
