@@ -160,12 +160,18 @@ impl PgStore {
         // A counter, not random bits: two live batches of this process never share a token
         // (it wraps after 2^32 batches, long after the first ones' tokens were deleted).
         let low = self.next_token.fetch_add(1, Ordering::Relaxed);
-        let token = ((u64::from(self.token_prefix) << 32) | u64::from(low)) as i64;
+        let token = self.own_tokens().0 | i64::from(low);
         recent.push_back((Arc::downgrade(batch), token));
         if recent.len() > RECENT_BATCHES {
             recent.pop_front();
         }
         token
+    }
+
+    /// The range of this process's tokens: its prefix, then any low half.
+    fn own_tokens(&self) -> (i64, i64) {
+        let first = (u64::from(self.token_prefix) << 32) as i64;
+        (first, first | 0xFFFF_FFFF)
     }
 
     /// Whether it is time to delete old tokens (about once a minute).
@@ -195,9 +201,8 @@ impl PgStore {
                 .map(|(_, token)| *token)
                 .collect()
         };
-        let own = (u64::from(self.token_prefix) << 32) as i64;
         let client = self.client(StoreError::Write).await?;
-        write::prune_tokens(&client, (own, own | 0xFFFF_FFFF), OWN_TOKENS_KEPT, &pending)
+        write::prune_tokens(&client, self.own_tokens(), OWN_TOKENS_KEPT, &pending)
             .await
             .map_err(|e| StoreError::Write(describe_pg(&e)))
     }
@@ -208,22 +213,15 @@ impl PgStore {
         position: Option<&SpoolPosition>,
         token: i64,
     ) -> Result<Vec<Outcome>, WriteError> {
-        let mut client = self.writing_client().await?;
+        let mut client = self.client(WriteError::Other).await?;
         write::write_batch(&mut client, batch, position, &self.id_seq, token)
             .await
             .map_err(|e| WriteError::from_pg(&e))
     }
 
     /// A pooled connection; a failure to get one becomes a `kind` error (a query's or a write's).
-    async fn client(&self, kind: fn(String) -> StoreError) -> Result<deadpool_postgres::Object, StoreError> {
+    async fn client<E>(&self, kind: fn(String) -> E) -> Result<deadpool_postgres::Object, E> {
         self.pool.get().await.map_err(|e| kind(pool_error(&e)))
-    }
-
-    async fn writing_client(&self) -> Result<deadpool_postgres::Object, WriteError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| WriteError::Other(pool_error(&e)))
     }
 }
 
@@ -246,12 +244,15 @@ impl PgStore {
         if written.is_ok() && self.prune_due() {
             // Nothing is lost when this fails: the tokens wait for the next minute. Bounded,
             // because the batch's acknowledgement waits for it.
-            let pruned = tokio::time::timeout(PRUNE_TIMEOUT, self.prune_commit_tokens()).await;
-            if let Err(e) = pruned
-                .map_err(|_| StoreError::Write("no answer".into()))
-                .and_then(|r| r)
-            {
-                tracing::warn!(error = %e, "could not delete old commit tokens; trying again in a minute");
+            match tokio::time::timeout(PRUNE_TIMEOUT, self.prune_commit_tokens()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "could not delete old commit tokens; trying again in a minute")
+                }
+                Err(_) => tracing::warn!(
+                    "deleting old commit tokens took over {} s; trying again in a minute",
+                    PRUNE_TIMEOUT.as_secs()
+                ),
             }
         }
         written
@@ -291,7 +292,7 @@ impl PgStore {
         position: Option<&SpoolPosition>,
         token: i64,
     ) -> Result<Vec<Outcome>, WriteError> {
-        let mut client = self.writing_client().await?;
+        let mut client = self.client(WriteError::Other).await?;
         self.savepoint_each(&mut client, batch, position, token)
             .await
             .map_err(|e| WriteError::from_pg(&e))
