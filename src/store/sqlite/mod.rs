@@ -4,6 +4,7 @@
 
 mod checkpoint;
 mod read;
+mod rows;
 mod schema;
 mod write;
 
@@ -90,7 +91,6 @@ impl SqliteStore {
             },
             schema::MigrateError::Sql(e) => open_err(format!("migration failed: {e}")),
         })?;
-        write::prepare(&conn).map_err(|e| open_err(format!("cannot prepare the writer: {e}")))?;
         let checkpointer = checkpoint::Checkpointer::start(path, &mut conn)
             .map_err(|e| open_err(format!("cannot start the checkpointer: {e}")))?;
         // Small queue: the pipeline holds the backlog, and the broker holds the rest.

@@ -5,6 +5,7 @@ use std::{collections::HashSet, rc::Rc};
 
 use rusqlite::{params, CachedStatement, Connection, OptionalExtension, TransactionBehavior};
 
+use super::rows;
 use crate::{
     message::{Message, Origin},
     store::{
@@ -92,26 +93,20 @@ fn write_marks(tx: &Connection, rows: Vec<(&str, Vec<(u16, Hash)>)>) -> rusqlite
     Ok(())
 }
 
-/// The columns a batch's messages are staged with, in `messages`' order.
-const STAGED: &str =
+/// The columns tidegate writes of a message, in the order they are bound.
+const MESSAGE_COLUMNS: &str =
     "received_at, topic, payload, payload_raw, payload_size, qos, retain, content_type, user_properties, source";
-/// The same for its readings.
-const STAGED_READINGS: &str = "message_id, ts, topic, device, field, value, text, ts_source";
+/// The same for a reading.
+const READING_COLUMNS: &str = "message_id, ts, topic, device, field, value, text, ts_source";
 
-/// Readies the writer's connection: in-memory tables the batch's messages and readings are
-/// staged in.
-///
-/// Why: a statement opens its b-tree cursors afresh, so an `INSERT` a row descends from the root
-/// of the table and of both its indexes for every row. One `INSERT … SELECT` per batch keeps
-/// them open: the table and the time index are appended to where the cursor already is. The
-/// stage is an attached `:memory:` database, so its writes never reach the file or the WAL, and
-/// it is part of the batch's transaction (a rolled-back batch leaves it empty).
-pub fn prepare(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch(&format!(
-        "ATTACH DATABASE ':memory:' AS tidegate_stage;
-         CREATE TABLE tidegate_stage.messages ({STAGED});
-         CREATE TABLE tidegate_stage.readings ({STAGED_READINGS});"
-    ))
+/// A message to store, with what its row holds beyond the message itself.
+struct MessageRow<'a> {
+    m: &'a Message,
+    received_at: &'a Rc<str>,
+    text: std::borrow::Cow<'a, str>,
+    raw: Option<&'a [u8]>,
+    user_properties: Option<String>,
+    source: &'static str,
 }
 
 pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result<Vec<Outcome>> {
@@ -136,15 +131,9 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
         })
         .collect();
     {
-        let mut stage_msg = tx.prepare_cached(&format!(
-            "INSERT INTO tidegate_stage.messages ({STAGED}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
-        ))?;
         let mut insert_rejected = tx.prepare_cached(
             "INSERT INTO rejected (received_at, topic, size, qos, reason, source) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
-        let mut stage_reading = tx.prepare_cached(&format!(
-            "INSERT INTO tidegate_stage.readings ({STAGED_READINGS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
-        ))?;
         let mut insert_note =
             tx.prepare_cached("INSERT OR REPLACE INTO reading_notes (message_id, note) VALUES (?1, ?2)")?;
         let redelivered = delivery_marks::redelivered(batch);
@@ -154,7 +143,8 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
             last: Default::default(),
         };
 
-        let mut staged = Vec::with_capacity(batch.len());
+        let mut message_rows = Vec::with_capacity(batch.len());
+        let mut row_outcome = Vec::with_capacity(batch.len());
         let mut verdicts = Vec::with_capacity(batch.len());
         let mut hashes = Vec::with_capacity(batch.len());
         for (m, received_at) in batch.iter().zip(&received) {
@@ -187,57 +177,60 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
                         Some(t) => (std::borrow::Cow::Borrowed(t), None),
                         None => (m.payload_lossy(), Some(&m.payload[..])),
                     };
-                    stage_msg.execute(params![
-                        received_at,
-                        m.topic,
-                        text.as_ref(),
-                        raw,
-                        m.size as i64,
-                        m.qos,
-                        m.retain,
-                        m.content_type,
-                        m.user_properties_json(),
-                        source,
-                    ])?;
                     topics.add(&m.topic, received_at);
-                    staged.push((outcomes.len(), m, received_at));
-                    // The id is known once the stage is moved, below.
+                    row_outcome.push(outcomes.len());
+                    message_rows.push(MessageRow {
+                        m,
+                        received_at,
+                        text,
+                        raw,
+                        user_properties: m.user_properties_json(),
+                        source,
+                    });
+                    // The id is known once the rows are inserted, below.
                     Outcome::Stored { id: 0 }
                 }
             };
             outcomes.push(outcome);
         }
-        let first = unstage(&tx, staged.len())?;
-        for (id, (at, m, received_at)) in (first..).zip(staged) {
+        let first = insert_messages(&tx, &message_rows)?;
+        let mut reading_rows = Vec::new();
+        for ((id, at), row) in (first..).zip(row_outcome).zip(&message_rows) {
             outcomes[at] = Outcome::Stored { id };
+            let m = row.m;
             let Some(d) = &m.derived else { continue };
-            let ts = if d.ts.timestamp_millis() == m.received_at.timestamp_millis() {
-                received_at.clone()
+            let ts: Rc<str> = if d.ts.timestamp_millis() == m.received_at.timestamp_millis() {
+                row.received_at.clone()
             } else {
                 crate::time::to_sql_text(d.ts).into()
             };
-            for r in &d.readings {
-                let (value, text) = match &r.value {
-                    crate::readings::Value::Number(v) => (Some(*v), None),
-                    crate::readings::Value::Text(t) => (None, Some(t.as_str())),
-                };
-                stage_reading.execute(params![
-                    id,
-                    ts,
-                    m.topic,
-                    d.device,
-                    r.field,
-                    value,
-                    text,
-                    d.ts_source.as_str()
-                ])?;
-            }
+            reading_rows.extend(d.readings.iter().map(|r| (id, ts.clone(), m, d, r)));
             if let Some(note) = &d.note {
                 insert_note.execute(params![id, note])?;
             }
             stored.push((m, id));
         }
-        move_staged(&tx, "readings", STAGED_READINGS)?;
+        rows::insert(
+            &tx,
+            "readings",
+            READING_COLUMNS,
+            reading_rows.len(),
+            |st, i, p| {
+                let (id, ts, m, d, r) = &reading_rows[i];
+                let (value, text) = match &r.value {
+                    crate::readings::Value::Number(v) => (Some(*v), None),
+                    crate::readings::Value::Text(t) => (None, Some(t.as_str())),
+                };
+                st.raw_bind_parameter(p, id)?;
+                st.raw_bind_parameter(p + 1, &**ts)?;
+                st.raw_bind_parameter(p + 2, &m.topic)?;
+                st.raw_bind_parameter(p + 3, &d.device)?;
+                st.raw_bind_parameter(p + 4, &r.field)?;
+                st.raw_bind_parameter(p + 5, value)?;
+                st.raw_bind_parameter(p + 6, text)?;
+                st.raw_bind_parameter(p + 7, d.ts_source.as_str())
+            },
+        )?;
         write_marks(&tx, delivery_marks::new_rows(batch, &verdicts, &hashes))?;
         let mut put_last =
             tx.prepare_cached("INSERT OR REPLACE INTO retained_marks (topic, hash) VALUES (?1, ?2)")?;
@@ -290,27 +283,24 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
     Ok(outcomes)
 }
 
-/// Moves what is staged for `table` into it in one statement, in staged order, and empties the
-/// stage. Returns how many rows moved.
-fn move_staged(tx: &Connection, table: &str, columns: &str) -> rusqlite::Result<usize> {
-    let moved = tx
-        .prepare_cached(&format!(
-            "INSERT INTO {table} ({columns}) SELECT {columns} FROM tidegate_stage.{table} ORDER BY rowid"
-        ))?
-        .execute([])?;
-    if moved > 0 {
-        tx.prepare_cached(&format!("DELETE FROM tidegate_stage.{table}"))?
-            .execute([])?;
-    }
-    Ok(moved)
-}
-
-/// Moves the `n` staged messages into `messages`. Returns the first one's id; the others
-/// follow it by one, in staged order.
-fn unstage(tx: &Connection, n: usize) -> rusqlite::Result<i64> {
-    let moved = move_staged(tx, "messages", STAGED)?;
-    if moved != n {
-        return Err(rusqlite::Error::StatementChangedRows(moved));
+/// Inserts the batch's messages in order. Returns the first one's id; the others follow it by
+/// one.
+fn insert_messages(tx: &Connection, messages: &[MessageRow<'_>]) -> rusqlite::Result<i64> {
+    let n = rows::insert(tx, "messages", MESSAGE_COLUMNS, messages.len(), |st, i, p| {
+        let r = &messages[i];
+        st.raw_bind_parameter(p, &**r.received_at)?;
+        st.raw_bind_parameter(p + 1, &r.m.topic)?;
+        st.raw_bind_parameter(p + 2, r.text.as_ref())?;
+        st.raw_bind_parameter(p + 3, r.raw)?;
+        st.raw_bind_parameter(p + 4, r.m.size as i64)?;
+        st.raw_bind_parameter(p + 5, r.m.qos)?;
+        st.raw_bind_parameter(p + 6, r.m.retain)?;
+        st.raw_bind_parameter(p + 7, &r.m.content_type)?;
+        st.raw_bind_parameter(p + 8, &r.user_properties)?;
+        st.raw_bind_parameter(p + 9, r.source)
+    })?;
+    if n != messages.len() {
+        return Err(rusqlite::Error::StatementChangedRows(n));
     }
     // `id` is an INTEGER PRIMARY KEY without AUTOINCREMENT, and the immediate transaction holds
     // the write lock: each row took the largest id so far plus one, so the batch's ids are the
