@@ -101,6 +101,8 @@ const READING_COLUMNS: &str = "message_id, ts, topic, device, field, value, text
 
 /// A message to store, with what its row holds beyond the message itself.
 struct MessageRow<'a> {
+    /// Where its outcome is in the batch's.
+    at: usize,
     m: &'a Message,
     received_at: &'a Rc<str>,
     text: std::borrow::Cow<'a, str>,
@@ -144,7 +146,6 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
         };
 
         let mut message_rows = Vec::with_capacity(batch.len());
-        let mut row_outcome = Vec::with_capacity(batch.len());
         let mut verdicts = Vec::with_capacity(batch.len());
         let mut hashes = Vec::with_capacity(batch.len());
         for (m, received_at) in batch.iter().zip(&received) {
@@ -178,8 +179,8 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
                         None => (m.payload_lossy(), Some(&m.payload[..])),
                     };
                     topics.add(&m.topic, received_at);
-                    row_outcome.push(outcomes.len());
                     message_rows.push(MessageRow {
+                        at: outcomes.len(),
                         m,
                         received_at,
                         text,
@@ -195,8 +196,8 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
         }
         let first = insert_messages(&tx, &message_rows)?;
         let mut reading_rows = Vec::new();
-        for ((id, at), row) in (first..).zip(row_outcome).zip(&message_rows) {
-            outcomes[at] = Outcome::Stored { id };
+        for (id, row) in (first..).zip(&message_rows) {
+            outcomes[row.at] = Outcome::Stored { id };
             let m = row.m;
             let Some(d) = &m.derived else { continue };
             let ts: Rc<str> = if d.ts.timestamp_millis() == m.received_at.timestamp_millis() {
