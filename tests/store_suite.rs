@@ -302,6 +302,14 @@ fn every_store_migrates_once_and_keeps_the_seed_contract() {
     }
 }
 
+/// A message with readings, at a fixed event time, whose field `v` is `v`.
+fn timed_reading(topic: &str, v: &str) -> Message {
+    with_readings(msg(
+        topic,
+        format!(r#"{{"ts":"2026-11-25T10:00:00Z","v":{v}}}"#).as_bytes(),
+    ))
+}
+
 fn with_readings(mut m: Message) -> Message {
     m.derived = tidegate::readings::derive(&Default::default(), &m.topic, &m.payload, m.received_at);
     m
@@ -1048,22 +1056,16 @@ fn concurrent_writers_on_the_same_topics_all_commit_and_add_up() {
 #[test]
 fn a_message_postgresql_refuses_is_rejected_alone_and_the_rest_of_its_batch_is_stored() {
     let (server, db, settings) = fresh_pg();
-    let reading = |topic: &str, v: &str| {
-        with_readings(msg(
-            topic,
-            format!(r#"{{"ts":"2026-11-25T10:00:00Z","v":{v}}}"#).as_bytes(),
-        ))
-    };
     rt().block_on(async {
         let s = store::open(&settings).await.unwrap();
-        let first = write(&s, vec![reading("big/a", "1e308")]).await;
+        let first = write(&s, vec![timed_reading("big/a", "1e308")]).await;
         assert!(matches!(first[..], [Outcome::Stored { .. }]), "{first:?}");
         let second = write(
             &s,
             vec![
-                reading("ok/b", "1"),
-                reading("big/a", "1e308"),
-                reading("ok/c", "2"),
+                timed_reading("ok/b", "1"),
+                timed_reading("big/a", "1e308"),
+                timed_reading("ok/c", "2"),
             ],
         )
         .await;
@@ -1223,4 +1225,110 @@ fn a_postgresql_store_deletes_the_commit_tokens_no_retry_can_need() {
         assert_eq!(this.prune_commit_tokens().await.unwrap(), 2);
     });
     assert_eq!(sql("SELECT count(*) FROM messages"), "3");
+}
+
+/// The stored ids of a committed batch, in its order.
+fn stored_ids(store: &str, c: &tidegate::store::Committed) -> Vec<i64> {
+    c.outcomes()
+        .iter()
+        .map(|o| match o {
+            Outcome::Stored { id } => *id,
+            other => panic!("{store}: expected every message stored, got {other:?}"),
+        })
+        .collect()
+}
+
+/// Two batches handed over at once (every store takes two in flight) commit in the order they
+/// were handed over: ids follow it, and a redelivery of the second, handed over together with a
+/// new batch, is recognised from the marks the second left.
+#[test]
+fn batches_in_flight_together_commit_in_the_order_handed_over() {
+    for (name, settings, _dir) in stores() {
+        rt().block_on(async {
+            let s = store::open(&settings).await.unwrap();
+            assert!(s.queue_depth() >= 2, "{name}: takes batches two deep");
+            let batch = |from: u16, dup: bool| {
+                Arc::new(
+                    (from..from + 40)
+                        .map(|i| {
+                            with_readings(mqtt(
+                                &format!("pair/{}", i % 3),
+                                format!(r#"{{"v":{i}}}"#).as_bytes(),
+                                i,
+                                dup,
+                            ))
+                        })
+                        .collect::<Vec<_>>(),
+                )
+            };
+            let (a, b) = futures::join!(s.write(batch(1, false)), s.write(batch(41, false)));
+            let (a, b) = (stored_ids(&name, &a.unwrap()), stored_ids(&name, &b.unwrap()));
+            for ids in [&a, &b] {
+                assert!(ids.windows(2).all(|w| w[0] < w[1]), "{name}: {ids:?}");
+            }
+            assert!(a.last() < b.first(), "{name}: {a:?} then {b:?}");
+            let (again, d) = futures::join!(s.write(batch(41, true)), s.write(batch(81, false)));
+            assert!(
+                again.unwrap().outcomes().iter().all(|o| *o == Outcome::Duplicate),
+                "{name}: the redelivered batch is recognised"
+            );
+            let d = stored_ids(&name, &d.unwrap());
+            assert!(b.last() < d.first(), "{name}: {b:?} then {d:?}");
+            let stored = s.messages(all(None)).await.unwrap();
+            assert_eq!(stored.len(), 120, "{name}");
+        });
+    }
+}
+
+/// The first of two PostgreSQL batches in flight is refused and written again message by
+/// message, with new ids, after the second drew its own: the second starts again behind it, so
+/// ids still follow the order the batches were handed over, and nothing is stored twice.
+#[test]
+fn a_postgresql_batch_written_again_is_not_overtaken_by_the_next() {
+    let (server, db, settings) = fresh_pg();
+    rt().block_on(async {
+        let s = store::open(&settings).await.unwrap();
+        // Two at once, so both connections are open before the batches under test.
+        let (big, warm) = futures::join!(
+            s.write(Arc::new(vec![timed_reading("big/a", "1e308")])),
+            s.write(Arc::new(vec![timed_reading("warm/e", "0")]))
+        );
+        big.unwrap();
+        warm.unwrap();
+        let refused = Arc::new(vec![
+            timed_reading("ok/b", "1"),
+            timed_reading("big/a", "1e308"),
+            timed_reading("ok/c", "2"),
+        ]);
+        let next = Arc::new(
+            (0..20)
+                .map(|i| timed_reading("next/d", &i.to_string()))
+                .collect::<Vec<_>>(),
+        );
+        // The second is sent back behind the first inside the store, without an error: the
+        // pipeline would take one for a fault of the database.
+        let (first, second) = futures::join!(s.write(refused.clone()), s.write(next.clone()));
+        let first = first.unwrap();
+        let second = stored_ids("postgres", &second.unwrap());
+        let first_ids: Vec<i64> = first
+            .outcomes()
+            .iter()
+            .filter_map(|o| match o {
+                Outcome::Stored { id } => Some(*id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(first_ids.len(), 2, "{:?}", first.outcomes());
+        assert!(
+            first_ids.iter().all(|id| id < &second[0]),
+            "{first_ids:?} then {second:?}"
+        );
+    });
+    let sql = |q: &str| support::pg::psql(&server, &db, q);
+    assert_eq!(sql("SELECT count(*) FROM messages WHERE topic = 'next/d'"), "20");
+    assert_eq!(sql("SELECT count(*) FROM readings WHERE topic = 'next/d'"), "20");
+    assert_eq!(
+        sql("SELECT sum(count) FROM readings_1m WHERE topic = 'next/d'"),
+        "20"
+    );
 }

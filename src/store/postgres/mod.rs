@@ -6,6 +6,7 @@
 
 mod read;
 mod schema;
+mod turn;
 mod write;
 
 use std::{
@@ -37,6 +38,14 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// it commits; a spool forwarding beside it makes two.
 const RECENT_BATCHES: usize = 8;
 
+/// A batch handed to the store lately.
+struct Recent {
+    batch: Weak<Vec<Message>>,
+    token: i64,
+    /// Only pipeline batches take turns; a spool forwarder's follow one another by themselves.
+    turn: Option<Arc<turn::Turn>>,
+}
+
 /// How long this process keeps the token of a batch it has finished with
 /// (`PgStore::prune_commit_tokens`).
 const OWN_TOKENS_KEPT: Duration = Duration::from_secs(30 * 60);
@@ -48,9 +57,10 @@ pub struct PgStore {
     display: String,
     /// `messages.id`'s sequence, qualified.
     id_seq: String,
-    /// The latest batches and their tokens (`write::claim`). A retry hands over the same
-    /// allocation, which the weak reference keeps from being reused by another batch.
-    recent: Mutex<VecDeque<(Weak<Vec<Message>>, i64)>>,
+    /// The latest batches, their tokens (`write::claim`) and, for the pipeline's, their turns
+    /// (`turn`). A retry hands over the same allocation, which the weak reference keeps from
+    /// being reused by another batch.
+    recent: Mutex<VecDeque<Recent>>,
     /// The high half of every token this store hands out (random, per process), so it can
     /// tell its own tokens from other instances'; the low half counts its batches.
     token_prefix: u32,
@@ -148,24 +158,36 @@ impl PgStore {
         })
     }
 
-    /// The batch's token: the one it was given on an earlier attempt, else a new one.
-    fn token_for(&self, batch: &Arc<Vec<Message>>) -> i64 {
+    /// The batch's token and turn: those it was given on an earlier attempt, else new ones (a
+    /// turn only for a pipeline batch, after the pipeline batch handed over before it).
+    fn place(&self, batch: &Arc<Vec<Message>>, pipeline: bool) -> (i64, Option<Arc<turn::Turn>>) {
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, token)) = recent
+        if let Some(r) = recent
             .iter()
-            .find(|(w, _)| std::ptr::eq(w.as_ptr(), Arc::as_ptr(batch)))
+            .find(|r| std::ptr::eq(r.batch.as_ptr(), Arc::as_ptr(batch)))
         {
-            return *token;
+            return (r.token, r.turn.clone());
         }
         // A counter, not random bits: two live batches of this process never share a token
         // (it wraps after 2^32 batches, long after the first ones' tokens were deleted).
         let low = self.next_token.fetch_add(1, Ordering::Relaxed);
         let token = self.own_tokens().0 | i64::from(low);
-        recent.push_back((Arc::downgrade(batch), token));
+        let turn = pipeline.then(|| {
+            let before = recent
+                .iter()
+                .rev()
+                .find_map(|r| r.turn.as_ref().filter(|_| r.batch.strong_count() > 0));
+            Arc::new(turn::Turn::after(before.map(|t| &**t)))
+        });
+        recent.push_back(Recent {
+            batch: Arc::downgrade(batch),
+            token,
+            turn: turn.clone(),
+        });
         if recent.len() > RECENT_BATCHES {
             recent.pop_front();
         }
-        token
+        (token, turn)
     }
 
     /// The range of this process's tokens: its prefix, then any low half.
@@ -197,8 +219,8 @@ impl PgStore {
             let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
             recent
                 .iter()
-                .filter(|(batch, _)| batch.strong_count() > 0)
-                .map(|(_, token)| *token)
+                .filter(|r| r.batch.strong_count() > 0)
+                .map(|r| r.token)
                 .collect()
         };
         let client = self.client(StoreError::Write).await?;
@@ -212,11 +234,12 @@ impl PgStore {
         batch: &[Message],
         position: Option<&SpoolPosition>,
         token: i64,
+        turn: Option<&mut turn::Attempt<'_>>,
     ) -> Result<Vec<Outcome>, WriteError> {
         let mut client = self.client(WriteError::Other).await?;
-        write::write_batch(&mut client, batch, position, &self.id_seq, token)
+        write::write_batch(&mut client, batch, position, &self.id_seq, token, turn)
             .await
-            .map_err(|e| WriteError::from_pg(&e))
+            .map_err(|e| WriteError::from_rows(&e))
     }
 
     /// A pooled connection; a failure to get one becomes a `kind` error (a query's or a write's).
@@ -231,16 +254,20 @@ impl PgStore {
         batch: &Arc<Vec<Message>>,
         position: Option<&SpoolPosition>,
     ) -> Result<Committed, StoreError> {
-        let token = self.token_for(batch);
+        let (token, turn) = self.place(batch, position.is_none());
         // A half-open connection would wait forever; give up and retry on a new connection.
-        let written =
-            match tokio::time::timeout(WRITE_TIMEOUT, self.write_inner(batch, position, token)).await {
-                Ok(r) => r,
-                Err(_) => Err(StoreError::Write(format!(
-                    "PostgreSQL did not answer within {} s; retrying on a new connection",
-                    WRITE_TIMEOUT.as_secs()
-                ))),
-            };
+        let written = match tokio::time::timeout(
+            WRITE_TIMEOUT,
+            self.write_inner(batch, position, token, turn.as_deref()),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Write(format!(
+                "PostgreSQL did not answer within {} s; retrying on a new connection",
+                WRITE_TIMEOUT.as_secs()
+            ))),
+        };
         if written.is_ok() && self.prune_due() {
             // Nothing is lost when this fails: the tokens wait for the next minute. Bounded,
             // because the batch's acknowledgement waits for it.
@@ -263,14 +290,35 @@ impl PgStore {
         batch: &[Message],
         position: Option<&SpoolPosition>,
         token: i64,
+        turn: Option<&turn::Turn>,
     ) -> Result<Committed, StoreError> {
-        let written = match self.write_once(batch, position, token).await {
-            Err(WriteError::Data(e)) => {
-                tracing::warn!(error = %e, "the database refused a batch; writing its messages one by one");
-                self.write_one_by_one(batch, position, token).await
+        let mut attempt = turn.map(turn::Turn::attempt);
+        let mut written = self.write_once(batch, position, token, attempt.as_mut()).await;
+        // Sent back behind the batch before it (`turn`): nothing is wrong, so no error goes up;
+        // the new attempt waits for that batch's new ids.
+        while matches!(written, Err(WriteError::Overtaken)) {
+            drop(attempt.take());
+            attempt = turn.map(turn::Turn::attempt);
+            written = self.write_once(batch, position, token, attempt.as_mut()).await;
+        }
+        if let Err(WriteError::Data(e)) = &written {
+            tracing::warn!(error = %e, "the database refused a batch; writing its messages one by one");
+            // A new attempt with new ids: the batch after this one, if it drew its ids
+            // already, starts again behind it.
+            drop(attempt.take());
+            attempt = turn.map(turn::Turn::attempt);
+            if let Some(a) = &attempt {
+                // It draws no ids through the turn, so this waits for the earlier batch's
+                // commit and cannot be overtaken.
+                a.wait_for_earlier_commit().await.ok();
             }
-            other => other,
-        };
+            written = self.write_one_by_one(batch, position, token).await;
+        }
+        if written.is_ok() || matches!(written, Err(WriteError::AlreadyCommitted)) {
+            if let Some(a) = attempt {
+                a.committed();
+            }
+        }
         match written {
             Ok(outcomes) => Ok(Committed::new(outcomes)),
             Err(WriteError::AlreadyCommitted) => {
@@ -280,6 +328,7 @@ impl PgStore {
                 );
                 Ok(Committed::new(vec![Outcome::Duplicate; batch.len()]))
             }
+            Err(WriteError::Overtaken) => Err(StoreError::Write(turn::Overtaken.to_string())),
             Err(WriteError::Data(e) | WriteError::Other(e)) => Err(StoreError::Write(e)),
         }
     }
@@ -295,7 +344,7 @@ impl PgStore {
         let mut client = self.client(WriteError::Other).await?;
         self.savepoint_each(&mut client, batch, position, token)
             .await
-            .map_err(|e| WriteError::from_pg(&e))
+            .map_err(|e| WriteError::from_rows(&e))
     }
 
     async fn savepoint_each(
@@ -304,24 +353,25 @@ impl PgStore {
         batch: &[Message],
         position: Option<&SpoolPosition>,
         token: i64,
-    ) -> Result<Vec<Outcome>, tokio_postgres::Error> {
+    ) -> Result<Vec<Outcome>, write::RowsError> {
         let mut tx = client.transaction().await?;
         write::claim(&tx, token).await?;
         let mut outcomes = Vec::with_capacity(batch.len());
         for m in batch {
             let sp = tx.transaction().await?;
-            match write::write_rows(&sp, std::slice::from_ref(m), &self.id_seq, None).await {
+            match write::write_rows(&sp, std::slice::from_ref(m), &self.id_seq, None, None).await {
                 Ok(mut o) => {
                     sp.commit().await?;
                     outcomes.append(&mut o);
                 }
-                Err(e) if is_data_error(&e) => {
+                Err(write::RowsError::Pg(e)) if is_data_error(&e) => {
                     sp.rollback().await?;
                     let mut r = m.clone();
                     r.payload = bytes::Bytes::new();
                     r.rejection = Some(format!("the database refused this message: {}", describe_pg(&e)));
                     let sp = tx.transaction().await?;
-                    let mut o = write::write_rows(&sp, std::slice::from_ref(&r), &self.id_seq, None).await?;
+                    let mut o =
+                        write::write_rows(&sp, std::slice::from_ref(&r), &self.id_seq, None, None).await?;
                     sp.commit().await?;
                     outcomes.append(&mut o);
                 }
@@ -341,10 +391,19 @@ enum WriteError {
     Data(String),
     /// An earlier attempt at the batch committed it (`write::claim`).
     AlreadyCommitted,
+    /// The batch before it is being written again (`turn`): this one is, too, behind it.
+    Overtaken,
     Other(String),
 }
 
 impl WriteError {
+    fn from_rows(e: &write::RowsError) -> Self {
+        match e {
+            write::RowsError::Pg(e) => Self::from_pg(e),
+            write::RowsError::Overtaken(_) => WriteError::Overtaken,
+        }
+    }
+
     fn from_pg(e: &tokio_postgres::Error) -> Self {
         if write::already_committed(e) {
             WriteError::AlreadyCommitted
@@ -367,6 +426,11 @@ fn pool_error(e: &deadpool_postgres::PoolError) -> String {
 impl Store for PgStore {
     async fn write(&self, batch: Arc<Vec<Message>>) -> Result<Committed, StoreError> {
         self.write_at(&batch, None).await
+    }
+
+    /// Two: the next batch copies its rows while this one commits (`turn`).
+    fn queue_depth(&self) -> usize {
+        2
     }
 
     async fn write_from_spool(

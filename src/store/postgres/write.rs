@@ -14,6 +14,7 @@ use tokio_postgres::{
     Client, Row,
 };
 
+use super::turn::{Attempt, Overtaken};
 use crate::{
     message::{Message, Origin},
     store::{
@@ -21,6 +22,15 @@ use crate::{
         delivery_marks, Outcome, SpoolPosition,
     },
 };
+
+/// Why a batch's rows were not written.
+#[derive(Debug, thiserror::Error)]
+pub enum RowsError {
+    #[error(transparent)]
+    Pg(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Overtaken(#[from] Overtaken),
+}
 
 /// PostgreSQL text cannot hold NUL; such text is kept with U+FFFD (the exact bytes go to
 /// `payload_raw`).
@@ -88,16 +98,18 @@ fn hash_of(v: Vec<u8>) -> Option<Hash> {
     v.try_into().ok()
 }
 
-/// Writes `batch` in its own transaction, claiming its token first (`claim`).
+/// Writes `batch` in its own transaction, claiming its token first (`claim`), in its `turn`
+/// when it is a pipeline batch.
 pub async fn write_batch(
     client: &mut ClientWrapper,
     batch: &[Message],
     position: Option<&SpoolPosition>,
     id_seq: &str,
     token: i64,
-) -> Result<Vec<Outcome>, tokio_postgres::Error> {
+    turn: Option<&mut Attempt<'_>>,
+) -> Result<Vec<Outcome>, RowsError> {
     let tx = client.transaction().await?;
-    let outcomes = write_rows(&tx, batch, id_seq, Some(token)).await?;
+    let outcomes = write_rows(&tx, batch, id_seq, Some(token), turn).await?;
     if let Some(p) = position {
         record_position(&tx, p).await?;
     }
@@ -134,13 +146,17 @@ pub async fn id_sequence(client: &Client) -> Result<String, tokio_postgres::Erro
 /// when the database is across a network; pipelined, the whole transaction waits for about half
 /// as many, whatever the batch holds.
 ///
-/// With a `token`, the transaction claims it before anything else (see `claim`).
+/// With a `token`, the transaction claims it before anything else (see `claim`). With a `turn`,
+/// the usual batch copies its rows while the batch before it is still being written, and
+/// waits for that one's commit only before the statements that must follow it (`turn`); a
+/// batch that reads marks waits for it before anything else.
 pub async fn write_rows(
     tx: &Transaction<'_>,
     batch: &[Message],
     id_seq: &str,
     token: Option<i64>,
-) -> Result<Vec<Outcome>, tokio_postgres::Error> {
+    mut turn: Option<&mut Attempt<'_>>,
+) -> Result<Vec<Outcome>, RowsError> {
     let hashes: Vec<Hash> = batch.iter().map(Message::content_hash).collect();
     // Step 1: every statement prepared (a round trip on a connection's first batch only; later
     // ones find them cached), so the ones below are sent in the order they are written rather
@@ -157,6 +173,7 @@ pub async fn write_rows(
     // One transaction at a time per MQTT session: a restarted tidegate's batch waits here for
     // a commit its killed predecessor left in flight, so the marks read below include it and a
     // redelivery of that batch is recognised (the marks it inserted cannot be row-locked yet).
+    // A batch that reads no marks takes the lock just before appending its own (step 4).
     let mut own: Vec<&str> = batch
         .iter()
         .filter_map(|m| match &m.origin {
@@ -180,7 +197,7 @@ pub async fn write_rows(
         if !own.is_empty() {
             exec(tx, LOCK_SESSIONS, &[&SESSION_LOCKS, &own]).await?;
         }
-        Ok(())
+        Ok::<_, tokio_postgres::Error>(())
     };
 
     let redelivered = delivery_marks::redelivered(batch);
@@ -205,15 +222,26 @@ pub async fn write_rows(
     };
     let stored = |verdicts: &[Verdict]| verdicts.iter().filter(|v| **v == Verdict::Store).count();
 
-    // Step 2: the locks, then what the verdicts need: nothing but the ids when no message is a
-    // redelivery or retained (the usual batch), else the marks, and the ids in a step of their own.
-    let (verdicts, ids) = if redelivered.is_empty() && retained_topics.is_empty() {
+    // Step 2: what the verdicts need: nothing but the ids when no message is a redelivery or
+    // retained (the usual batch), else the locks and the marks, and the ids in a step of their
+    // own.
+    let reads_marks = !(redelivered.is_empty() && retained_topics.is_empty());
+    let (verdicts, ids) = if !reads_marks {
         let verdicts = decide(&mut marks);
-        let (claimed, locked, ids) = futures::join!(claimed, lock, next_ids(tx, stored(&verdicts), id_seq));
+        let ids = async {
+            if let Some(turn) = turn.as_deref_mut() {
+                turn.wait_to_draw_ids().await;
+            }
+            next_ids(tx, stored(&verdicts), id_seq).await
+        };
+        let (claimed, ids) = futures::join!(claimed, ids);
         claimed?;
-        locked?;
         (verdicts, ids?)
     } else {
+        // The marks must include the earlier batch's, so it commits first.
+        if let Some(turn) = turn.as_deref() {
+            turn.wait_for_earlier_commit().await?;
+        }
         let delivery = async {
             if redelivered.is_empty() {
                 return Ok(Vec::new());
@@ -242,14 +270,31 @@ pub async fn write_rows(
         let ids = next_ids(tx, stored(&verdicts), id_seq).await?;
         (verdicts, ids)
     };
+    if let Some(turn) = turn.as_deref() {
+        turn.ids_drawn();
+    }
 
     let to_store: Vec<usize> = (0..batch.len())
         .filter(|&i| verdicts[i] == Verdict::Store)
         .collect();
     let stored_messages: Vec<&Message> = to_store.iter().map(|&i| &batch[i]).collect();
 
-    // Step 3: the rows. Upserts' keys are sorted and the statements always go in this order,
-    // so two instances writing the same topics lock rows in the same order.
+    // Step 3: the rows no other transaction touches, while the batch before may still be
+    // writing.
+    let done = futures::join!(
+        copy_messages(tx, batch, &to_store, &ids),
+        insert_rejected(tx, batch, &verdicts),
+        copy_readings(tx, batch, &to_store, &ids),
+        insert_notes(tx, batch, &to_store, &ids),
+    );
+    first_error([done.0, done.1, done.2, done.3])?;
+    if let Some(turn) = turn.as_deref() {
+        turn.wait_for_earlier_commit().await?;
+    }
+
+    // Step 4: the rows shared with other batches. Upserts' keys are sorted and the statements
+    // always go in this order (the session lock first), so two transactions writing the same
+    // topics lock rows in the same order.
     let marks_rows = delivery_marks::new_rows(batch, &verdicts, &hashes);
     let mut changed: Vec<(&String, &Hash)> = marks
         .retained
@@ -258,17 +303,20 @@ pub async fn write_rows(
         .map(|(t, (h, _))| (t, h))
         .collect();
     changed.sort_unstable();
+    let tail_lock = async {
+        if !reads_marks && !own.is_empty() {
+            exec(tx, LOCK_SESSIONS, &[&SESSION_LOCKS, &own]).await?;
+        }
+        Ok(())
+    };
     let done = futures::join!(
-        copy_messages(tx, batch, &to_store, &ids),
-        insert_rejected(tx, batch, &verdicts),
+        tail_lock,
         append_marks(tx, marks_rows),
         upsert_retained(tx, &changed),
-        copy_readings(tx, batch, &to_store, &ids),
-        insert_notes(tx, batch, &to_store, &ids),
         upsert_rollups(tx, &stored_messages),
         upsert_topics(tx, &stored_messages),
     );
-    first_error([done.0, done.1, done.2, done.3, done.4, done.5, done.6, done.7])?;
+    first_error([done.0, done.1, done.2, done.3, done.4])?;
     // Mapping tables may need DDL first: statement by statement, after everything else.
     write_mapped(tx, batch, &to_store, &ids).await?;
 
