@@ -144,6 +144,13 @@ mod tests {
         tokio::time::timeout(Duration::from_millis(50), f).await.is_err()
     }
 
+    /// Two batches, the second handed over after the first.
+    fn pair() -> (Turn, Turn) {
+        let first = Turn::after(None);
+        let second = Turn::after(Some(&first));
+        (first, second)
+    }
+
     /// An attempt at the later of two batches that drew its ids after the earlier one's
     /// attempt `a` drew its own.
     async fn drawn_after<'t>(a: &Attempt<'_>, second: &'t Turn) -> Attempt<'t> {
@@ -155,8 +162,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_later_batch_draws_after_and_commits_after_the_earlier_one() {
-        let first = Turn::after(None);
-        let second = Turn::after(Some(&first));
+        let (first, second) = pair();
         let a = first.attempt();
         let mut b = second.attempt();
         assert!(pending(b.wait_to_draw_ids()).await, "waits for the earlier ids");
@@ -182,8 +188,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_earlier_batch_that_fails_after_the_later_drew_its_ids_sends_it_back() {
-        let first = Turn::after(None);
-        let second = Turn::after(Some(&first));
+        let (first, second) = pair();
         let a = first.attempt();
         let b = drawn_after(&a, &second).await;
         b.ids_drawn();
@@ -205,8 +210,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_new_attempt_of_the_earlier_batch_is_seen_even_when_it_already_drew_again() {
-        let first = Turn::after(None);
-        let second = Turn::after(Some(&first));
+        let (first, second) = pair();
         let a = first.attempt();
         let b = drawn_after(&a, &second).await;
         drop(a);
@@ -218,8 +222,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_attempt_that_never_drew_waits_for_any_commit() {
-        let first = Turn::after(None);
-        let second = Turn::after(Some(&first));
+        let (first, second) = pair();
         let a = first.attempt();
         let b = second.attempt();
         assert!(pending(b.wait_for_earlier_commit()).await);

@@ -193,12 +193,7 @@ pub async fn write_rows(
             None => Ok(()),
         }
     };
-    let lock = async {
-        if !own.is_empty() {
-            exec(tx, LOCK_SESSIONS, &[&SESSION_LOCKS, &own]).await?;
-        }
-        Ok::<_, tokio_postgres::Error>(())
-    };
+    let lock = lock_sessions(tx, &own);
 
     let redelivered = delivery_marks::redelivered(batch);
     let retained_topics: Vec<String> = batch
@@ -304,10 +299,10 @@ pub async fn write_rows(
         .collect();
     changed.sort_unstable();
     let tail_lock = async {
-        if !reads_marks && !own.is_empty() {
-            exec(tx, LOCK_SESSIONS, &[&SESSION_LOCKS, &own]).await?;
+        match reads_marks {
+            true => Ok(()),
+            false => lock_sessions(tx, &own).await,
         }
-        Ok(())
     };
     let done = futures::join!(
         tail_lock,
@@ -331,6 +326,14 @@ pub async fn write_rows(
             },
         })
         .collect())
+}
+
+/// Takes the advisory lock of each MQTT session in `own` (sorted), until the transaction ends.
+async fn lock_sessions(tx: &Transaction<'_>, own: &[&str]) -> Result<(), tokio_postgres::Error> {
+    if !own.is_empty() {
+        exec(tx, LOCK_SESSIONS, &[&SESSION_LOCKS, &own]).await?;
+    }
+    Ok(())
 }
 
 const LOCK_SESSIONS: &str = "SELECT pg_advisory_xact_lock($1, hashtext(s)) FROM unnest($2::text[]) AS s";
