@@ -1332,3 +1332,57 @@ fn a_postgresql_batch_written_again_is_not_overtaken_by_the_next() {
         "20"
     );
 }
+
+#[test]
+fn a_postgresql_batch_from_the_spool_records_how_far_the_spool_went_with_its_rows() {
+    let (server, db, settings) = fresh_pg();
+    rt().block_on(async {
+        let s = store::open(&settings).await.unwrap();
+        let at = |last_id| store::SpoolPosition {
+            name: "spool-a".into(),
+            last_id,
+        };
+        let mut batch: Vec<Message> = (0..3)
+            .map(|i| timed_reading("spooled/a", &i.to_string()))
+            .collect();
+        batch.push(timed_reading("spooled/big", "1e308"));
+        let first = s
+            .write_from_spool(Arc::new(batch), at(42))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored_ids("postgres", &first).len(), 4);
+        assert_eq!(s.spool_position("spool-a").await.unwrap(), Some(42));
+        // A refused message (its rollup's sum would overflow) sends the batch down the
+        // one-by-one path, which records the position too.
+        let refused = vec![
+            timed_reading("spooled/a", "3"),
+            timed_reading("spooled/big", "1e308"),
+        ];
+        let second = s
+            .write_from_spool(Arc::new(refused), at(44))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(second.outcomes(), [Outcome::Stored { .. }, Outcome::Rejected]),
+            "{:?}",
+            second.outcomes()
+        );
+        assert_eq!(s.spool_position("spool-a").await.unwrap(), Some(44));
+        assert_eq!(s.spool_position("spool-b").await.unwrap(), None);
+    });
+    let sql = |q: &str| support::pg::psql(&server, &db, q);
+    assert_eq!(
+        sql("SELECT count(*) FROM messages WHERE topic = 'spooled/a'"),
+        "4"
+    );
+    assert_eq!(
+        sql("SELECT count(*) FROM rejected WHERE topic = 'spooled/big'"),
+        "1"
+    );
+    assert_eq!(
+        sql("SELECT count(*) FROM readings WHERE topic = 'spooled/a'"),
+        "4"
+    );
+}

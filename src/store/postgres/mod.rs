@@ -359,7 +359,7 @@ impl PgStore {
         let mut outcomes = Vec::with_capacity(batch.len());
         for m in batch {
             let sp = tx.transaction().await?;
-            match write::write_rows(&sp, std::slice::from_ref(m), &self.id_seq, None, None).await {
+            match write::write_rows(&sp, std::slice::from_ref(m), &self.id_seq, None, None, None).await {
                 Ok(mut o) => {
                     sp.commit().await?;
                     outcomes.append(&mut o);
@@ -371,7 +371,8 @@ impl PgStore {
                     r.rejection = Some(format!("the database refused this message: {}", describe_pg(&e)));
                     let sp = tx.transaction().await?;
                     let mut o =
-                        write::write_rows(&sp, std::slice::from_ref(&r), &self.id_seq, None, None).await?;
+                        write::write_rows(&sp, std::slice::from_ref(&r), &self.id_seq, None, None, None)
+                            .await?;
                     sp.commit().await?;
                     outcomes.append(&mut o);
                 }

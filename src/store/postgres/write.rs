@@ -109,25 +109,18 @@ pub async fn write_batch(
     turn: Option<&mut Attempt<'_>>,
 ) -> Result<Vec<Outcome>, RowsError> {
     let tx = client.transaction().await?;
-    let outcomes = write_rows(&tx, batch, id_seq, Some(token), turn).await?;
-    if let Some(p) = position {
-        record_position(&tx, p).await?;
-    }
+    let outcomes = write_rows(&tx, batch, id_seq, Some(token), turn, position).await?;
     tx.commit().await?;
     Ok(outcomes)
 }
 
 /// Records how far a spool has been forwarded, inside the batch's transaction.
 pub async fn record_position(tx: &Transaction<'_>, p: &SpoolPosition) -> Result<(), tokio_postgres::Error> {
-    exec(
-        tx,
-        "INSERT INTO spool_positions (name, last_id) VALUES ($1, $2)
-         ON CONFLICT (name) DO UPDATE SET last_id = excluded.last_id",
-        &[&p.name, &p.last_id],
-    )
-    .await
-    .map(|_| ())
+    exec(tx, RECORD_POSITION, &[&p.name, &p.last_id]).await.map(drop)
 }
+
+const RECORD_POSITION: &str = "INSERT INTO spool_positions (name, last_id) VALUES ($1, $2)
+     ON CONFLICT (name) DO UPDATE SET last_id = excluded.last_id";
 
 /// The sequence behind `messages.id`, looked up once per store: naming it in the statement
 /// keeps `nextval` cheap (a lookup per row costs more than the insert).
@@ -146,7 +139,8 @@ pub async fn id_sequence(client: &Client) -> Result<String, tokio_postgres::Erro
 /// when the database is across a network; pipelined, the whole transaction waits for about half
 /// as many, whatever the batch holds.
 ///
-/// With a `token`, the transaction claims it before anything else (see `claim`). With a `turn`,
+/// With a `token`, the transaction claims it before anything else (see `claim`). With a
+/// `position`, it records how far the spool has been forwarded, last. With a `turn`,
 /// the usual batch copies its rows while the batch before it is still being written, and
 /// waits for that one's commit only before the statements that must follow it (`turn`); a
 /// batch that reads marks waits for it before anything else.
@@ -156,6 +150,7 @@ pub async fn write_rows(
     id_seq: &str,
     token: Option<i64>,
     mut turn: Option<&mut Attempt<'_>>,
+    position: Option<&SpoolPosition>,
 ) -> Result<Vec<Outcome>, RowsError> {
     let hashes: Vec<Hash> = batch.iter().map(Message::content_hash).collect();
     // Step 1: every statement prepared (a round trip on a connection's first batch only; later
@@ -276,20 +271,21 @@ pub async fn write_rows(
 
     // Step 3: the rows no other transaction touches, while the batch before may still be
     // writing.
-    let done = futures::join!(
-        copy_messages(tx, batch, &to_store, &ids),
-        insert_rejected(tx, batch, &verdicts),
-        copy_readings(tx, batch, &to_store, &ids),
-        insert_notes(tx, batch, &to_store, &ids),
-    );
-    first_error([done.0, done.1, done.2, done.3])?;
-    if let Some(turn) = turn.as_deref() {
-        turn.wait_for_earlier_commit().await?;
-    }
+    let copies = async {
+        let done = futures::join!(
+            copy_messages(tx, batch, &to_store, &ids),
+            insert_rejected(tx, batch, &verdicts),
+            copy_readings(tx, batch, &to_store, &ids),
+            insert_notes(tx, batch, &to_store, &ids),
+        );
+        first_error([done.0, done.1, done.2, done.3])
+    };
 
-    // Step 4: the rows shared with other batches. Upserts' keys are sorted and the statements
-    // always go in this order (the session lock first), so two transactions writing the same
-    // topics lock rows in the same order.
+    // Step 4: the rows shared with other batches, once the batch before has committed. Upserts'
+    // keys are sorted and the statements always go in this order (the session lock first), so
+    // two transactions writing the same topics lock rows in the same order. Sent as soon as that
+    // commit is in, without waiting for step 3's answers: when it already is (a lone batch, a
+    // spooled one), steps 3 and 4 share one round trip.
     let marks_rows = delivery_marks::new_rows(batch, &verdicts, &hashes);
     let mut changed: Vec<(&String, &Hash)> = marks
         .retained
@@ -298,20 +294,36 @@ pub async fn write_rows(
         .map(|(t, (h, _))| (t, h))
         .collect();
     changed.sort_unstable();
-    let tail_lock = async {
-        match reads_marks {
-            true => Ok(()),
-            false => lock_sessions(tx, &own).await,
+    let shared = async {
+        if let Some(turn) = turn.as_deref() {
+            turn.wait_for_earlier_commit().await?;
         }
+        let tail_lock = async {
+            match reads_marks {
+                true => Ok(()),
+                false => lock_sessions(tx, &own).await,
+            }
+        };
+        let done = futures::join!(
+            tail_lock,
+            append_marks(tx, marks_rows),
+            upsert_retained(tx, &changed),
+            upsert_rollups(tx, &stored_messages),
+            upsert_topics(tx, &stored_messages),
+            async {
+                match position {
+                    Some(p) => record_position(tx, p).await,
+                    None => Ok(()),
+                }
+            },
+        );
+        first_error([done.0, done.1, done.2, done.3, done.4, done.5]).map_err(RowsError::from)
     };
-    let done = futures::join!(
-        tail_lock,
-        append_marks(tx, marks_rows),
-        upsert_retained(tx, &changed),
-        upsert_rollups(tx, &stored_messages),
-        upsert_topics(tx, &stored_messages),
-    );
-    first_error([done.0, done.1, done.2, done.3, done.4])?;
+    // Step 3's error first: it is the statement the server refused, and step 4's only report
+    // the transaction aborted.
+    let (copied, shared) = futures::join!(copies, shared);
+    copied?;
+    shared?;
     // Mapping tables may need DDL first: statement by statement, after everything else.
     write_mapped(tx, batch, &to_store, &ids).await?;
 
@@ -404,7 +416,7 @@ pub async fn prune_tokens(
 }
 
 /// What `write_rows` runs, besides the rollup upserts (`ROLLUP_UPSERTS`).
-const FIXED_STATEMENTS: [&str; 12] = [
+const FIXED_STATEMENTS: [&str; 13] = [
     CLAIM_TOKEN,
     LOCK_SESSIONS,
     READ_DELIVERY,
@@ -417,6 +429,7 @@ const FIXED_STATEMENTS: [&str; 12] = [
     COPY_READINGS,
     INSERT_NOTES,
     UPSERT_TOPICS,
+    RECORD_POSITION,
 ];
 
 /// The first error in statement order. That is the statement the server refused; every one
