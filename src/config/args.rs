@@ -104,8 +104,8 @@ pub struct RunArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_payload: Option<Size>,
 
-    /// SQLite durability: `full` (default: a commit survives power loss) or `normal` (faster;
-    /// survives a crash of tidegate, may lose the last commits on power loss).
+    /// SQLite durability: `full` (default: nothing acknowledged is lost on power loss) or
+    /// `normal` (faster; survives a crash of tidegate, may lose the last commits on power loss).
     #[arg(long, env = "TIDEGATE_SQLITE_SYNC")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sqlite_sync: Option<String>,

@@ -1,8 +1,10 @@
 //! The SQLite store: one writer thread owns the only write connection (WAL, short
-//! transactions, `synchronous=FULL` by default), so readers such as Metabase are never locked
-//! out. It must never hold a write transaction open across anything but the batch itself.
+//! transactions, each batch on disk before it is answered by default), so readers such as
+//! Metabase are never locked out. It must never hold a write transaction open across anything
+//! but the batch itself.
 
 mod checkpoint;
+mod durable;
 mod read;
 mod rows;
 mod schema;
@@ -91,13 +93,17 @@ impl SqliteStore {
             },
             schema::MigrateError::Sql(e) => open_err(format!("migration failed: {e}")),
         })?;
+        let syncer = match sync {
+            SqliteSync::Full => durable_beside(&conn).map_err(|e| open_err(e.to_string()))?,
+            SqliteSync::Normal => None,
+        };
         let checkpointer = checkpoint::Checkpointer::start(path, &mut conn)
             .map_err(|e| open_err(format!("cannot start the checkpointer: {e}")))?;
         // Small queue: the pipeline holds the backlog, and the broker holds the rest.
         let (tx, rx) = mpsc::channel::<Command>(2);
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_thread(conn, rx, checkpointer))
+            .spawn(move || writer_thread(conn, rx, checkpointer, syncer))
             .map_err(|e| open_err(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteStore {
             path: path.to_path_buf(),
@@ -111,10 +117,33 @@ impl SqliteStore {
     }
 }
 
+/// FULL made durable beside the writer (`durable`): the commits themselves then sync nothing,
+/// and the writer goes on with the next batch while the disk catches up. When the WAL cannot be
+/// opened for that, SQLite keeps syncing inside each commit: as durable, only slower.
+fn durable_beside(conn: &Connection) -> rusqlite::Result<Option<durable::Syncer>> {
+    let Some(db) = conn.path().filter(|p| !p.is_empty()) else {
+        return Ok(None);
+    };
+    match durable::Syncer::start(db) {
+        Ok(syncer) => {
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            Ok(Some(syncer))
+        }
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                "cannot open the write-ahead log to sync it beside the writer; SQLite syncs in each commit instead (slower)"
+            );
+            Ok(None)
+        }
+    }
+}
+
 fn writer_thread(
     mut conn: Connection,
     mut rx: mpsc::Receiver<Command>,
     checkpointer: checkpoint::Checkpointer,
+    syncer: Option<durable::Syncer>,
 ) {
     // After a failed write, later writes wait here until the pipeline hands the failed batch
     // back and it commits (`Store::queue_depth`).
@@ -133,8 +162,11 @@ fn writer_thread(
                     let Some((batch, reply)) = held.pop_front() else {
                         break;
                     };
-                    let result =
-                        write::write_batch(&mut conn, &batch).map_err(|e| StoreError::Write(e.to_string()));
+                    let result = match syncer.as_ref().and_then(durable::Syncer::broken) {
+                        Some(why) => Err(StoreError::Write(why.to_string())),
+                        None => write::write_batch(&mut conn, &batch)
+                            .map_err(|e| StoreError::Write(e.to_string())),
+                    };
                     if result.is_err() {
                         failed = Some(batch);
                     } else {
@@ -143,7 +175,12 @@ fn writer_thread(
                         // freed here, they cost this thread, the bottleneck, ~6 % of its time.
                         drop(batch);
                     }
-                    let _ = reply.send(result);
+                    match &syncer {
+                        Some(syncer) => syncer.answer(reply, result),
+                        None => {
+                            let _ = reply.send(result);
+                        }
+                    }
                 }
             }
             Command::Retain(policy, chunk, reply) => {
@@ -158,7 +195,9 @@ fn writer_thread(
             }
         }
     }
-    // The last sender is gone: fold the WAL back so the file is complete on its own.
+    // The last sender is gone: answer what waits for its fsync, then fold the WAL back so the
+    // file is complete on its own.
+    drop(syncer);
     checkpointer.stop(&mut conn);
     let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
 }
