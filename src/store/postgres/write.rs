@@ -140,9 +140,9 @@ pub async fn id_sequence(client: &Client) -> Result<String, tokio_postgres::Erro
 /// as many, whatever the batch holds.
 ///
 /// With a `token`, the transaction claims it before anything else (see `claim`). With a
-/// `position`, it records how far the spool has been forwarded, last. With a `turn`,
-/// the usual batch copies its rows while the batch before it is still being written, and
-/// waits for that one's commit only before the statements that must follow it (`turn`); a
+/// `position`, it records how far the spool has been forwarded, among the shared rows. With a
+/// `turn`, the usual batch copies its rows while the batch before it is still being written,
+/// and waits for that one's commit only before the statements that must follow it (`turn`); a
 /// batch that reads marks waits for it before anything else.
 pub async fn write_rows(
     tx: &Transaction<'_>,
