@@ -79,6 +79,55 @@ fn qos1_messages_become_rows_mqtt5_and_311() {
 }
 
 #[test]
+fn mqtt5_content_type_and_user_properties_are_stored_with_the_message() {
+    let case = Case::new(BrokerOptions::default());
+    let _t = case.start("props", &["--mqtt-version", "5"]);
+    case.broker.publish_bytes(
+        "t/props",
+        b"{\"t\":21.5}",
+        &[
+            "-V",
+            "5",
+            "-D",
+            "publish",
+            "content-type",
+            "application/json",
+            // Names may repeat in MQTT 5, and their order is kept.
+            "-D",
+            "publish",
+            "user-property",
+            "site",
+            "north",
+            "-D",
+            "publish",
+            "user-property",
+            "site",
+            "south",
+        ],
+    );
+    case.broker.publish_bytes("t/plain", b"1", &["-V", "5"]);
+    assert_eq!(db::wait_count(&case.db(), MSGS, 2, Duration::from_secs(15)), 2);
+    let c = db::open(&case.db());
+    let row = |topic: &str| -> (Option<String>, Option<String>, String) {
+        c.query_row(
+            "SELECT content_type, user_properties, payload FROM messages WHERE topic = ?1",
+            [topic],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        row("t/props"),
+        (
+            Some("application/json".into()),
+            Some(r#"[["site","north"],["site","south"]]"#.into()),
+            r#"{"t":21.5}"#.into()
+        )
+    );
+    assert_eq!(row("t/plain"), (None, None, "1".into()));
+}
+
+#[test]
 fn identical_payloads_published_separately_are_all_stored() {
     let case = Case::new(BrokerOptions::default());
     let _t = case.start("identical", &[]);

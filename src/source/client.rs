@@ -227,12 +227,14 @@ impl EventLoop {
                             })
                             .unwrap_or_default(),
                     }),
+                    // The event is ours: its payload and properties move into the message
+                    // rather than being copied (and the copies' reference counts dropped).
                     E::Incoming(Packet::Publish(p)) => {
                         let topic = String::from_utf8_lossy(&p.topic).into_owned();
                         let qos = p.qos as u8;
                         let mut m = Message::new(
                             topic,
-                            p.payload.clone(),
+                            p.payload,
                             qos.min(2),
                             p.retain,
                             Origin::Mqtt {
@@ -242,9 +244,9 @@ impl EventLoop {
                             },
                             max_payload,
                         );
-                        if let Some(props) = &p.properties {
-                            m.content_type = props.content_type.clone();
-                            m.user_properties = props.user_properties.clone();
+                        if let Some(props) = p.properties {
+                            m.content_type = props.content_type;
+                            m.user_properties = props.user_properties;
                         }
                         let token = (p.qos != v5::mqttbytes::QoS::AtMostOnce).then_some({
                             AckToken::V5 { pkid: p.pkid, qos: p.qos }
@@ -273,8 +275,8 @@ impl EventLoop {
                     }),
                     E::Incoming(Packet::Publish(p)) => {
                         let m = Message::new(
-                            p.topic.clone(),
-                            p.payload.clone(),
+                            p.topic,
+                            p.payload,
                             p.qos as u8,
                             p.retain,
                             Origin::Mqtt {
