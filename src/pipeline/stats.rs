@@ -62,7 +62,7 @@ impl StatsBook {
         let m = minute(at);
         // Folded per topic first, so the shared map is looked up, and its key allocated, once
         // per topic of the batch instead of once per message.
-        let mut by_topic: HashMap<&str, StatsRow> = HashMap::new();
+        let mut by_topic: foldhash::HashMap<&str, StatsRow> = Default::default();
         let mut all = StatsRow::default();
         for (msg, o) in messages.iter().zip(outcomes) {
             let mut r = StatsRow {

@@ -3,7 +3,7 @@
 //! chart reads thousands of rollup rows instead of millions of readings — and nothing is ever
 //! rescanned. Both stores use this aggregation; only the upsert SQL differs.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 
@@ -84,7 +84,7 @@ pub const WIDTHS: [Width; 2] = [Width::Minute, Width::Hour];
 /// bucket still adds its readings in arrival order, so its sums are bit-for-bit those of a
 /// fold per width.
 pub fn aggregate<'a>(stored: impl Iterator<Item = &'a Message>) -> [(Width, Vec<(Key<'a>, Agg)>); 2] {
-    let mut series: HashMap<Series<'a>, Buckets> = HashMap::new();
+    let mut series: foldhash::HashMap<Series<'a>, Buckets> = Default::default();
     for m in stored {
         let Some(d) = &m.derived else { continue };
         let buckets = WIDTHS.map(|w| w.floor(d.ts));

@@ -20,7 +20,7 @@ struct SqliteMarks<'c> {
     delivery: delivery_marks::Lookup,
     get_last: CachedStatement<'c>,
     /// Last message per topic in this batch, written once per topic at the end.
-    last: std::collections::HashMap<String, Hash>,
+    last: foldhash::HashMap<String, Hash>,
 }
 
 fn to_hash(v: Option<Vec<u8>>) -> Option<Hash> {
@@ -311,7 +311,7 @@ fn insert_messages(tx: &Connection, messages: &[MessageRow<'_>]) -> rusqlite::Re
 
 /// Per-topic counts of one batch, folded into `topics` with one upsert per topic.
 #[derive(Default)]
-struct TopicTally<'a>(std::collections::HashMap<&'a str, (i64, &'a str, &'a str)>);
+struct TopicTally<'a>(foldhash::HashMap<&'a str, (i64, &'a str, &'a str)>);
 
 impl<'a> TopicTally<'a> {
     fn add(&mut self, topic: &'a str, at: &'a str) {
