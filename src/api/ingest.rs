@@ -72,10 +72,7 @@ pub async fn post_messages(
     let n = messages.len();
     let (tx, rx) = oneshot::channel();
     s.ingest
-        .send(Ingest {
-            messages,
-            ack: Ack::Reply(tx),
-        })
+        .send(Ingest::many(messages, Ack::Reply(tx)))
         .await
         .map_err(|_| ApiError::unavailable("tidegate is stopping; nothing was stored", 5))?;
     crate::telemetry::received("http", n);

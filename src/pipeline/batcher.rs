@@ -62,8 +62,8 @@ mod tests {
     };
 
     fn ingest(n: usize) -> Ingest {
-        Ingest {
-            messages: (0..n)
+        Ingest::many(
+            (0..n)
                 .map(|i| {
                     Message::new(
                         format!("t/{i}"),
@@ -75,8 +75,8 @@ mod tests {
                     )
                 })
                 .collect(),
-            ack: Ack::None,
-        }
+            Ack::None,
+        )
     }
 
     #[test]

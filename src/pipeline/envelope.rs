@@ -26,15 +26,40 @@ pub enum Ack {
 
 /// Messages that must be committed together, with their acknowledgement.
 pub struct Ingest {
-    pub messages: Vec<Message>,
+    messages: Messages,
     pub ack: Ack,
+}
+
+/// A broker delivery is one message: it travels inline, without a vector of its own to
+/// allocate and free for every message.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "inline on purpose: boxing the one message would bring back the allocation"
+)]
+enum Messages {
+    One(Message),
+    Many(Vec<Message>),
 }
 
 impl Ingest {
     pub fn one(message: Message, ack: Ack) -> Self {
         Ingest {
-            messages: vec![message],
+            messages: Messages::One(message),
             ack,
+        }
+    }
+
+    pub fn many(messages: Vec<Message>, ack: Ack) -> Self {
+        Ingest {
+            messages: Messages::Many(messages),
+            ack,
+        }
+    }
+
+    pub fn messages_mut(&mut self) -> &mut [Message] {
+        match &mut self.messages {
+            Messages::One(m) => std::slice::from_mut(m),
+            Messages::Many(v) => v,
         }
     }
 }
@@ -49,12 +74,12 @@ pub struct Batch {
 impl Batch {
     pub fn push(&mut self, ingest: Ingest) {
         let start = self.messages.len();
-        if start == 0 {
+        match ingest.messages {
+            Messages::One(m) => self.messages.push(m),
             // The first ingest's vector becomes the batch's: an HTTP request's thousand
             // messages are not copied.
-            self.messages = ingest.messages;
-        } else {
-            self.messages.extend(ingest.messages);
+            Messages::Many(v) if start == 0 => self.messages = v,
+            Messages::Many(v) => self.messages.extend(v),
         }
         self.acks.push((ingest.ack, start..self.messages.len()));
     }
@@ -102,5 +127,58 @@ impl SealedBatch {
             }
         }
         sent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Origin;
+
+    fn msg(topic: &str) -> Message {
+        Message::new(
+            topic.into(),
+            bytes::Bytes::from_static(b"1"),
+            1,
+            false,
+            Origin::Http,
+            1024,
+        )
+    }
+
+    #[test]
+    fn each_sender_gets_the_outcomes_of_its_own_messages_whether_it_sent_one_or_many() {
+        let mut batch = Batch::default();
+        let (one_tx, mut one_rx) = oneshot::channel();
+        let (many_tx, mut many_rx) = oneshot::channel();
+        let (last_tx, mut last_rx) = oneshot::channel();
+        batch.push(Ingest::one(msg("a"), Ack::Reply(one_tx)));
+        batch.push(Ingest::many(vec![msg("b"), msg("c")], Ack::Reply(many_tx)));
+        batch.push(Ingest::one(msg("d"), Ack::None));
+        batch.push(Ingest::one(msg("e"), Ack::Reply(last_tx)));
+        let sealed = batch.seal();
+        let topics: Vec<&str> = sealed.messages.iter().map(|m| m.topic.as_str()).collect();
+        assert_eq!(topics, ["a", "b", "c", "d", "e"], "arrival order kept");
+        let outcomes = (1..=5).map(|id| Outcome::Stored { id }).collect();
+        assert_eq!(sealed.acknowledge(&Committed::new(outcomes)), 4);
+        assert_eq!(one_rx.try_recv().unwrap(), [Outcome::Stored { id: 1 }]);
+        assert_eq!(
+            many_rx.try_recv().unwrap(),
+            [Outcome::Stored { id: 2 }, Outcome::Stored { id: 3 }]
+        );
+        assert_eq!(last_rx.try_recv().unwrap(), [Outcome::Stored { id: 5 }]);
+    }
+
+    #[test]
+    fn readings_are_derived_in_place_for_one_message_or_many() {
+        let mut one = Ingest::one(msg("a"), Ack::None);
+        one.messages_mut()[0].topic = "x".into();
+        let mut many = Ingest::many(vec![msg("b"), msg("c")], Ack::None);
+        assert_eq!(many.messages_mut().len(), 2);
+        let mut batch = Batch::default();
+        batch.push(one);
+        batch.push(many);
+        assert_eq!(batch.len(), 3);
+        assert_eq!(batch.seal().messages[0].topic, "x");
     }
 }

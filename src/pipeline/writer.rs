@@ -114,7 +114,7 @@ fn derive(readings: &crate::readings::ReadingsConfig, ingest: &mut Ingest) {
     if !readings.enabled {
         return;
     }
-    for m in &mut ingest.messages {
+    for m in ingest.messages_mut() {
         if m.rejection.is_none() && m.derived.is_none() {
             m.derived = crate::readings::derive(readings, &m.topic, &m.payload, m.received_at);
         }

@@ -36,24 +36,26 @@ fn numeric(s: &str) -> Option<f64> {
     t.parse::<f64>().ok().filter(|v| v.is_finite())
 }
 
+/// Takes the parsed payload by value: names and text move into the readings instead of being
+/// copied. `skip_top` names top-level fields that are not readings (event time, device).
 pub fn flatten(
-    json: &Json,
+    json: Json,
     max_depth: usize,
     max_fields: usize,
-    skip_top: &[&str],
+    skip_top: impl Fn(&str) -> bool,
 ) -> Result<Vec<Reading>, FlattenError> {
     let mut out = Vec::new();
     match json {
         Json::Object(map) => {
             for (k, v) in map {
-                if skip_top.contains(&k.as_str()) {
+                if skip_top(&k) {
                     continue;
                 }
-                walk(v, k.clone(), 1, max_depth, max_fields, &mut out)?;
+                walk(v, k, 1, max_depth, max_fields, &mut out)?;
             }
         }
         Json::Array(items) => {
-            for (i, v) in items.iter().enumerate() {
+            for (i, v) in items.into_iter().enumerate() {
                 walk(v, format!("[{i}]"), 1, max_depth, max_fields, &mut out)?;
             }
         }
@@ -63,7 +65,7 @@ pub fn flatten(
 }
 
 fn walk(
-    v: &Json,
+    v: Json,
     name: String,
     depth: usize,
     max_depth: usize,
@@ -75,14 +77,14 @@ fn walk(
     }
     let value = match v {
         Json::Null => return Ok(()),
-        Json::Bool(b) => Value::Number(if *b { 1.0 } else { 0.0 }),
+        Json::Bool(b) => Value::Number(if b { 1.0 } else { 0.0 }),
         Json::Number(n) => match n.as_f64().filter(|f| f.is_finite()) {
             Some(f) => Value::Number(f),
             None => Value::Text(n.to_string()),
         },
-        Json::String(s) => match numeric(s) {
+        Json::String(s) => match numeric(&s) {
             Some(f) => Value::Number(f),
-            None => Value::Text(s.clone()),
+            None => Value::Text(s),
         },
         Json::Object(map) => {
             for (k, child) in map {
@@ -98,7 +100,7 @@ fn walk(
             return Ok(());
         }
         Json::Array(items) => {
-            for (i, child) in items.iter().enumerate() {
+            for (i, child) in items.into_iter().enumerate() {
                 walk(
                     child,
                     format!("{name}[{i}]"),
@@ -123,7 +125,7 @@ mod tests {
     use super::*;
 
     fn f(s: &str) -> Vec<(String, Value)> {
-        flatten(&serde_json::from_str(s).unwrap(), 8, 256, &[])
+        flatten(serde_json::from_str(s).unwrap(), 8, 256, |_| false)
             .unwrap()
             .into_iter()
             .map(|r| (r.field, r.value))
@@ -161,8 +163,11 @@ mod tests {
                 .join(",")
         );
         let j: Json = serde_json::from_str(&wide).unwrap();
-        assert_eq!(flatten(&j, 8, 256, &[]), Err(FlattenError::TooManyFields(256)));
+        assert_eq!(
+            flatten(j, 8, 256, |_| false),
+            Err(FlattenError::TooManyFields(256))
+        );
         let j: Json = serde_json::from_str(r#"{"a":{"b":{"c":1}}}"#).unwrap();
-        assert_eq!(flatten(&j, 2, 256, &[]), Err(FlattenError::TooDeep(2)));
+        assert_eq!(flatten(j, 2, 256, |_| false), Err(FlattenError::TooDeep(2)));
     }
 }

@@ -110,25 +110,32 @@ pub fn derive(
         None => (received_at, TimeSource::Received),
     };
     let device = device::find(&cfg.device, topic, &json);
-    let mut skip: Vec<&str> = cfg.time_fields.iter().map(String::as_str).collect();
-    match &cfg.device {
-        DeviceRule::Field(f) => skip.push(f),
-        DeviceRule::Default => skip.extend(["device", "device_id"]),
-        DeviceRule::Topic(_) => {}
-    }
-    let readings = match flatten(&json, cfg.max_depth, cfg.max_fields, &skip) {
+    let skip = |k: &str| {
+        cfg.time_fields.iter().any(|f| f == k)
+            || match &cfg.device {
+                DeviceRule::Field(f) => f == k,
+                DeviceRule::Default => k == "device" || k == "device_id",
+                DeviceRule::Topic(_) => false,
+            }
+    };
+    // Without a mapping for this topic the payload is not needed after flattening, which then
+    // takes it apart instead of copying its names and text.
+    let mappings: Vec<_> = cfg.mappings.iter().filter(|m| m.matches(topic)).collect();
+    let kept = (!mappings.is_empty()).then(|| json.clone());
+    let readings = match flatten(json, cfg.max_depth, cfg.max_fields, skip) {
         Ok(r) => r,
         Err(e) => {
             note = Some(format!("{e}; stored raw only"));
             Vec::new()
         }
     };
-    let mapped = cfg
-        .mappings
-        .iter()
-        .filter(|m| m.matches(topic))
-        .map(|m| (m.clone(), mapping::apply(m, &json, &readings)))
-        .collect();
+    let mapped = match &kept {
+        Some(json) => mappings
+            .into_iter()
+            .map(|m| (m.clone(), mapping::apply(m, json, &readings)))
+            .collect(),
+        None => Vec::new(),
+    };
     Some(Derived {
         ts,
         ts_source,
@@ -249,6 +256,54 @@ mod tests {
         .unwrap();
         assert_eq!((d.ts, d.ts_source), (now(), TimeSource::Suspect));
         assert!(d.note.unwrap().contains("future"));
+    }
+
+    fn fields(d: &Derived) -> Vec<&str> {
+        d.readings.iter().map(|r| r.field.as_str()).collect()
+    }
+
+    #[test]
+    fn the_fields_naming_the_device_and_time_are_not_readings_under_each_rule() {
+        let p = br#"{"device":"d1","device_id":"d2","id":"d3","ts":1795600800,"v":1}"#;
+        let by_default = derive(&ReadingsConfig::default(), "a/b", p, now()).unwrap();
+        assert_eq!(fields(&by_default), ["id", "v"]);
+        assert_eq!(by_default.device.as_deref(), Some("d1"));
+        let field = ReadingsConfig {
+            device: DeviceRule::parse("payload.id").unwrap(),
+            ..Default::default()
+        };
+        let by_field = derive(&field, "a/b", p, now()).unwrap();
+        assert_eq!(fields(&by_field), ["device", "device_id", "v"]);
+        assert_eq!(by_field.device.as_deref(), Some("d3"));
+        let topic = ReadingsConfig {
+            device: DeviceRule::parse("a/{device}").unwrap(),
+            ..Default::default()
+        };
+        let by_topic = derive(&topic, "a/b", p, now()).unwrap();
+        assert_eq!(fields(&by_topic), ["device", "device_id", "id", "v"]);
+        assert_eq!(by_topic.device.as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn a_mapping_for_the_topic_sees_the_whole_payload_and_the_readings_stay_the_same() {
+        let spec: mapping::MappingSpec =
+            toml::from_str("filter = \"s/+\"\ntable = \"wide\"\n[columns]\nnested = \"$.a.b\"\n").unwrap();
+        let cfg = ReadingsConfig {
+            mappings: vec![std::sync::Arc::new(mapping::Mapping::from_spec(&spec).unwrap())],
+            ..Default::default()
+        };
+        let p = br#"{"a":{"b":2.5},"s":"on"}"#;
+        let mapped = derive(&cfg, "s/x", p, now()).unwrap();
+        let unmapped = derive(&cfg, "other", p, now()).unwrap();
+        assert_eq!(mapped.readings, unmapped.readings);
+        assert_eq!(fields(&mapped), ["a.b", "s"]);
+        assert!(unmapped.mapped.is_empty());
+        let [(m, Ok(row))] = &mapped.mapped[..] else {
+            panic!("one mapped row: {:?}", mapped.mapped)
+        };
+        assert_eq!(m.table.as_str(), "wide");
+        assert_eq!(row.values.len(), 1);
+        assert_eq!(row.values[0].1, mapping::SqlValue::Real(2.5));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::{
 
 use rand::Rng;
 use tokio::{
-    sync::{watch, Notify},
+    sync::{mpsc, watch, Notify},
     task::JoinHandle,
 };
 
@@ -191,14 +191,25 @@ async fn session_loop(
                 ever_connected = true;
             }
             Ok(Event::Publish(message, token)) => {
-                let Some(sender) = intake.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
-                    continue; // stopping: left unacknowledged, the broker keeps it
-                };
                 let ack = match token {
                     Some(t) => Ack::Mqtt(MqttAck::new(gate.clone(), generation, t)),
                     None => Ack::None,
                 };
                 let ingest = Ingest::one(message, ack);
+                // Nearly always the queue has room; only when it is full is the sender cloned,
+                // to wait outside the lock.
+                let full = match intake.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                    None => continue, // stopping: left unacknowledged, the broker keeps it
+                    Some(sender) => match sender.try_send(ingest) {
+                        Ok(()) => {
+                            crate::telemetry::received("mqtt", 1);
+                            continue;
+                        }
+                        Err(mpsc::error::TrySendError::Full(ingest)) => (sender.clone(), ingest),
+                        Err(mpsc::error::TrySendError::Closed(_)) => continue,
+                    },
+                };
+                let (sender, ingest) = full;
                 // Waiting here is the backpressure: the broker holds what we cannot take yet.
                 tokio::select! {
                     sent = sender.send(ingest) => if sent.is_ok() { crate::telemetry::received("mqtt", 1) },
