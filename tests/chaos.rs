@@ -499,6 +499,147 @@ fn a_full_filesystem_stops_acks_then_recovers_when_space_is_freed() {
     assert_eq!((lost, dup), (0, 0));
 }
 
+/// `tests/support/faulty_fs.py` mounted at `mnt`: a passthrough to `root` whose fsync answers
+/// EIO while `flag` exists. Unmounted on drop.
+struct FaultyFs {
+    mnt: std::path::PathBuf,
+    daemon: std::process::Child,
+}
+
+impl FaultyFs {
+    fn mount(root: &std::path::Path, mnt: &std::path::Path, flag: &std::path::Path) -> FaultyFs {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/faulty_fs.py");
+        let daemon = std::process::Command::new("python3")
+            .arg(script)
+            .args([root, mnt, flag])
+            .spawn()
+            .expect("python3 runs tests/support/faulty_fs.py");
+        let fs = FaultyFs {
+            mnt: mnt.to_path_buf(),
+            daemon,
+        };
+        let mounted = support::wait_for(Duration::from_secs(15), || {
+            let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+            mounts
+                .lines()
+                .any(|l| l.split(' ').nth(1) == mnt.to_str())
+                .then_some(())
+        });
+        assert!(
+            mounted.is_some(),
+            "the FUSE filesystem did not mount (needs /dev/fuse, root, libfuse2 and fusepy: scripts/test installs them)"
+        );
+        fs
+    }
+}
+
+impl Drop for FaultyFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.mnt)
+            .status();
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+    }
+}
+
+#[test]
+fn a_disk_that_stops_confirming_writes_stops_acks_until_restart_and_loses_nothing() {
+    const BEFORE: usize = 1000;
+    const TOTAL: usize = 3000;
+    let dir = tempfile::tempdir().unwrap();
+    let (root, mnt, flag) = (
+        dir.path().join("root"),
+        dir.path().join("mnt"),
+        dir.path().join("fail"),
+    );
+    std::fs::create_dir(&root).unwrap();
+    std::fs::create_dir(&mnt).unwrap();
+    let _fs = FaultyFs::mount(&root, &mnt, &flag);
+    let broker = Mosquitto::start(BrokerOptions::default());
+    let dbp = mnt.join("fsync.db");
+    let url = broker.url();
+    let mut t = Tidegate::run_subscribed(
+        &url,
+        dbp.to_str().unwrap(),
+        "d/#",
+        "chaos-fsync",
+        &["--readings", "off"],
+        dir.path(),
+    );
+    broker.publish_lines("d/x", 1, &db::seq_lines(0, BEFORE));
+    db::wait_count(&dbp, MSGS, BEFORE as i64, Duration::from_secs(15));
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let metrics = |api: &str| {
+        reqwest::blocking::get(format!("{api}/metrics"))
+            .unwrap()
+            .text()
+            .unwrap()
+    };
+    let api = t.api();
+    let acked = support::wait_for(Duration::from_secs(10), || {
+        let m = support::metric(&metrics(&api), "tidegate_messages_acked_total");
+        (m == BEFORE as f64).then_some(m)
+    });
+    assert!(acked.is_some(), "the first messages are acknowledged");
+
+    // From now on every fsync fails, as on a disk that is going away.
+    std::fs::write(&flag, b"").unwrap();
+    broker.publish_lines("d/x", 1, &db::seq_lines(BEFORE, TOTAL));
+    assert!(
+        t.wait_log("could not be written to disk", Duration::from_secs(30)),
+        "{}",
+        t.log_text()
+    );
+    let ready = reqwest::blocking::get(format!("{api}/readyz")).unwrap();
+    assert_eq!(ready.status().as_u16(), 503);
+    assert!(ready.text().unwrap().contains("restart tidegate"));
+    // Nothing after the fault is acknowledged, even once the disk answers again: what reached it
+    // is unknown until a restart reads the file afresh.
+    std::fs::remove_file(&flag).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let acked_during = support::metric(&metrics(&api), "tidegate_messages_acked_total");
+    assert_eq!(
+        acked_during, BEFORE as f64,
+        "messages acknowledged after the failed fsync"
+    );
+    assert!(t.term().success(), "{}", t.log_text());
+
+    let restarted = Instant::now();
+    t.start_again();
+    db::wait_count(&dbp, MSGS, TOTAL as i64, Duration::from_secs(30));
+    let recovery = restarted.elapsed().as_secs_f64();
+    // The broker delivered again what was not acknowledged; the rows committed before the fault
+    // was noticed are recognised, not stored twice.
+    let api = t.api();
+    t.assert_metrics_balance();
+    let after = metrics(&api);
+    let redelivered = support::metric(&after, "tidegate_messages_received_total");
+    assert!(
+        redelivered >= (TOTAL as f64 - acked_during),
+        "the broker redelivered {redelivered}, fewer than the {} unacknowledged",
+        TOTAL as f64 - acked_during
+    );
+    let (lost, dup) = check_sqlite(&dbp, "d/x", TOTAL);
+    report::record(&Row {
+        scenario: "SQLite on a disk whose fsync starts failing (FUSE), then tidegate restarted".into(),
+        parameters: format!(
+            "{BEFORE} messages, then fsync answers EIO while {} more arrive; fault cleared, tidegate restarted",
+            TOTAL - BEFORE
+        ),
+        sent: TOTAL,
+        lost,
+        duplicated: dup,
+        recovery_s: recovery,
+        peak_rss_mib: report::peak_rss_mib(t.pid()),
+        notes: format!(
+            "{acked_during} acknowledged in all before the restart; /readyz 503 asking for a restart; the broker redelivered {redelivered}"
+        ),
+    });
+    assert_eq!((lost, dup), (0, 0));
+}
+
 #[test]
 fn a_client_id_collision_is_detected_and_named() {
     let broker = Mosquitto::start(BrokerOptions::default());

@@ -161,8 +161,12 @@ impl Tidegate {
                 return s;
             }
             if start.elapsed() > Duration::from_secs(20) {
+                let threads = threads_of(c.id());
                 let _ = c.kill();
-                panic!("tidegate did not stop within 20 s of SIGTERM");
+                panic!(
+                    "tidegate did not stop within 20 s of SIGTERM; its threads:\n{threads}\nits log:\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -201,4 +205,32 @@ pub fn run_to_end(args: &[&str], envs: &[(&str, &str)], cwd: &Path) -> (ExitStat
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     (out.status, text)
+}
+
+/// Each thread's name, state and where it waits in the kernel: what a hung process was doing.
+fn threads_of(pid: u32) -> String {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return "(gone)".into();
+    };
+    let mut out = String::new();
+    for task in tasks.flatten() {
+        let p = task.path();
+        let read = |f: &str| std::fs::read_to_string(p.join(f)).unwrap_or_default();
+        let stat = read("stat");
+        let state = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .next()
+            .unwrap_or("?");
+        out.push_str(&format!(
+            "{} {} wchan={}\n{}",
+            read("comm").trim(),
+            state,
+            read("wchan"),
+            read("stack")
+        ));
+    }
+    out
 }

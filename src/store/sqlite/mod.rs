@@ -150,6 +150,29 @@ fn writer_thread(
     let mut failed: Option<Arc<Vec<Message>>> = None;
     let mut held: VecDeque<(Arc<Vec<Message>>, WriteReply)> = VecDeque::new();
     while let Some(cmd) = rx.blocking_recv() {
+        // After a failed fsync nothing is written again (not even statistics or retention), and
+        // nothing waits: every command is refused at once. Holding writes behind a failed batch
+        // would deadlock here, because the fsync can fail a batch the writer already wrote,
+        // while the batch it marks failed is a later one; the earlier batch's retry would then
+        // wait behind the later one forever, and so would stopping.
+        if let Some((syncer, why)) = syncer.as_ref().and_then(|s| Some((s, s.broken()?))) {
+            let refused = || StoreError::Write(why.to_string());
+            // Through the syncer, so that answers keep their order.
+            for (_, reply) in held.drain(..) {
+                syncer.answer(reply, Err(refused()));
+            }
+            failed = None;
+            match cmd {
+                Command::Write(_, reply) => syncer.answer(reply, Err(refused())),
+                Command::Retain(_, _, reply) => {
+                    let _ = reply.send(Err(refused()));
+                }
+                Command::Stats(_, reply) => {
+                    let _ = reply.send(Err(refused()));
+                }
+            }
+            continue;
+        }
         match cmd {
             Command::Write(batch, reply) => {
                 if failed.as_ref().is_some_and(|f| !Arc::ptr_eq(f, &batch)) {
@@ -262,5 +285,82 @@ impl Store for SqliteStore {
 
     fn describe(&self) -> String {
         format!("sqlite://{}", self.path.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::message::Origin;
+
+    fn batch(topic: &str) -> Arc<Vec<Message>> {
+        let m = Message::new(
+            topic.into(),
+            bytes::Bytes::from_static(b"1"),
+            1,
+            false,
+            Origin::Http,
+            1024,
+        );
+        Arc::new(vec![m])
+    }
+
+    /// The answer, or `None` if none came within five seconds.
+    fn answer<T>(mut rx: oneshot::Receiver<T>) -> Option<T> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match rx.try_recv() {
+                Ok(v) => return Some(v),
+                Err(oneshot::error::TryRecvError::Closed) => return None,
+                Err(oneshot::error::TryRecvError::Empty) if Instant::now() > deadline => return None,
+                Err(oneshot::error::TryRecvError::Empty) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    }
+
+    #[test]
+    fn after_a_failed_fsync_every_command_is_refused_at_once_even_an_earlier_batchs_retry() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let mut conn = connect(&path).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        schema::migrate(&mut conn).unwrap();
+        let checkpointer = checkpoint::Checkpointer::start(&path, &mut conn).unwrap();
+        // The fsync fails, after the writer has already gone on to the next batch.
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let syncer = durable::Syncer::with(move || {
+            gate.recv().ok();
+            Err(std::io::Error::other("injected EIO"))
+        })
+        .unwrap();
+        let (tx, rx) = mpsc::channel(2);
+        let writer = std::thread::spawn(move || writer_thread(conn, rx, checkpointer, Some(syncer)));
+        let write = |b: &Arc<Vec<Message>>| {
+            let (reply, rx) = oneshot::channel();
+            tx.blocking_send(Command::Write(b.clone(), reply)).unwrap();
+            rx
+        };
+        let (a, b) = (batch("a"), batch("b"));
+        let a_first = write(&a);
+        release.send(()).unwrap();
+        let a_first = answer(a_first).expect("the first batch is answered");
+        assert!(a_first.unwrap_err().to_string().contains("injected EIO"));
+        assert!(answer(write(&b)).expect("answered").is_err());
+        // The pipeline retries the earlier batch first: it must not wait behind the later one.
+        assert!(answer(write(&a))
+            .expect("the retry is answered, not held")
+            .is_err());
+        assert!(answer(write(&b)).expect("answered").is_err());
+        let (reply, rx) = oneshot::channel();
+        tx.blocking_send(Command::Stats(StatsRows::default(), reply))
+            .unwrap();
+        assert!(
+            answer(rx).expect("answered").is_err(),
+            "nothing is written after a failed fsync"
+        );
+        drop(tx);
+        writer.join().unwrap();
     }
 }
