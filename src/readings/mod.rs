@@ -129,13 +129,12 @@ pub fn derive(
             Vec::new()
         }
     };
-    let mapped = match &kept {
-        Some(json) => mappings
+    let mapped = kept.map_or_else(Vec::new, |json| {
+        mappings
             .into_iter()
-            .map(|m| (m.clone(), mapping::apply(m, json, &readings)))
-            .collect(),
-        None => Vec::new(),
-    };
+            .map(|m| (m.clone(), mapping::apply(m, &json, &readings)))
+            .collect()
+    });
     Some(Derived {
         ts,
         ts_source,

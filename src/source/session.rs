@@ -201,19 +201,21 @@ async fn session_loop(
                 let full = match intake.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
                     None => continue, // stopping: left unacknowledged, the broker keeps it
                     Some(sender) => match sender.try_send(ingest) {
-                        Ok(()) => {
-                            crate::telemetry::received("mqtt", 1);
-                            continue;
-                        }
-                        Err(mpsc::error::TrySendError::Full(ingest)) => (sender.clone(), ingest),
+                        Ok(()) => None,
+                        Err(mpsc::error::TrySendError::Full(ingest)) => Some((sender.clone(), ingest)),
                         Err(mpsc::error::TrySendError::Closed(_)) => continue,
                     },
                 };
-                let (sender, ingest) = full;
-                // Waiting here is the backpressure: the broker holds what we cannot take yet.
-                tokio::select! {
-                    sent = sender.send(ingest) => if sent.is_ok() { crate::telemetry::received("mqtt", 1) },
-                    _ = wake.notified() => {}
+                let sent = match full {
+                    None => true,
+                    // Waiting here is the backpressure: the broker holds what we cannot take yet.
+                    Some((sender, ingest)) => tokio::select! {
+                        sent = sender.send(ingest) => sent.is_ok(),
+                        _ = wake.notified() => false,
+                    },
+                };
+                if sent {
+                    crate::telemetry::received("mqtt", 1);
                 }
             }
             Ok(Event::SubAck { failures }) => {
