@@ -568,6 +568,19 @@ fn metrics_keep_the_invariant_after_a_run_with_duplicates_and_rejections() {
         "{text}"
     );
     assert!(text.contains("tidegate_commit_seconds_bucket"));
+    // The standard process figures, read from /proc when scraped.
+    assert!(
+        text.contains("# TYPE process_cpu_seconds_total counter"),
+        "{text}"
+    );
+    assert!(
+        support::metric(&text, "process_cpu_seconds_total") > 0.0,
+        "{text}"
+    );
+    assert!(
+        support::metric(&text, "process_resident_memory_bytes") > 1e6,
+        "{text}"
+    );
 
     // The same counts as data, in tidegate_stats, once the stop flushed the last minute.
     assert!(t.term().success());

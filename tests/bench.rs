@@ -1,6 +1,6 @@
 //! `tidegate bench`, the load tool, against a real Mosquitto and a real tidegate: each way of
 //! measuring (the live stream, the committed counter and stored rows, the null subscriber) sees
-//! every message exactly once and says so in its JSON report.
+//! every message exactly once and says so in its JSON report, with the CPU each side spent.
 
 mod support;
 
@@ -54,6 +54,13 @@ fn every_measuring_mode_counts_each_message_once() {
         assert!(r["msg_per_s"].as_f64().unwrap() > 0.0, "{name}: {r}");
         // Latency needs a per-message signal: the stream or the null subscriber, not the rows.
         assert_eq!(r["latency_ms_p99"].is_null(), name == "no-stream", "{name}: {r}");
+        // tidegate's CPU comes from the /metrics the counter polls; the tool's own, always.
+        let tidegate_cpu = r["tidegate_cpu_us_per_msg"].as_f64();
+        match name {
+            "no-stream" => assert!(tidegate_cpu.unwrap() > 0.0, "{name}: {r}"),
+            _ => assert_eq!(tidegate_cpu, None, "{name}: {r}"),
+        }
+        assert!(r["load_cpu_us_per_msg"].as_f64().unwrap() > 0.0, "{name}: {r}");
     }
     // The two tidegate runs committed their messages, and only those.
     assert_eq!(db::count(&db_path, "SELECT count(*) FROM messages"), 6000);

@@ -38,12 +38,13 @@ pub async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     }
 }
 
-/// Prometheus text format; every name starts with `tidegate_`.
+/// Prometheus text format: tidegate's own metrics (named `tidegate_…`) and the standard
+/// `process_cpu_seconds_total` and `process_resident_memory_bytes`.
 #[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]
 pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     let body = s.metrics.as_ref().map(|h| {
         h.run_upkeep();
-        h.render()
+        h.render() + &crate::telemetry::render_process()
     });
     (
         [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],

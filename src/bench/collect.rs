@@ -119,11 +119,11 @@ impl Collector {
         total: u64,
         bar: &indicatif::ProgressBar,
         idle: Duration,
-        started: Instant,
+        started: super::Start,
     ) -> Report {
         let mut tally = Tally::new(total);
         let mut lat: Vec<u64> = Vec::with_capacity(total as usize);
-        let mut last = started;
+        let mut last = started.at;
         while tally.unique < total {
             match tokio::time::timeout(idle, self.rx.recv()).await {
                 Ok(Some((seq, us))) => {
@@ -136,6 +136,7 @@ impl Collector {
                 _ => break,
             }
         }
+        let load_cpu = started.load_cpu_us_per_msg(total);
         lat.sort_unstable();
         let pct = |p: f64| -> f64 {
             if lat.is_empty() {
@@ -144,7 +145,10 @@ impl Collector {
             let i = ((lat.len() as f64 - 1.0) * p).round() as usize;
             lat[i] as f64 / 1000.0
         };
-        let seconds = (last - started).as_secs_f64().max(1e-6);
-        tally.report(seconds, Some([pct(0.5), pct(0.9), pct(0.99), pct(1.0)]))
+        let seconds = (last - started.at).as_secs_f64().max(1e-6);
+        Report {
+            load_cpu_us_per_msg: load_cpu,
+            ..tally.report(seconds, Some([pct(0.5), pct(0.9), pct(0.99), pct(1.0)]))
+        }
     }
 }

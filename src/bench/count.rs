@@ -10,6 +10,9 @@ use anyhow::Context;
 use super::{Report, Tally};
 use crate::telemetry::COMMITTED;
 
+/// tidegate's standard CPU counter on `/metrics`.
+const CPU: &str = "process_cpu_seconds_total";
+
 /// How often the counter is read: fine enough for a run of a few seconds, cheap for tidegate.
 const POLL: Duration = Duration::from_millis(10);
 /// Rows a page when reading back: small pages keep tidegate's memory (measured by the bench) low.
@@ -19,7 +22,15 @@ pub struct Counter {
     http: reqwest::Client,
     api: String,
     token: Option<String>,
-    baseline: u64,
+    baseline: Reading,
+}
+
+/// What one read of `/metrics` tells: messages committed so far, and tidegate's CPU seconds
+/// (absent on a platform without `/proc`).
+#[derive(Debug, Clone, Copy, Default)]
+struct Reading {
+    committed: u64,
+    cpu: Option<f64>,
 }
 
 #[derive(serde::Deserialize)]
@@ -33,11 +44,11 @@ struct Row {
     payload: String,
 }
 
-/// The value of an unlabelled counter in Prometheus text.
-fn counter_value(metrics: &str, name: &str) -> Option<u64> {
+/// The value of an unlabelled metric in Prometheus text.
+fn metric_value(metrics: &str, name: &str) -> Option<f64> {
     metrics.lines().find_map(|l| {
         let (k, v) = l.split_once(' ')?;
-        (k == name).then(|| v.trim().parse::<f64>().ok().map(|v| v as u64))?
+        (k == name).then(|| v.trim().parse::<f64>().ok())?
     })
 }
 
@@ -49,9 +60,9 @@ impl Counter {
             http: reqwest::Client::new(),
             api: api.trim_end_matches('/').to_string(),
             token: token.map(String::from),
-            baseline: 0,
+            baseline: Reading::default(),
         };
-        c.baseline = c.committed().await?;
+        c.baseline = c.read().await?;
         Ok(c)
     }
 
@@ -70,10 +81,13 @@ impl Counter {
         Ok(resp)
     }
 
-    async fn committed(&self) -> anyhow::Result<u64> {
+    async fn read(&self) -> anyhow::Result<Reading> {
         let text = self.get("/metrics").await?.text().await?;
-        // Before its first commit tidegate may not list the counter yet.
-        Ok(counter_value(&text, COMMITTED).unwrap_or(0))
+        Ok(Reading {
+            // Before its first commit tidegate may not list the counter yet.
+            committed: metric_value(&text, COMMITTED).map_or(0, |v| v as u64),
+            cpu: metric_value(&text, CPU),
+        })
     }
 
     /// Waits until `total` more messages are committed, or nothing moves for `idle`; then reads
@@ -84,18 +98,22 @@ impl Counter {
         total: u64,
         bar: &indicatif::ProgressBar,
         idle: Duration,
-        started: Instant,
+        started: super::Start,
     ) -> anyhow::Result<Report> {
-        let (mut count, mut moved, mut last) = (self.baseline, Instant::now(), started);
-        while count - self.baseline < total && moved.elapsed() < idle {
+        let base = self.baseline;
+        let (mut seen, mut moved, mut last) = (base, Instant::now(), started.at);
+        while seen.committed - base.committed < total && moved.elapsed() < idle {
             tokio::time::sleep(POLL).await;
-            let now = self.committed().await?;
-            if now > count {
-                (count, moved, last) = (now, Instant::now(), Instant::now());
-                bar.set_position((count - self.baseline).min(total));
+            let now = self.read().await?;
+            if now.committed > seen.committed {
+                (seen, moved, last) = (now, Instant::now(), Instant::now());
+                bar.set_position((seen.committed - base.committed).min(total));
             }
         }
-        let seconds = (last - started).as_secs_f64().max(1e-6);
+        // Both CPU figures stop here, before the rows are read back (which is not ingest work).
+        let load_cpu = started.load_cpu_us_per_msg(total);
+        let tidegate_cpu = super::per_msg(base.cpu, seen.cpu, total);
+        let seconds = (last - started.at).as_secs_f64().max(1e-6);
         // The counter counts all of tidegate's traffic: rows of ours may still be on their way.
         let (mut best, mut grew) = (0, Instant::now());
         let tally = loop {
@@ -108,7 +126,11 @@ impl Counter {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         };
-        Ok(tally.report(seconds, None))
+        Ok(Report {
+            tidegate_cpu_us_per_msg: tidegate_cpu,
+            load_cpu_us_per_msg: load_cpu,
+            ..tally.report(seconds, None)
+        })
     }
 
     /// The sequence numbers among `topic`'s stored rows.
@@ -133,19 +155,21 @@ impl Counter {
 
 #[cfg(test)]
 mod tests {
-    use super::counter_value;
+    use super::metric_value;
 
     #[test]
-    fn reads_an_unlabelled_counter_and_not_its_look_alikes() {
+    fn reads_an_unlabelled_metric_and_not_its_look_alikes() {
         let text = "# TYPE tidegate_messages_committed_total counter\n\
                     tidegate_messages_committed_total_created 5\n\
-                    tidegate_messages_committed_total 1234\n";
+                    tidegate_messages_committed_total 1234\n\
+                    process_cpu_seconds_total 2.37\n";
         assert_eq!(
-            counter_value(text, "tidegate_messages_committed_total"),
-            Some(1234)
+            metric_value(text, "tidegate_messages_committed_total"),
+            Some(1234.0)
         );
+        assert_eq!(metric_value(text, "process_cpu_seconds_total"), Some(2.37));
         assert_eq!(
-            counter_value("other 1\n", "tidegate_messages_committed_total"),
+            metric_value("other 1\n", "tidegate_messages_committed_total"),
             None
         );
     }

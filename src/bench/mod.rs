@@ -81,6 +81,39 @@ pub struct Report {
     pub latency_ms_p90: Option<f64>,
     pub latency_ms_p99: Option<f64>,
     pub latency_ms_max: Option<f64>,
+    /// tidegate's CPU time a message over the measured window, in µs, from its
+    /// `process_cpu_seconds_total` (`--no-stream` only: the counter is read there anyway).
+    pub tidegate_cpu_us_per_msg: Option<f64>,
+    /// This tool's own CPU time a message over the measured window, in µs: the publishing
+    /// connections, and with `--null` the subscriber too. On a machine shared with the broker
+    /// and tidegate, it shows where the cores went.
+    pub load_cpu_us_per_msg: Option<f64>,
+}
+
+/// When the measured window opened: the wall clock, and this process's CPU time.
+#[derive(Debug, Clone, Copy)]
+struct Start {
+    at: Instant,
+    cpu: Option<f64>,
+}
+
+impl Start {
+    fn now() -> Start {
+        Start {
+            at: Instant::now(),
+            cpu: crate::telemetry::process_cpu_seconds(),
+        }
+    }
+
+    /// This process's CPU since the start, in µs a message.
+    fn load_cpu_us_per_msg(&self, messages: u64) -> Option<f64> {
+        per_msg(self.cpu, crate::telemetry::process_cpu_seconds(), messages)
+    }
+}
+
+/// CPU seconds between two readings, in µs a message.
+fn per_msg(before: Option<f64>, after: Option<f64>, messages: u64) -> Option<f64> {
+    Some((after? - before?).max(0.0) * 1e6 / messages.max(1) as f64)
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -137,7 +170,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         indicatif::ProgressStyle::with_template("{spinner} {pos}/{len} received  {per_sec}  {elapsed}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let started = Instant::now();
+    let started = Start::now();
     let publishing = tokio::spawn(publisher(broker.clone(), topic.clone()));
     let idle = Duration::from_secs(15);
     let report = match receiver {
@@ -166,6 +199,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             ms(report.latency_ms_p90),
             ms(report.latency_ms_p99),
             ms(report.latency_ms_max)
+        );
+        let us = |v: Option<f64>| v.map_or_else(|| "—".to_string(), |v| format!("{v:.2} µs"));
+        println!(
+            "CPU a message: tidegate {}  this tool {}",
+            us(report.tidegate_cpu_us_per_msg),
+            us(report.load_cpu_us_per_msg)
         );
     }
     Ok(())
@@ -218,6 +257,8 @@ impl Tally {
             latency_ms_p90: p90,
             latency_ms_p99: p99,
             latency_ms_max: max,
+            tidegate_cpu_us_per_msg: None,
+            load_cpu_us_per_msg: None,
         }
     }
 }
