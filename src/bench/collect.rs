@@ -137,6 +137,8 @@ impl Collector {
             }
         }
         let load_cpu = started.load_cpu_us_per_msg(total);
+        let seconds = (last - started.at).as_secs_f64().max(1e-6);
+        super::window_closed(bar, tally.unique, seconds);
         lat.sort_unstable();
         let pct = |p: f64| -> f64 {
             if lat.is_empty() {
@@ -145,7 +147,6 @@ impl Collector {
             let i = ((lat.len() as f64 - 1.0) * p).round() as usize;
             lat[i] as f64 / 1000.0
         };
-        let seconds = (last - started.at).as_secs_f64().max(1e-6);
         Report {
             load_cpu_us_per_msg: load_cpu,
             ..tally.report(seconds, Some([pct(0.5), pct(0.9), pct(0.99), pct(1.0)]))

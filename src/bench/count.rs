@@ -114,6 +114,7 @@ impl Counter {
         let load_cpu = started.load_cpu_us_per_msg(total);
         let tidegate_cpu = super::per_msg(base.cpu, seen.cpu, total);
         let seconds = (last - started.at).as_secs_f64().max(1e-6);
+        super::window_closed(bar, seen.committed - base.committed, seconds);
         // The counter counts all of tidegate's traffic: rows of ours may still be on their way.
         let (mut best, mut grew) = (0, Instant::now());
         let tally = loop {

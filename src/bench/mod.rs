@@ -111,6 +111,13 @@ impl Start {
     }
 }
 
+/// Says on stderr that the measured window has closed, before the slower checks that follow
+/// (reading a million rows back takes a while), so a person knows what is going on and a script
+/// can sample other processes' CPU at that moment (`scripts/bench` does).
+fn window_closed(bar: &indicatif::ProgressBar, received: u64, seconds: f64) {
+    bar.suspend(|| eprintln!("measured window closed: {received} messages in {seconds:.2} s"));
+}
+
 /// CPU seconds between two readings, in µs a message.
 fn per_msg(before: Option<f64>, after: Option<f64>, messages: u64) -> Option<f64> {
     Some((after? - before?).max(0.0) * 1e6 / messages.max(1) as f64)
