@@ -135,16 +135,27 @@ mod tests {
 
     #[test]
     fn process_metrics_follow_the_cpu_this_process_burns_and_its_memory() {
-        let before = process_cpu_seconds().expect("Linux /proc");
-        let started = std::time::Instant::now();
+        use rustix::time::{clock_gettime, ClockId};
+        let thread = || {
+            let t = clock_gettime(ClockId::ThreadCPUTime);
+            t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+        };
+        let before = process_cpu_seconds().expect("a unix CPU clock");
+        // Burn 200 ms of this thread's CPU, however busy the machine is (capped at 20 s of wall).
+        let (t0, started) = (thread(), std::time::Instant::now());
         let mut x = 0u64;
-        while started.elapsed() < std::time::Duration::from_millis(300) {
+        while thread() - t0 < 0.2 && started.elapsed() < std::time::Duration::from_secs(20) {
             x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
         }
-        let after = process_cpu_seconds().expect("Linux /proc");
+        let burned = thread() - t0;
+        let after = process_cpu_seconds().expect("a unix CPU clock");
         assert!(
-            after - before >= 0.2,
-            "300 ms of spinning shows as {} s of CPU",
+            burned >= 0.2,
+            "the loop stopped at 20 s of wall time: {burned} s of CPU"
+        );
+        assert!(
+            after - before >= burned,
+            "{burned} s of this thread's CPU shows as {} s of the process's",
             after - before
         );
         let rss = process_resident_bytes().expect("Linux /proc");

@@ -26,7 +26,7 @@ pub struct Counter {
 }
 
 /// What one read of `/metrics` tells: messages committed so far, and tidegate's CPU seconds
-/// (absent on a platform without `/proc`).
+/// (absent where tidegate has no process CPU clock to export).
 #[derive(Debug, Clone, Copy, Default)]
 struct Reading {
     committed: u64,
