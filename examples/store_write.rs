@@ -14,15 +14,9 @@ use tidegate::{
     readings::ReadingsConfig,
 };
 
+/// This process's CPU seconds (every thread), from tidegate's own process clock; 0 without one.
 fn cpu_seconds() -> f64 {
-    // utime + stime of this process, from /proc (Linux); 0 elsewhere.
-    std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            let f: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
-            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
-        })
-        .unwrap_or(0.0)
+    tidegate::telemetry::process_cpu_seconds().unwrap_or(0.0)
 }
 
 #[tokio::main(flavor = "current_thread")]
