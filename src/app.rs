@@ -53,6 +53,7 @@ pub async fn run_until(
         }
     };
     tracing::info!(store = %store.describe(), "store ready");
+    let readings = Arc::new(settings.readings.clone());
     let writer = tokio::spawn(
         Writer {
             store: store.clone(),
@@ -60,7 +61,7 @@ pub async fn run_until(
             fault: fault_tx,
             stop: stop_rx.clone(),
             live: live.clone(),
-            readings: Arc::new(settings.readings.clone()),
+            readings: readings.clone(),
             stats: stats.clone(),
         }
         .run(rx),
@@ -98,6 +99,7 @@ pub async fn run_until(
                 live,
                 metrics,
                 max_payload: settings.max_payload,
+                readings: readings.clone(),
                 stop: stop_rx.clone(),
             };
             let router = api::router(state, a.max_body, a.rate_limit);

@@ -35,9 +35,9 @@ fn main() -> ExitCode {
             topic,
             payload,
         }) => {
-            return match tidegate::readings::preview(&config, &topic, &payload) {
-                Ok(text) => {
-                    print!("{text}");
+            return match tidegate::readings::preview::from_config_file(&config, &topic, &payload) {
+                Ok(preview) => {
+                    println!("{}", serde_json::to_string_pretty(&preview).unwrap_or_default());
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

@@ -34,12 +34,11 @@ fn serve(dir: &std::path::Path, extra: &[&str]) -> Tidegate {
 }
 
 fn post(c: &Client, base: &str, ct: &str, body: impl Into<reqwest::blocking::Body>) -> (StatusCode, Value) {
-    let r = c
-        .post(format!("{base}/api/v1/messages"))
-        .header("content-type", ct)
-        .body(body)
-        .send()
-        .unwrap();
+    post_to(c, &format!("{base}/api/v1/messages"), ct, body)
+}
+
+fn post_to(c: &Client, url: &str, ct: &str, body: impl Into<reqwest::blocking::Body>) -> (StatusCode, Value) {
+    let r = c.post(url).header("content-type", ct).body(body).send().unwrap();
     let s = r.status();
     (s, r.json().unwrap_or(Value::Null))
 }
@@ -145,6 +144,7 @@ fn ingest_then_query_every_shape() {
         "/api/v1/messages",
         "/api/v1/topics",
         "/api/v1/stream",
+        "/api/v1/preview",
         "/healthz",
         "/readyz",
         "/metrics",
@@ -154,6 +154,114 @@ fn ingest_then_query_every_shape() {
             "{path} missing from the OpenAPI document"
         );
     }
+}
+
+#[test]
+fn preview_answers_what_would_be_stored_with_the_running_config_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("tidegate.toml");
+    std::fs::write(
+        &conf,
+        "max_payload = \"128B\"\n[[mapping]]\nfilter = \"sensors/+/telemetry\"\ntable = \"telemetry\"\n[mapping.columns]\ntemperature_c = \"$.temp\"\n",
+    )
+    .unwrap();
+    let t = serve(dir.path(), &["--config", conf.to_str().unwrap()]);
+    let base = t.api();
+    let c = client();
+    let preview = |ct: &str, body: String| post_to(&c, &format!("{base}/api/v1/preview"), ct, body);
+    let body = json!([
+        {"topic":"sensors/s3/telemetry","payload":{"device":"s3","temp":"21.4","hum":55,"ts":"2026-11-25T10:00:00Z"}},
+        {"topic":"sensors/s4/telemetry","payload":{"temp":"hot"}},
+        {"topic":"plain","payload":"on"}
+    ]);
+    let (s, v) = preview("application/json", body.to_string());
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let p = v.as_array().unwrap();
+    assert_eq!(p.len(), 3, "one preview per message, in order: {v}");
+
+    assert_eq!(p[0]["table"], "messages");
+    assert_eq!(p[0]["device"], "s3");
+    assert_eq!(p[0]["ts"], "2026-11-25T10:00:00Z");
+    assert_eq!(p[0]["ts_source"], "payload");
+    let fields: Vec<&str> = p[0]["readings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["hum", "temp"], "{v}");
+    assert_eq!(
+        p[0]["readings"][1]["value"], 21.4,
+        "text that reads as a number is charted as one"
+    );
+    assert_eq!(
+        p[0]["mappings"],
+        json!([{"table":"telemetry","row":{"temperature_c":21.4}}])
+    );
+
+    assert_eq!(
+        p[1]["table"], "messages",
+        "a value that does not fit loses no message"
+    );
+    let refused = p[1]["mappings"][0]["rejected"].as_str().unwrap();
+    assert!(
+        refused.contains("temperature_c") && refused.contains("hot"),
+        "{refused}"
+    );
+    assert_eq!(p[1]["readings"], json!([{"field":"temp","text":"hot"}]));
+
+    assert!(p[2]["readings"].as_array().unwrap().is_empty());
+    assert!(p[2]["note"].as_str().unwrap().contains("not JSON"), "{v}");
+    assert!(
+        p[2]["mappings"].as_array().unwrap().is_empty(),
+        "no mapping for this topic"
+    );
+
+    // Over the configured limit: what MQTT would record in `rejected`, what the ingest route refuses.
+    let big = json!({"topic":"plain","payload":"x".repeat(200)});
+    let (s, e) = preview("application/json", big.to_string());
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("over the limit of 128 bytes"),
+        "{e}"
+    );
+    assert_eq!(e["detail"]["index"], 0);
+
+    // The same errors as the ingest route, naming what is wrong.
+    let (s, e) = preview(
+        "application/x-ndjson",
+        "{\"topic\":\"ok\",\"payload\":1}\n{\"topic\":\"a/#\",\"payload\":1}\n".into(),
+    );
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    assert_eq!(e["detail"]["index"], 1);
+    assert!(e["error"].as_str().unwrap().contains('#'), "{e}");
+    let (s, e) = preview("text/plain", "{}".into());
+    assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{e}");
+
+    // An NDJSON body of 2,000 previews (parsed off the runtime thread), then: nothing stored.
+    let nd: String = (0..2000)
+        .map(|i| format!("{{\"topic\":\"sensors/n{i}/telemetry\",\"payload\":{{\"temp\":{i}}}}}\n"))
+        .collect();
+    let (s, v) = preview("application/x-ndjson", nd);
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v.as_array().unwrap().len(), 2000);
+    assert_eq!(v[1999]["mappings"][0]["row"]["temperature_c"], 1999.0);
+    let (_, v) = get(&c, &format!("{base}/api/v1/messages"));
+    assert_eq!(v["messages"], json!([]), "a preview stored something");
+    let (_, v) = get(&c, &format!("{base}/api/v1/topics"));
+    assert_eq!(v["topics"], json!([]));
+    let db = rusqlite::Connection::open(dir.path().join("api.db")).unwrap();
+    let tables: i64 = db
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'telemetry'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(tables, 0, "a preview created the mapped table");
 }
 
 #[test]
@@ -397,6 +505,21 @@ fn a_token_guards_every_route_but_healthz() {
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let body = r.text().unwrap();
     assert!(!body.contains(TOKEN));
+    let preview = |token: Option<&str>| {
+        let r = c
+            .post(format!("{base}/api/v1/preview"))
+            .header("content-type", "application/json")
+            .body(r#"{"topic":"a","payload":"1"}"#);
+        match token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+        .send()
+        .unwrap()
+        .status()
+    };
+    assert_eq!(preview(None), StatusCode::UNAUTHORIZED);
+    assert_eq!(preview(Some(TOKEN)), StatusCode::OK);
     assert!(!t.log_text().contains(TOKEN), "token in the log");
 }
 

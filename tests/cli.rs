@@ -298,9 +298,17 @@ fn mapping_test_prints_rows_without_a_database() {
     ];
     let (s, out) = run_to_end(&[&args[..], &[r#"{"temp":"21.4"}"#]].concat(), &[], dir.path());
     assert!(s.success(), "{out}");
-    assert!(out.contains(r#""row":{"temperature_c":21.4}"#), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v["mappings"],
+        serde_json::json!([{"table": "telemetry", "row": {"temperature_c": 21.4}}]),
+        "{out}"
+    );
+    assert_eq!(v["readings"][0]["field"], "temp");
     let (_, out) = run_to_end(&[&args[..], &[r#"{"temp":"hot"}"#]].concat(), &[], dir.path());
-    assert!(out.contains("rejected") && out.contains("temperature_c"), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let refused = v["mappings"][0]["rejected"].as_str().unwrap_or_default();
+    assert!(refused.contains("temperature_c"), "{out}");
     assert_eq!(
         std::fs::read_dir(dir.path()).unwrap().count(),
         1,

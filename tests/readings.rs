@@ -166,3 +166,53 @@ fn the_sensor_example_becomes_readings_and_rollups_in_both_stores() {
         assert_eq!(v["points"][1]["last"], 22.6);
     }
 }
+
+#[test]
+fn with_readings_off_a_mapping_still_fills_its_wide_table() {
+    let broker = Mosquitto::start(BrokerOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("tidegate.toml");
+    std::fs::write(
+        &conf,
+        "[[mapping]]\nfilter = \"sensors/+/telemetry\"\ntable = \"telemetry\"\n[mapping.columns]\ntemperature_c = \"$.temp\"\n",
+    )
+    .unwrap();
+    let sqlite = dir.path().join("off.db");
+    let _t = Tidegate::run_subscribed(
+        &broker.url(),
+        sqlite.to_str().unwrap(),
+        "#",
+        "readings-off-mapped",
+        &["--readings", "off", "--config", conf.to_str().unwrap()],
+        dir.path(),
+    );
+    broker.publish_lines(
+        "sensors/s1/telemetry",
+        1,
+        &[r#"{"temp":21.5}"#.into(), r#"{"temp":"22"}"#.into()],
+    );
+    broker.publish_lines("other/topic", 1, &[r#"{"temp":99}"#.into()]);
+    db::wait_count(
+        &sqlite,
+        "SELECT count(*) FROM messages",
+        3,
+        Duration::from_secs(15),
+    );
+    let c = db::open(&sqlite);
+    let mapped: Vec<f64> = c
+        .prepare("SELECT temperature_c FROM telemetry ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(mapped, [21.5, 22.0], "the mapping's rows, and only its topic's");
+    let count = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
+    assert_eq!(count("SELECT count(*) FROM readings"), 0, "readings are off");
+    assert_eq!(
+        count("SELECT count(*) FROM readings_1m"),
+        0,
+        "no rollups without readings"
+    );
+    assert_eq!(count("SELECT count(*) FROM reading_notes"), 0);
+}

@@ -58,10 +58,7 @@ pub async fn post_messages(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<IngestResult>), ApiError> {
-    let body =
-        body.map_err(|e| ApiError::new(e.status(), format!("cannot read the body: {}", e.body_text())))?;
-    let format = ingest_body::format_of(headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()))
-        .map_err(body_error)?;
+    let (format, body) = read_body(&headers, body)?;
     let messages = parse_off_the_runtime(format, body, s.max_payload).await?;
     if let Some(reason) = s.fault.borrow().as_ref() {
         return Err(ApiError::unavailable(
@@ -94,6 +91,18 @@ pub async fn post_messages(
     Ok((StatusCode::CREATED, Json(r)))
 }
 
+/// The body and its format (from `Content-Type`), or the error naming what is wrong.
+pub(super) fn read_body(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(ingest_body::Format, Bytes), ApiError> {
+    let body =
+        body.map_err(|e| ApiError::new(e.status(), format!("cannot read the body: {}", e.body_text())))?;
+    let format = ingest_body::format_of(headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()))
+        .map_err(body_error)?;
+    Ok((format, body))
+}
+
 /// Bodies larger than this are parsed on a blocking thread. Parsing takes about a microsecond a
 /// line: a 7 MiB body of short lines held the runtime thread (one by default), and MQTT
 /// deliveries, acknowledgements and the store's next batch behind it, for ~0.15 s.
@@ -104,10 +113,19 @@ async fn parse_off_the_runtime(
     body: Bytes,
     max_payload: usize,
 ) -> Result<Vec<crate::message::Message>, ApiError> {
-    if body.len() <= PARSE_INLINE_MAX {
-        return ingest_body::parse(format, &body, max_payload).map_err(body_error);
+    off_the_runtime(body.len(), move || ingest_body::parse(format, &body, max_payload)).await
+}
+
+/// Runs `work` on this thread for a body of `len` bytes up to `PARSE_INLINE_MAX`, on a blocking
+/// thread beyond.
+pub(super) async fn off_the_runtime<T: Send + 'static>(
+    len: usize,
+    work: impl FnOnce() -> Result<T, ingest_body::BodyError> + Send + 'static,
+) -> Result<T, ApiError> {
+    if len <= PARSE_INLINE_MAX {
+        return work().map_err(body_error);
     }
-    tokio::task::spawn_blocking(move || ingest_body::parse(format, &body, max_payload))
+    tokio::task::spawn_blocking(work)
         .await
         .map_err(|_| {
             ApiError::new(
@@ -118,7 +136,7 @@ async fn parse_off_the_runtime(
         .map_err(body_error)
 }
 
-fn body_error(e: ingest_body::BodyError) -> ApiError {
+pub(super) fn body_error(e: ingest_body::BodyError) -> ApiError {
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
     let err = ApiError::new(status, e.message);
     match e.index {

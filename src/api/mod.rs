@@ -9,6 +9,7 @@ mod ingest;
 pub mod ingest_body;
 mod limit;
 mod page;
+mod preview;
 mod query;
 mod readings;
 mod stream;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub live: Live,
     pub metrics: Option<PrometheusHandle>,
     pub max_payload: usize,
+    /// How readings and mapped rows are derived (the writer's own), for previews.
+    pub readings: Arc<crate::readings::ReadingsConfig>,
     /// Fires when the process stops; ends live streams so the server can finish.
     pub stop: watch::Receiver<bool>,
 }
@@ -59,6 +62,7 @@ pub fn router(state: AppState, max_body: usize, rate_limit: Option<std::num::Non
         .routes(routes!(ingest::post_messages, query::get_messages))
         .routes(routes!(query::get_topics))
         .routes(routes!(readings::get_readings))
+        .routes(routes!(preview::post_preview))
         .routes(routes!(stream::get_stream))
         .routes(routes!(page::index))
         .routes(routes!(health::healthz))

@@ -158,7 +158,7 @@ pub struct RunArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spool_max: Option<Size>,
 
-    /// Extract readings (one row per JSON field) and rollups: `on` (default) or `off`.
+    /// Extract readings (one row per JSON field) and rollups: `on` (default) or `off`. Mappings apply either way.
     #[arg(long, env = "TIDEGATE_READINGS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub readings: Option<String>,

@@ -109,9 +109,9 @@ impl Writer {
     }
 }
 
-/// Readings are derived as a message is taken into a batch, before it is sealed.
+/// Readings and mapped rows are derived as a message is taken into a batch, before it is sealed.
 fn derive(readings: &crate::readings::ReadingsConfig, ingest: &mut Ingest) {
-    if !readings.enabled {
+    if !readings.enabled && readings.mappings.is_empty() {
         return;
     }
     for m in ingest.messages_mut() {

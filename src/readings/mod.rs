@@ -7,6 +7,7 @@ mod device;
 mod event_time;
 mod flatten;
 pub mod mapping;
+pub mod preview;
 
 use chrono::{DateTime, Utc};
 
@@ -65,14 +66,16 @@ pub struct Derived {
     )>,
 }
 
-/// Extracts readings from one message. `None` when readings are off or the payload is not JSON.
+/// Extracts readings, and the rows of the mappings whose filter matches `topic`, from one
+/// message. `None` when the payload is not JSON, or when readings are off and no mapping matches:
+/// `readings = off` turns off the readings table, not the wide tables a user configured.
 pub fn derive(
     cfg: &ReadingsConfig,
     topic: &str,
     payload: &[u8],
     received_at: DateTime<Utc>,
 ) -> Option<Derived> {
-    if !cfg.enabled || payload.is_empty() {
+    if payload.is_empty() || !(cfg.enabled || cfg.mappings.iter().any(|m| m.matches(topic))) {
         return None;
     }
     let first = payload.iter().find(|b| !b.is_ascii_whitespace())?;
@@ -140,69 +143,10 @@ pub fn derive(
         ts_source,
         device,
         readings: if cfg.enabled { readings } else { Vec::new() },
-        note,
+        // The notes explain readings (`reading_notes`); with none there is nothing to explain.
+        note: note.filter(|_| cfg.enabled),
         mapped,
     })
-}
-
-/// `tidegate mapping test`: what a message on `topic` would produce with the readings and
-/// mappings of the config file, as JSON lines. Touches no database.
-pub fn preview(
-    config: &std::path::Path,
-    topic: &str,
-    payload: &str,
-) -> Result<String, crate::config::ConfigError> {
-    use crate::config::{Mode, RunArgs, Settings};
-    crate::config::validate_topic_name(topic).map_err(|e| crate::config::ConfigError::new("topic", e))?;
-    let args = RunArgs {
-        config: Some(config.to_path_buf()),
-        broker: Some("mqtt://preview.invalid".into()),
-        listen: Some("off".into()),
-        ..Default::default()
-    };
-    let settings = Settings::resolve(Mode::Run, args)?;
-    let mut out = String::new();
-    let Some(d) = derive(&settings.readings, topic, payload.as_bytes(), chrono::Utc::now()) else {
-        out.push_str("{\"readings\":[],\"note\":\"the payload is not JSON: stored raw only\"}\n");
-        return Ok(out);
-    };
-    let readings: Vec<serde_json::Value> = d
-        .readings
-        .iter()
-        .map(|r| match &r.value {
-            Value::Number(n) => serde_json::json!({"field": r.field, "value": n}),
-            Value::Text(t) => serde_json::json!({"field": r.field, "text": t}),
-        })
-        .collect();
-    out.push_str(&serde_json::json!({"ts": d.ts, "ts_source": d.ts_source.as_str(), "device": d.device, "readings": readings, "note": d.note}).to_string());
-    out.push('\n');
-    for (m, r) in &d.mapped {
-        let line = match r {
-            Ok(row) => {
-                let cols: serde_json::Map<String, serde_json::Value> = row
-                    .values
-                    .iter()
-                    .map(|(n, v)| {
-                        let v = match v {
-                            mapping::SqlValue::Null => serde_json::Value::Null,
-                            mapping::SqlValue::Real(f) => serde_json::json!(f),
-                            mapping::SqlValue::Integer(i) => serde_json::json!(i),
-                            mapping::SqlValue::Text(s) => serde_json::json!(s),
-                            mapping::SqlValue::Bool(b) => serde_json::json!(b),
-                            mapping::SqlValue::Time(t) => serde_json::json!(t),
-                        };
-                        (n.as_str().to_string(), v)
-                    })
-                    .collect();
-                let new: Vec<&str> = row.new_columns.iter().map(|(n, _)| n.as_str()).collect();
-                serde_json::json!({"table": m.table.as_str(), "row": cols, "new_columns": new})
-            }
-            Err(reason) => serde_json::json!({"table": m.table.as_str(), "rejected": reason}),
-        };
-        out.push_str(&line.to_string());
-        out.push('\n');
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
