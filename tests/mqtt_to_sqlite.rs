@@ -376,6 +376,63 @@ fn retained_message_is_stored_once_across_restarts() {
 }
 
 #[test]
+fn a_changed_topic_takes_effect_on_a_kept_session_and_the_old_filter_is_named() {
+    for version in ["5", "3.1.1"] {
+        let case = Case::new(BrokerOptions::default());
+        let (url, db) = (case.broker.url(), case.db());
+        let run = |topics: &'static str| {
+            let mut args = support::tidegate::run_args(&url, db.to_str().unwrap(), topics, "moved");
+            args.extend_from_slice(&["--mqtt-version", version]);
+            let t = Tidegate::start(&args, case.dir.path());
+            assert!(
+                t.wait_log("subscribed", Duration::from_secs(15)),
+                "MQTT {version}: {topics} not subscribed:\n{}",
+                t.log_text()
+            );
+            t
+        };
+        case.broker.publish_bytes("keep/status", b"up", &["-r"]);
+        let mut first = run("keep/#,old/#");
+        db::wait_count(&db, MSGS, 1, Duration::from_secs(10));
+        assert!(first.term().success());
+        // Same client id, so the broker keeps the session and its subscriptions to keep/# and
+        // old/#; this run asks for keep/# and new/# (telegraf#9703: the change was ignored).
+        let second = run("keep/#,new/#");
+        assert!(second.log_text().contains("kept our session"), "MQTT {version}");
+        case.broker.publish_lines("new/a", 1, &db::seq_lines(0, 50));
+        case.broker.publish_lines("old/a", 1, &db::seq_lines(0, 5));
+        assert_eq!(
+            db::wait_count(&db, MSGS, 56, Duration::from_secs(20)),
+            56,
+            "MQTT {version}: {}",
+            second.log_text()
+        );
+        let (missing, dup) = db::exactly_once(&db, "new/a", 50);
+        assert!(
+            missing.is_empty() && dup.is_empty(),
+            "MQTT {version}: new topic missing {missing:?} dup {dup:?}"
+        );
+        assert_eq!(
+            db::payloads(&db, "keep/status"),
+            ["up"],
+            "MQTT {version}: a resubscribed filter's retained message, twice"
+        );
+        assert_eq!(
+            db::payloads(&db, "old/a").len(),
+            5,
+            "MQTT {version}: the old filter's messages are stored, not dropped"
+        );
+        let log = second.log_text();
+        assert_eq!(
+            log.matches("none of --topic matches").count(),
+            1,
+            "MQTT {version}: said once:\n{log}"
+        );
+        assert!(log.contains("old/a") && log.contains("-U 'OLD/FILTER'"), "{log}");
+    }
+}
+
+#[test]
 fn a_seed_database_is_upgraded_and_keeps_its_rows() {
     let case = Case::new(BrokerOptions::default());
     {

@@ -5,6 +5,7 @@
 pub mod ack;
 mod client;
 mod session;
+mod strays;
 mod tls;
 
 pub use session::{MqttSource, SourceStatus};

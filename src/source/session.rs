@@ -20,6 +20,7 @@ use tokio::{
 use super::{
     ack::{AckGate, MqttAck},
     client::{self, Client, Event},
+    strays::Strays,
     tls::TlsError,
 };
 use crate::{
@@ -142,6 +143,8 @@ async fn session_loop(
     let mut short_lived = 0u32;
     // Shared by every delivery's origin rather than copied into each.
     let session: Arc<str> = s.client_id.as_str().into();
+    // Set when the broker kept a session from an earlier run, whose filters may not be ours.
+    let mut strays: Option<Strays> = None;
     loop {
         match eventloop.poll(&session, s.max_payload).await {
             Ok(Event::ConnAck {
@@ -183,7 +186,15 @@ async fn session_loop(
                 if let Some(e) = previous_error {
                     tracing::debug!(error = %e, "recovered from");
                 }
-                if !session_present {
+                // A session kept from an earlier run holds that run's subscriptions, and its
+                // topics may not be ours (a changed --topic was ignored: telegraf#9703). So the
+                // first connection of a run always subscribes. A filter already held is only
+                // replaced: MQTT 5 resends no retained message for it (retain handling 1), and
+                // a 3.1.1 broker's resent copy is recognised as already stored.
+                if !session_present || !ever_connected {
+                    if session_present {
+                        strays = Some(Strays::new(&s.topics));
+                    }
                     if let Err(e) = client.try_subscribe(&s.topics, s.qos) {
                         tracing::error!(error = %e, "cannot queue the subscription");
                     }
@@ -191,6 +202,15 @@ async fn session_loop(
                 ever_connected = true;
             }
             Ok(Event::Publish(message, token)) => {
+                if strays.as_mut().is_some_and(|st| st.first_stray(&message.topic)) {
+                    tracing::warn!(
+                        topic = %message.topic,
+                        client_id = %s.client_id,
+                        "a message arrived on a topic none of --topic matches: the broker kept a subscription from an earlier run with this client id. Such messages are stored like the others. To end the old subscription, unsubscribe its filter once with this client id and a persistent session, e.g. `mosquitto_sub -i {} -c -q 1 -E -t '{}' -U 'OLD/FILTER'` (with your host and credentials) while tidegate is stopped",
+                        s.client_id,
+                        s.topics.first().map_or("#", String::as_str),
+                    );
+                }
                 let ack = match token {
                     Some(t) => Ack::Mqtt(MqttAck::new(gate.clone(), generation, t)),
                     None => Ack::None,
