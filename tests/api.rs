@@ -631,6 +631,124 @@ fn the_live_stream_carries_mqtt_messages_and_readiness_follows_the_broker() {
     );
 }
 
+/// Takes over `client_id`'s session at the broker on `port` and leaves it subscribed to
+/// `none/here` only: the broker kicks tidegate off, tidegate reconnects to a kept session whose
+/// subscription is gone — connected, delivering nothing (the silent stall of telegraf#16038).
+fn drop_subscription(port: u16, client_id: &str, filter: &str) {
+    let out = std::process::Command::new("mosquitto_sub")
+        .args([
+            "-p",
+            &port.to_string(),
+            "-V",
+            "mqttv5",
+            "-x",
+            "3600",
+            "-i",
+            client_id,
+            "-c",
+            "-q",
+            "1",
+        ])
+        .args(["-E", "-t", "none/here", "-U", filter])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_connected_session_that_delivers_nothing_is_resubscribed_with_stale_after() {
+    let broker = Mosquitto::start(BrokerOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let dbp = dir.path().join("stale.db");
+    let url = broker.url();
+    let c = client();
+    let count = |topic: &str| {
+        db::count(
+            &dbp,
+            &format!("SELECT count(*) FROM messages WHERE topic = '{topic}'"),
+        )
+    };
+    let reconnected = |t: &Tidegate| {
+        t.wait_log("the broker kept our session", Duration::from_secs(15))
+            && support::wait_for(Duration::from_secs(15), || {
+                (get(&c, &format!("{}/readyz", t.api())).0 == StatusCode::OK).then_some(())
+            })
+            .is_some()
+    };
+
+    // Without the watchdog the stall lasts: connected, ready, and nothing stored.
+    let plain = Tidegate::run_subscribed(
+        &url,
+        dbp.to_str().unwrap(),
+        "plain/#",
+        "stall-plain",
+        &[],
+        dir.path(),
+    );
+    drop_subscription(broker.port, "stall-plain", "plain/#");
+    assert!(reconnected(&plain), "{}", plain.log_text());
+    broker.publish_lines("plain/a", 1, &["lost".into()]);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(count("plain/a"), 0, "the scenario did not stall");
+    assert_eq!(get(&c, &format!("{}/readyz", plain.api())).0, StatusCode::OK);
+    drop(plain);
+
+    let t = Tidegate::run_subscribed(
+        &url,
+        dbp.to_str().unwrap(),
+        "st/#",
+        "stall",
+        &["--stale-after", "2s"],
+        dir.path(),
+    );
+    let base = t.api();
+    broker.publish_lines("st/a", 1, &["1".into()]);
+    db::wait_count(
+        &dbp,
+        "SELECT count(*) FROM messages WHERE topic = 'st/a'",
+        1,
+        Duration::from_secs(10),
+    );
+    drop_subscription(broker.port, "stall", "st/#");
+    let stale = support::wait_for(Duration::from_secs(15), || {
+        let (s, v) = get(&c, &format!("{base}/readyz"));
+        (s == StatusCode::SERVICE_UNAVAILABLE && v.to_string().contains("stale")).then_some(v)
+    })
+    .unwrap_or_else(|| panic!("readyz never said stale:\n{}", t.log_text()));
+    assert!(
+        stale["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("no message for 2s"),
+        "{stale}"
+    );
+    assert!(t.log_text().contains("subscribing again"), "{}", t.log_text());
+
+    // Subscribed again: the next message is stored and the source is ready again.
+    broker.publish_lines("st/b", 1, &["2".into()]);
+    db::wait_count(
+        &dbp,
+        "SELECT count(*) FROM messages WHERE topic = 'st/b'",
+        1,
+        Duration::from_secs(10),
+    );
+    assert!(
+        support::wait_for(Duration::from_secs(5), || (get(&c, &format!("{base}/readyz")).0
+            == StatusCode::OK)
+            .then_some(()))
+        .is_some(),
+        "{}",
+        t.log_text()
+    );
+    assert!(t.log_text().contains("the session delivers again"));
+    let metrics = c.get(format!("{base}/metrics")).send().unwrap().text().unwrap();
+    assert_eq!(
+        support::metric(&metrics, "tidegate_mqtt_stale_total"),
+        1.0,
+        "{metrics}"
+    );
+}
+
 #[test]
 fn metrics_keep_the_invariant_after_a_run_with_duplicates_and_rejections() {
     let broker = Mosquitto::start(BrokerOptions::default());

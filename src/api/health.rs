@@ -11,7 +11,8 @@ pub async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
-/// Ready when the store is writable and, where MQTT is configured, the broker session is up.
+/// Ready when the store is writable and, where MQTT is configured, the broker session is up
+/// (and, with `--stale-after`, delivering).
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses((status = 200, description = "ready"), (status = 503, description = "not ready; `reasons` says why")))]
 pub async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
@@ -26,6 +27,9 @@ pub async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
                 "MQTT session down: {}",
                 st.last_error.as_deref().unwrap_or("connecting")
             ));
+        }
+        if let Some(why) = &st.stale {
+            reasons.push(format!("MQTT session stale: {why}"));
         }
     }
     if reasons.is_empty() {

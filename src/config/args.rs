@@ -99,6 +99,12 @@ pub struct RunArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keep_alive: Option<Span>,
 
+    /// When connected and no message has arrived for this long, subscribe again and report not
+    /// ready until one does (e.g. 10m; default: off). For topics that are never quiet that long.
+    #[arg(long, env = "TIDEGATE_STALE_AFTER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale_after: Option<Span>,
+
     /// Largest payload stored; larger ones are recorded in `rejected` (default 1MiB).
     #[arg(long, env = "TIDEGATE_MAX_PAYLOAD")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -260,6 +266,7 @@ impl RunArgs {
             client_key: self.client_key.or(other.client_key),
             session_expiry: self.session_expiry.or(other.session_expiry),
             keep_alive: self.keep_alive.or(other.keep_alive),
+            stale_after: self.stale_after.or(other.stale_after),
             max_payload: self.max_payload.or(other.max_payload),
             sqlite_sync: self.sqlite_sync.or(other.sqlite_sync),
             batch_size: self.batch_size.or(other.batch_size),

@@ -115,6 +115,9 @@ pub struct MqttSettings {
     pub tls: TlsFiles,
     pub session_expiry: Duration,
     pub keep_alive: Duration,
+    /// How long a connected session may go without a message before it is subscribed again and
+    /// reported not ready; `None` when the watchdog is off.
+    pub stale_after: Option<Duration>,
     pub max_payload: usize,
 }
 
@@ -466,6 +469,13 @@ fn resolve_mqtt(a: &RunArgs, target: &str, max_payload: usize) -> Result<MqttSet
     if keep_alive < Duration::from_secs(5) || keep_alive.as_secs() > u16::MAX as u64 {
         return Err(ConfigError::new("keep-alive", "must be between 5s and 18h"));
     }
+    let stale_after = a.stale_after.map(|s| s.0);
+    if stale_after.is_some_and(|d| d < Duration::from_secs(1)) {
+        return Err(ConfigError::new(
+            "stale-after",
+            "must be at least 1s (leave it unset to turn the watchdog off)",
+        ));
+    }
     Ok(MqttSettings {
         broker,
         topics,
@@ -477,6 +487,7 @@ fn resolve_mqtt(a: &RunArgs, target: &str, max_payload: usize) -> Result<MqttSet
         tls,
         session_expiry,
         keep_alive,
+        stale_after,
         max_payload,
     })
 }
@@ -665,6 +676,7 @@ mod tests {
         assert_eq!(st.sqlite_sync, SqliteSync::Full);
         assert!(m.client_id.starts_with("tidegate-"));
         assert_eq!(m.max_payload, 1 << 20);
+        assert_eq!(m.stale_after, None, "the watchdog is off unless asked for");
         assert_eq!(s.api.unwrap().listen.to_string(), "127.0.0.1:8080");
     }
 
@@ -684,6 +696,13 @@ mod tests {
                     ..args("mqtt://h")
                 },
                 "topic",
+            ),
+            (
+                RunArgs {
+                    stale_after: Some(values::Span(Duration::from_millis(500))),
+                    ..args("mqtt://h")
+                },
+                "stale-after",
             ),
             (
                 RunArgs {

@@ -7,5 +7,6 @@ mod client;
 mod session;
 mod strays;
 mod tls;
+mod watchdog;
 
 pub use session::{MqttSource, SourceStatus};

@@ -22,6 +22,7 @@ use super::{
     client::{self, Client, Event},
     strays::Strays,
     tls::TlsError,
+    watchdog::{Heartbeat, Watchdog},
 };
 use crate::{
     config::MqttSettings,
@@ -38,6 +39,8 @@ pub struct SourceStatus {
     pub last_error: Option<String>,
     pub reconnects: u64,
     pub sessions_lost: u64,
+    /// Set by the watchdog (`--stale-after`) while a connected session delivers nothing.
+    pub stale: Option<String>,
 }
 
 pub struct MqttSource {
@@ -47,6 +50,7 @@ pub struct MqttSource {
     accepting: Arc<AtomicBool>,
     wake: Arc<Notify>,
     task: JoinHandle<()>,
+    watchdog: Option<JoinHandle<()>>,
     status: watch::Receiver<SourceStatus>,
 }
 
@@ -68,6 +72,24 @@ impl MqttSource {
         let accepting = Arc::new(AtomicBool::new(true));
         let wake = Arc::new(Notify::new());
         let (status_tx, status) = watch::channel(SourceStatus::default());
+        let status_tx = Arc::new(status_tx);
+        let heartbeat = settings.stale_after.map(|_| Arc::new(Heartbeat::default()));
+        let watchdog = settings
+            .stale_after
+            .zip(heartbeat.clone())
+            .map(|(after, heartbeat)| {
+                tokio::spawn(
+                    Watchdog {
+                        after,
+                        client: client.clone(),
+                        topics: settings.topics.clone(),
+                        qos: settings.qos,
+                        heartbeat,
+                        status: status_tx.clone(),
+                    }
+                    .run(),
+                )
+            });
         tracing::info!(
             broker = %settings.broker,
             client_id = %settings.client_id,
@@ -84,6 +106,7 @@ impl MqttSource {
             accepting.clone(),
             wake.clone(),
             status_tx,
+            heartbeat,
         ));
         Ok(MqttSource {
             client,
@@ -92,6 +115,7 @@ impl MqttSource {
             accepting,
             wake,
             task,
+            watchdog,
             status,
         })
     }
@@ -113,6 +137,9 @@ impl MqttSource {
         self.stop_intake();
         self.gate.flushed(Duration::from_secs(5)).await;
         self.client.try_disconnect();
+        if let Some(w) = &self.watchdog {
+            w.abort();
+        }
         let abort = self.task.abort_handle();
         if tokio::time::timeout(Duration::from_secs(5), self.task)
             .await
@@ -132,7 +159,8 @@ async fn session_loop(
     intake: Intake,
     accepting: Arc<AtomicBool>,
     wake: Arc<Notify>,
-    status: watch::Sender<SourceStatus>,
+    status: Arc<watch::Sender<SourceStatus>>,
+    heartbeat: Option<Arc<Heartbeat>>,
 ) {
     let mut generation = gate.generation();
     let mut backoff = BACKOFF_MIN;
@@ -153,6 +181,9 @@ async fn session_loop(
             }) => {
                 backoff = BACKOFF_MIN;
                 connected_at = Some(std::time::Instant::now());
+                if let Some(h) = &heartbeat {
+                    h.beat(crate::time::now().timestamp_millis());
+                }
                 let previous_error = status.borrow().last_error.clone();
                 metrics::gauge!(crate::telemetry::MQTT_CONNECTED).set(1.0);
                 if ever_connected {
@@ -164,6 +195,7 @@ async fn session_loop(
                 status.send_modify(|st| {
                     st.connected = true;
                     st.last_error = None;
+                    st.stale = None;
                     if ever_connected {
                         st.reconnects += 1;
                     }
@@ -210,6 +242,13 @@ async fn session_loop(
                         s.client_id,
                         s.topics.first().map_or("#", String::as_str),
                     );
+                }
+                if heartbeat
+                    .as_ref()
+                    .is_some_and(|h| h.beat(message.received_at.timestamp_millis()))
+                {
+                    tracing::info!(topic = %message.topic, "a message arrived: the session delivers again");
+                    status.send_modify(|st| st.stale = None);
                 }
                 let ack = match token {
                     Some(t) => Ack::Mqtt(MqttAck::new(gate.clone(), generation, t)),
@@ -288,6 +327,7 @@ async fn session_loop(
                 metrics::gauge!(crate::telemetry::MQTT_CONNECTED).set(0.0);
                 status.send_modify(|st| {
                     st.connected = false;
+                    st.stale = None;
                     st.last_error = Some(reason);
                 });
                 tokio::select! {

@@ -1,0 +1,93 @@
+//! The stale-session watchdog (`--stale-after`). A session that stays connected but delivers
+//! nothing — the broker dropped the subscription, or kept a session without it — is the silent
+//! stall MQTT consumers are known for (telegraf#16038, #13922). When nothing has arrived for the
+//! configured time, it subscribes again, once, and reports the source not ready until a message
+//! arrives. It must never touch a delivery or an acknowledgement.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicI64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use tokio::sync::watch;
+
+use super::{client::Client, session::SourceStatus};
+
+/// What the session loop tells the watchdog: when the last message (or connection) came, and
+/// whether the watchdog has called the session stale.
+#[derive(Default)]
+pub struct Heartbeat {
+    /// Unix milliseconds.
+    last: AtomicI64,
+    stale: AtomicBool,
+}
+
+impl Heartbeat {
+    /// A connection or a delivery at `at_ms`. True when it ends a stale spell.
+    pub fn beat(&self, at_ms: i64) -> bool {
+        self.last.store(at_ms, Ordering::Relaxed);
+        self.stale.load(Ordering::Relaxed) && self.stale.swap(false, Ordering::Relaxed)
+    }
+}
+
+pub struct Watchdog {
+    pub after: Duration,
+    pub client: Client,
+    pub topics: Vec<String>,
+    pub qos: u8,
+    pub heartbeat: Arc<Heartbeat>,
+    pub status: Arc<watch::Sender<SourceStatus>>,
+}
+
+impl Watchdog {
+    /// Runs until aborted (the source aborts it when it stops).
+    pub async fn run(self) {
+        let every = (self.after / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+        let after_ms = self.after.as_millis() as i64;
+        loop {
+            tokio::time::sleep(every).await;
+            let connected = self.status.borrow().connected;
+            if !connected || self.heartbeat.stale.load(Ordering::Relaxed) {
+                continue;
+            }
+            let quiet = crate::time::now().timestamp_millis() - self.heartbeat.last.load(Ordering::Relaxed);
+            if quiet < after_ms {
+                continue;
+            }
+            self.heartbeat.stale.store(true, Ordering::Relaxed);
+            let after = humantime::format_duration(self.after);
+            tracing::warn!(
+                %after,
+                topics = ?self.topics,
+                "no message for {after} while connected (--stale-after): subscribing again; not ready until a message arrives"
+            );
+            metrics::counter!(crate::telemetry::MQTT_STALE).increment(1);
+            self.status.send_modify(|st| {
+                st.stale = Some(format!(
+                    "no message for {after} while connected; subscribed again"
+                ))
+            });
+            if let Err(e) = self.client.try_subscribe(&self.topics, self.qos) {
+                tracing::error!(error = %e, "cannot queue the subscription");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_beat_ends_a_stale_spell_once() {
+        let h = Heartbeat::default();
+        assert!(!h.beat(1), "not stale: nothing to end");
+        h.stale.store(true, Ordering::Relaxed);
+        assert!(h.beat(2));
+        assert!(!h.beat(3));
+        assert_eq!(h.last.load(Ordering::Relaxed), 3);
+    }
+}
