@@ -292,6 +292,22 @@ fn a_full_spool_stops_acknowledging_and_says_so_then_drains() {
     );
     let ready = reqwest_get(&format!("{api}/readyz"));
     assert!(ready.contains("spool is full"), "{ready}");
+    // The backlog shows: messages waiting, and the oldest's wait growing.
+    let spool = || {
+        let m = reqwest_get(&format!("{api}/metrics"));
+        (
+            support::metric(&m, "tidegate_spool_messages"),
+            support::metric(&m, "tidegate_spool_oldest_seconds"),
+        )
+    };
+    let (waiting, age) = support::wait_for(Duration::from_secs(10), || {
+        let (w, a) = spool();
+        (w > 0.0 && a > 0.0).then_some((w, a))
+    })
+    .expect("the spool's backlog is not in /metrics");
+    assert!(waiting < TOTAL as f64, "{waiting}: more than were published");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(spool().1 >= age + 1.0, "the oldest's wait does not grow");
     server.start_again();
     let plain = pg_url_without_params(&url);
     let n = db::pg_wait_count(
@@ -310,6 +326,11 @@ fn a_full_spool_stops_acknowledging_and_says_so_then_drains() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), TOTAL.to_string());
+    assert!(
+        support::wait_for(Duration::from_secs(10), || (spool() == (0.0, 0.0)).then_some(())).is_some(),
+        "the drained spool still shows a backlog: {:?}",
+        spool()
+    );
 }
 
 #[test]

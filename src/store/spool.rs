@@ -48,6 +48,8 @@ CREATE TABLE IF NOT EXISTS spool (
 
 pub const SPOOL_BYTES: &str = "tidegate_spool_bytes";
 pub const SPOOL_FORWARDED: &str = "tidegate_spool_forwarded_total";
+pub const SPOOL_MESSAGES: &str = "tidegate_spool_messages";
+pub const SPOOL_OLDEST_SECONDS: &str = "tidegate_spool_oldest_seconds";
 
 pub struct SpoolStore {
     conn: Arc<Mutex<Connection>>,
@@ -216,6 +218,24 @@ struct Forwarder {
 
 const FORWARD_BATCH: i64 = 5000;
 
+/// Publishes how many messages wait in the spool and how long the oldest has waited (both 0 when
+/// it is empty), read from the primary key: ids grow by one an append and go from the front, so
+/// their span is the count, without counting rows.
+fn record_backlog(c: &Connection) -> rusqlite::Result<()> {
+    let (waiting, oldest): (i64, Option<String>) = c
+        .prepare_cached(
+            "SELECT coalesce((SELECT max(id) FROM spool) - (SELECT min(id) FROM spool) + 1, 0),
+                    (SELECT received_at FROM spool ORDER BY id LIMIT 1)",
+        )?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let age = oldest.and_then(|t| time::from_sql_text(&t)).map_or(0.0, |t| {
+        (time::now() - t).num_milliseconds().max(0) as f64 / 1000.0
+    });
+    metrics::gauge!(SPOOL_MESSAGES).set(waiting as f64);
+    metrics::gauge!(SPOOL_OLDEST_SECONDS).set(age);
+    Ok(())
+}
+
 fn read_head(c: &Connection, mark_redelivery: bool) -> rusqlite::Result<(Vec<Message>, i64)> {
     let mut st = c.prepare_cached(
         "SELECT id, topic, payload, size, qos, retain, received_at, content_type, user_properties, session, pkid, redelivery, rejection
@@ -283,6 +303,7 @@ impl Forwarder {
             if *stop.borrow() {
                 return;
             }
+            let _ = self.with_conn(|c| record_backlog(c)).await;
             if resuming {
                 match self.inner.spool_position(&self.name).await {
                     Ok(Some(pos)) => {
@@ -361,10 +382,20 @@ impl Forwarder {
         }
     }
 
+    /// Waits `backoff` (or until `stop`), refreshing the backlog figures every second meanwhile:
+    /// an outage is when they matter.
     async fn pause(&self, stop: &mut watch::Receiver<bool>, backoff: &mut Duration) {
-        tokio::select! {
-            _ = tokio::time::sleep(*backoff) => {}
-            _ = stop.changed() => {}
+        let until = tokio::time::Instant::now() + *backoff;
+        loop {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() || *stop.borrow() {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(left.min(Duration::from_secs(1))) => {}
+                changed = stop.changed() => if changed.is_err() { break },
+            }
+            let _ = self.with_conn(|c| record_backlog(c)).await;
         }
         *backoff = (*backoff * 2).min(Duration::from_secs(10));
     }
