@@ -426,6 +426,85 @@ fn rollups_equal_a_full_recomputation_after_a_random_stream() {
     }
 }
 
+/// One line per row of `readings_latest`: `topic|device|field|value|text`, sorted (values
+/// rounded: SQLite and PostgreSQL print a REAL differently).
+fn latest_rows(settings: &StoreSettings) -> String {
+    let sql = "SELECT topic || '|' || device || '|' || field || '|' || coalesce(CAST(CAST(round(value) AS INTEGER) AS TEXT), '') || '|' || coalesce(text, '')
+               FROM readings_latest ORDER BY topic, device, field";
+    match &settings.db {
+        DbUrl::Sqlite(p) => {
+            let c = rusqlite::Connection::open(p).unwrap();
+            let rows: Vec<String> = c
+                .prepare(sql)
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            rows.join("\n")
+        }
+        DbUrl::Postgres(t) => support::pg::psql(&support::pg::shared(), t.config.get_dbname().unwrap(), sql)
+            .trim()
+            .to_string(),
+    }
+}
+
+#[test]
+fn every_store_keeps_the_newest_reading_of_each_series() {
+    use tidegate::config::RetentionPolicy;
+    for (name, settings, _dir) in stores() {
+        rt().block_on(async {
+            let s = store::open(&settings).await.unwrap();
+            let now = chrono::Utc::now();
+            let at = |payload: &str, ago: chrono::Duration| {
+                let mut m = msg("s/1", payload.as_bytes());
+                m.received_at = now - ago;
+                with_readings(m)
+            };
+            let mut quiet = msg("s/2", br#"{"device":"b","temp":7}"#);
+            quiet.received_at = now - chrono::Duration::days(40);
+            write(
+                &s,
+                vec![
+                    at(r#"{"temp":20,"status":"ok"}"#, chrono::Duration::minutes(5)),
+                    with_readings(quiet),
+                ],
+            )
+            .await;
+            // Measured an hour ago but arriving now: not the current value.
+            let late = format!(
+                r#"{{"temp":19,"ts":"{}"}}"#,
+                (now - chrono::Duration::hours(1)).to_rfc3339()
+            );
+            write(
+                &s,
+                vec![
+                    at(&late, chrono::Duration::zero()),
+                    at(r#"{"status":"door open"}"#, chrono::Duration::zero()),
+                ],
+            )
+            .await;
+            assert_eq!(
+                latest_rows(&settings),
+                "s/1||status||door open\ns/1||temp|20|\ns/2|b|temp|7|",
+                "{name}"
+            );
+            // Retention of readings takes the current value of a series silent for longer.
+            let policy = RetentionPolicy {
+                raw: None,
+                readings: Some(std::time::Duration::from_secs(30 * 86400)),
+                rollups: None,
+            };
+            while s.retain(&policy, 100).await.unwrap() > 0 {}
+            assert_eq!(
+                latest_rows(&settings),
+                "s/1||status||door open\ns/1||temp|20|",
+                "{name}"
+            );
+        });
+    }
+}
+
 #[test]
 fn retention_deletes_exactly_what_is_older() {
     use tidegate::config::RetentionPolicy;
@@ -537,11 +616,17 @@ fn a_postgres_database_at_schema_5_is_upgraded_in_place() {
                                              ('suite-session', 8, decode('00', 'hex'), NULL);
            DROP INDEX messages_received_at; CREATE INDEX messages_received_at ON messages (received_at);
            DROP TABLE commit_tokens;
+           DROP TABLE readings_latest;
            DELETE FROM tidegate_schema WHERE version >= 6;"#
         ),
     );
     rt().block_on(async {
         let s = store::open(&settings).await.unwrap();
+        assert_eq!(
+            latest_rows(&settings),
+            "old/a||temp|2|",
+            "rebuilt from the stored readings"
+        );
         assert_eq!(
             write(
                 &s,
@@ -674,8 +759,9 @@ fn every_store_keeps_delivery_marks_per_batch_and_prunes_past_the_packet_id_spac
     }
 }
 
-/// An SQLite database at schema 4 (one delivery mark row per packet id) is moved to schema 5 in
-/// place: a redelivery of a message committed under schema 4 is still recognised.
+/// An SQLite database at schema 4 (one delivery mark row per packet id) is moved to the current
+/// schema in place: a redelivery of a message committed under schema 4 is still recognised, and
+/// `readings_latest` (schema 6) is built from the readings already stored.
 #[test]
 fn an_sqlite_database_at_schema_4_keeps_its_delivery_marks() {
     let dir = tempfile::tempdir().unwrap();
@@ -685,7 +771,9 @@ fn an_sqlite_database_at_schema_4_keeps_its_delivery_marks() {
         sqlite_sync: SqliteSync::Full,
     };
     rt().block_on(async {
-        write(&store::open(&settings).await.unwrap(), vec![msg("x", b"1")]).await;
+        let s = store::open(&settings).await.unwrap();
+        write(&s, vec![with_readings(msg("x", br#"{"temp":5}"#))]).await;
+        write(&s, vec![with_readings(msg("x", br#"{"temp":6}"#))]).await;
     });
     let committed = mqtt("old/m", b"v4", 7, false);
     {
@@ -695,6 +783,7 @@ fn an_sqlite_database_at_schema_4_keeps_its_delivery_marks() {
             "DROP TABLE delivery_batches;
              CREATE TABLE delivery_marks (session TEXT NOT NULL, pkid INTEGER NOT NULL, hash BLOB NOT NULL,
                                           message_id INTEGER, PRIMARY KEY (session, pkid)) WITHOUT ROWID;
+             DROP TABLE readings_latest;
              PRAGMA user_version = 4;",
         )
         .unwrap();
@@ -716,6 +805,11 @@ fn an_sqlite_database_at_schema_4_keeps_its_delivery_marks() {
         // A malformed mark does not stop the upgrade, and matches nothing.
         assert!(matches!(out[1], Outcome::Stored { .. }), "{out:?}");
     });
+    assert_eq!(
+        latest_rows(&settings),
+        "x||temp|6|",
+        "rebuilt from the stored readings"
+    );
     let c = rusqlite::Connection::open(&path).unwrap();
     let v: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
     assert_eq!(v, tidegate::store::sqlite::SCHEMA_VERSION);

@@ -4,6 +4,7 @@
 
 pub mod dedup;
 pub mod delivery_marks;
+pub mod latest;
 pub mod mapped;
 pub mod postgres;
 pub mod query;

@@ -197,8 +197,25 @@ CREATE TABLE commit_tokens (
 );
 "#;
 
+/// Version 10: the newest reading of every series (`store::latest`), for "current value" cards,
+/// filled from the readings already stored.
+const V10: &str = r#"
+CREATE TABLE readings_latest (
+    topic  text NOT NULL,
+    device text NOT NULL,
+    field  text NOT NULL,
+    value  double precision,
+    text   text,
+    ts     timestamptz NOT NULL
+);
+CREATE UNIQUE INDEX readings_latest_key ON readings_latest ((md5(topic)), (md5(device)), (md5(field)));
+INSERT INTO readings_latest (topic, device, field, value, text, ts)
+    SELECT DISTINCT ON (topic, coalesce(device, ''), field) topic, coalesce(device, ''), field, value, text, ts
+    FROM readings ORDER BY topic, coalesce(device, ''), field, ts DESC;
+"#;
+
 /// Every migration, oldest first; a new schema version is one more entry.
-const MIGRATIONS: [&str; 9] = [V1, V2, V3, V4, V5, V6, V7, V8, V9];
+const MIGRATIONS: [&str; 10] = [V1, V2, V3, V4, V5, V6, V7, V8, V9, V10];
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {

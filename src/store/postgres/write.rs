@@ -309,6 +309,7 @@ pub async fn write_rows(
             append_marks(tx, marks_rows),
             upsert_retained(tx, &changed),
             upsert_rollups(tx, &stored_messages),
+            upsert_latest(tx, &stored_messages),
             upsert_topics(tx, &stored_messages),
             async {
                 match position {
@@ -317,7 +318,7 @@ pub async fn write_rows(
                 }
             },
         );
-        first_error([done.0, done.1, done.2, done.3, done.4, done.5]).map_err(RowsError::from)
+        first_error([done.0, done.1, done.2, done.3, done.4, done.5, done.6]).map_err(RowsError::from)
     };
     // Step 3's error first: it is the statement the server refused, and step 4's only report
     // the transaction aborted.
@@ -379,6 +380,12 @@ const UPSERT_TOPICS: &str = "INSERT INTO topics (topic, message_count, first_see
          first_seen = least(topics.first_seen, excluded.first_seen),
          last_seen = greatest(topics.last_seen, excluded.last_seen)";
 
+const UPSERT_LATEST: &str = "INSERT INTO readings_latest (topic, device, field, value, text, ts)
+     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[], $5::text[], $6::timestamptz[])
+     ON CONFLICT ((md5(topic)), (md5(device)), (md5(field))) DO UPDATE SET
+         value = excluded.value, text = excluded.text, ts = excluded.ts
+     WHERE excluded.ts >= readings_latest.ts";
+
 const CLAIM_TOKEN: &str = "INSERT INTO commit_tokens (token, at) VALUES ($1, now())";
 const PRUNE_TOKENS: &str = "DELETE FROM commit_tokens
      WHERE (token BETWEEN $1 AND $2 AND at < now() - make_interval(secs => $3) AND token <> ALL($4))
@@ -416,7 +423,7 @@ pub async fn prune_tokens(
 }
 
 /// What `write_rows` runs, besides the rollup upserts (`ROLLUP_UPSERTS`).
-const FIXED_STATEMENTS: [&str; 13] = [
+const FIXED_STATEMENTS: [&str; 14] = [
     CLAIM_TOKEN,
     LOCK_SESSIONS,
     READ_DELIVERY,
@@ -429,6 +436,7 @@ const FIXED_STATEMENTS: [&str; 13] = [
     COPY_READINGS,
     INSERT_NOTES,
     UPSERT_TOPICS,
+    UPSERT_LATEST,
     RECORD_POSITION,
 ];
 
@@ -764,6 +772,25 @@ async fn upsert_rollups(tx: &Transaction<'_>, stored: &[&Message]) -> Result<(),
     )
 }
 
+/// Brings `readings_latest` up to the stored messages' newest readings, one upsert.
+async fn upsert_latest(tx: &Transaction<'_>, stored: &[&Message]) -> Result<(), tokio_postgres::Error> {
+    let newest = crate::store::latest::fold(stored.iter().copied());
+    if newest.is_empty() {
+        return Ok(());
+    }
+    let mut c: (Vec<_>, Vec<_>, Vec<_>, Vec<_>, Vec<_>, Vec<_>) = Default::default();
+    for l in newest {
+        c.0.push(pg_text(l.topic));
+        c.1.push(pg_text(l.device));
+        c.2.push(pg_text(l.field));
+        c.3.push(l.value);
+        c.4.push(l.text.map(pg_text));
+        c.5.push(l.ts);
+    }
+    exec(tx, UPSERT_LATEST, &[&c.0, &c.1, &c.2, &c.3, &c.4, &c.5]).await?;
+    Ok(())
+}
+
 /// One chunk of retention, in its own short transaction.
 pub async fn retain(
     client: &mut Client,
@@ -802,6 +829,13 @@ pub async fn retain(
         n += tx
             .execute(
                 "DELETE FROM readings WHERE ctid = ANY(ARRAY(SELECT ctid FROM readings WHERE ts < $1 LIMIT $2))",
+                &[&c, &chunk],
+            )
+            .await?;
+        // A series silent for longer than readings are kept has no current value either.
+        n += tx
+            .execute(
+                "DELETE FROM readings_latest WHERE ctid = ANY(ARRAY(SELECT ctid FROM readings_latest WHERE ts < $1 LIMIT $2))",
                 &[&c, &chunk],
             )
             .await?;

@@ -6,7 +6,7 @@ use rusqlite::{Connection, OptionalExtension};
 use crate::store::{dedup::Hash, delivery_marks};
 
 /// The newest schema this build knows.
-pub const VERSION: i64 = 5;
+pub const VERSION: i64 = 6;
 
 const V1: &str = r#"
 CREATE TABLE messages (
@@ -123,6 +123,23 @@ CREATE TABLE delivery_batches (
 CREATE UNIQUE INDEX delivery_batches_session_total ON delivery_batches (session, total);
 "#;
 
+/// Version 6: the newest reading of every series (`store::latest`), for "current value" cards,
+/// filled from the readings already stored (`max(ts)` picks its row's value and text).
+const V6: &str = r#"
+CREATE TABLE readings_latest (
+    topic  TEXT NOT NULL,
+    device TEXT NOT NULL,
+    field  TEXT NOT NULL,
+    value  REAL,
+    text   TEXT,
+    ts     DATETIME NOT NULL,
+    PRIMARY KEY (topic, device, field)
+) WITHOUT ROWID;
+INSERT INTO readings_latest (topic, device, field, value, text, ts)
+    SELECT topic, coalesce(device, ''), field, value, text, max(ts)
+    FROM readings GROUP BY topic, coalesce(device, ''), field;
+"#;
+
 /// Moves version 4's marks (one row per packet id, so no order among them) into one row per
 /// session.
 fn pack_old_marks(tx: &Connection) -> rusqlite::Result<()> {
@@ -231,6 +248,9 @@ pub fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
     if found < 5 {
         tx.execute_batch(V5)?;
         pack_old_marks(&tx)?;
+    }
+    if found < 6 {
+        tx.execute_batch(V6)?;
     }
     tx.pragma_update(None, "user_version", VERSION)?;
     tx.commit()?;

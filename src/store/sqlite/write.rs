@@ -10,7 +10,7 @@ use crate::{
     message::{Message, Origin},
     store::{
         dedup::{self, Hash, Marks, Verdict},
-        delivery_marks, rollup, Outcome,
+        delivery_marks, latest, rollup, Outcome,
     },
 };
 
@@ -247,6 +247,21 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
         for (topic, (count, first, last)) in topics.0 {
             upsert_topic.execute(params![topic, count, first, last])?;
         }
+        let mut upsert_latest = tx.prepare_cached(
+            "INSERT INTO readings_latest (topic, device, field, value, text, ts) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (topic, device, field) DO UPDATE SET value = excluded.value, text = excluded.text, ts = excluded.ts
+             WHERE excluded.ts >= readings_latest.ts",
+        )?;
+        for l in latest::fold(stored.iter().map(|(m, _)| *m)) {
+            upsert_latest.execute(params![
+                l.topic,
+                l.device,
+                l.field,
+                l.value,
+                l.text,
+                crate::time::to_sql_text(l.ts)
+            ])?;
+        }
         for (width, aggs) in rollup::aggregate(stored.iter().map(|(m, _)| *m)) {
             if aggs.is_empty() {
                 continue;
@@ -372,6 +387,14 @@ pub fn retain(
         let c = cutoff(d);
         n += tx.execute(
             &format!("DELETE FROM readings WHERE id IN (SELECT id FROM readings WHERE ts < ?1 ORDER BY ts LIMIT {chunk})"),
+            [&c],
+        )? as u64;
+        // A series silent for longer than readings are kept has no current value either.
+        n += tx.execute(
+            &format!(
+                "DELETE FROM readings_latest WHERE (topic, device, field) IN
+                 (SELECT topic, device, field FROM readings_latest WHERE ts < ?1 LIMIT {chunk})"
+            ),
             [&c],
         )? as u64;
     }
