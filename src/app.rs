@@ -38,6 +38,7 @@ pub async fn run_until(
     let (stop_tx, stop_rx) = watch::channel(false);
     let (live, _) = broadcast::channel(16_384);
 
+    let readings = Arc::new(settings.readings.clone());
     let mut forwarder = None;
     let store: Arc<dyn Store> = match &settings.spool {
         None => store,
@@ -48,12 +49,11 @@ pub async fn run_until(
                 .as_ref()
                 .map(|m| m.client_id.clone())
                 .unwrap_or_else(|| "tidegate".into());
-            forwarder = Some(spool.start_forwarder(name, live.clone(), stop_rx.clone()));
+            forwarder = Some(spool.start_forwarder(name, live.clone(), readings.clone(), stop_rx.clone()));
             Arc::new(spool)
         }
     };
     tracing::info!(store = %store.describe(), "store ready");
-    let readings = Arc::new(settings.readings.clone());
     let writer = tokio::spawn(
         Writer {
             store: store.clone(),

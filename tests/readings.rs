@@ -167,16 +167,23 @@ fn the_sensor_example_becomes_readings_and_rollups_in_both_stores() {
     }
 }
 
-#[test]
-fn with_readings_off_a_mapping_still_fills_its_wide_table() {
-    let broker = Mosquitto::start(BrokerOptions::default());
-    let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("tidegate.toml");
+/// A config file in `dir` mapping `sensors/+/telemetry` to a `telemetry` table with a
+/// `temperature_c` column.
+fn telemetry_mapping(dir: &std::path::Path) -> std::path::PathBuf {
+    let conf = dir.join("tidegate.toml");
     std::fs::write(
         &conf,
         "[[mapping]]\nfilter = \"sensors/+/telemetry\"\ntable = \"telemetry\"\n[mapping.columns]\ntemperature_c = \"$.temp\"\n",
     )
     .unwrap();
+    conf
+}
+
+#[test]
+fn with_readings_off_a_mapping_still_fills_its_wide_table() {
+    let broker = Mosquitto::start(BrokerOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let conf = telemetry_mapping(dir.path());
     let sqlite = dir.path().join("off.db");
     let _t = Tidegate::run_subscribed(
         &broker.url(),
@@ -215,4 +222,67 @@ fn with_readings_off_a_mapping_still_fills_its_wide_table() {
         "no rollups without readings"
     );
     assert_eq!(count("SELECT count(*) FROM reading_notes"), 0);
+}
+
+/// The spool keeps raw messages: what it forwards to PostgreSQL must still become readings,
+/// rollups, current values and mapped rows, exactly as without it.
+#[test]
+fn messages_through_the_spool_still_become_readings_and_mapped_rows() {
+    let broker = Mosquitto::start(BrokerOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let conf = telemetry_mapping(dir.path());
+    let pg_url = pg::fresh_database(&pg::shared());
+    let spool = dir.path().join("spool");
+    let _t = Tidegate::run_subscribed(
+        &broker.url(),
+        &pg_url,
+        "sensors/#",
+        "spooled-readings",
+        &[
+            "--spool",
+            spool.to_str().unwrap(),
+            "--config",
+            conf.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    broker.publish_lines(
+        "sensors/s1/telemetry",
+        1,
+        &[
+            r#"{"device":"s1","temp":21.5,"ts":"2026-11-25T10:00:00Z"}"#.into(),
+            r#"{"device":"s1","temp":22.5,"ts":"2026-11-25T10:00:30Z"}"#.into(),
+        ],
+    );
+    let plain = pg_url.split('?').next().unwrap().to_string();
+    db::pg_wait_count(
+        &plain,
+        "SELECT count(*) FROM messages",
+        2,
+        Duration::from_secs(15),
+    );
+    let q = |sql: &str| {
+        let out = std::process::Command::new("psql")
+            .args([&plain, "-tAc", sql])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(
+        q("SELECT string_agg(device || ':' || field || '=' || value, ',' ORDER BY ts) FROM readings"),
+        "s1:temp=21.5,s1:temp=22.5"
+    );
+    assert_eq!(
+        q("SELECT count || ' ' || avg FROM readings_1m WHERE field = 'temp'"),
+        "2 22"
+    );
+    assert_eq!(
+        q("SELECT value || ' ' || extract(epoch FROM ts)::bigint FROM readings_latest"),
+        "22.5 1795600830"
+    );
+    assert_eq!(
+        q("SELECT string_agg(CAST(temperature_c AS text), ',' ORDER BY id) FROM telemetry"),
+        "21.5,22.5"
+    );
+    assert_eq!(q("SELECT count(*) FROM reading_notes"), "0");
 }

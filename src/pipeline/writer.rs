@@ -53,6 +53,8 @@ impl Writer {
             stats,
         } = self;
         let depth = store.queue_depth().max(1);
+        // A store that passes messages on derives nothing: where they land does, once.
+        let readings = store.writes_derived().then_some(readings);
         let committer = Arc::new(Committer {
             store,
             fault,
@@ -75,7 +77,7 @@ impl Writer {
                 },
                 ingest = rx.recv(), if open && batcher.has_room() => match ingest {
                     Some(mut ingest) => {
-                        derive(&readings, &mut ingest);
+                        derive(readings.as_deref(), &mut ingest);
                         batcher.push(ingest);
                     }
                     None => open = false,
@@ -94,7 +96,7 @@ impl Writer {
                 while open && batcher.has_room() {
                     match rx.try_recv() {
                         Ok(mut ingest) => {
-                            derive(&readings, &mut ingest);
+                            derive(readings.as_deref(), &mut ingest);
                             batcher.push(ingest);
                         }
                         Err(mpsc::error::TryRecvError::Empty) => break,
@@ -110,10 +112,10 @@ impl Writer {
 }
 
 /// Readings and mapped rows are derived as a message is taken into a batch, before it is sealed.
-fn derive(readings: &crate::readings::ReadingsConfig, ingest: &mut Ingest) {
-    if !readings.enabled && readings.mappings.is_empty() {
+fn derive(readings: Option<&crate::readings::ReadingsConfig>, ingest: &mut Ingest) {
+    let Some(readings) = readings.filter(|r| r.enabled || !r.mappings.is_empty()) else {
         return;
-    }
+    };
     for m in ingest.messages_mut() {
         if m.rejection.is_none() && m.derived.is_none() {
             m.derived = crate::readings::derive(readings, &m.topic, &m.payload, m.received_at);

@@ -81,6 +81,13 @@ pub trait Store: Send + Sync + 'static {
         1
     }
 
+    /// Whether this store writes the readings and mapped rows of `Message::derived`. The writer
+    /// derives them only for a store that does; one that passes messages on (the spool, the
+    /// remote API) leaves that to where they finally land.
+    fn writes_derived(&self) -> bool {
+        true
+    }
+
     /// Messages matching `q`, in the order asked.
     async fn messages(&self, q: MessageQuery) -> Result<Vec<StoredMessage>, StoreError>;
 

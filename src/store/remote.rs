@@ -81,6 +81,11 @@ impl RemoteStore {
 
 #[async_trait]
 impl Store for RemoteStore {
+    /// The receiving tidegate derives readings from the raw messages, with its own config.
+    fn writes_derived(&self) -> bool {
+        false
+    }
+
     async fn write(&self, batch: Arc<Vec<Message>>) -> Result<Committed, StoreError> {
         let retry = {
             let f = self.failed.lock().unwrap_or_else(|p| p.into_inner());

@@ -94,11 +94,13 @@ impl SpoolStore {
         })
     }
 
-    /// Starts the forwarder; it runs until `stop` fires.
+    /// Starts the forwarder; it runs until `stop` fires. It derives readings and mapped rows
+    /// with `readings` for a store that writes them.
     pub fn start_forwarder(
         &self,
         name: String,
         live: Live,
+        readings: Arc<crate::readings::ReadingsConfig>,
         stop: watch::Receiver<bool>,
     ) -> tokio::task::JoinHandle<()> {
         let f = Forwarder {
@@ -107,6 +109,7 @@ impl SpoolStore {
             wake: self.wake.clone(),
             name,
             live,
+            readings: self.inner.writes_derived().then_some(readings),
         };
         tokio::spawn(f.run(stop))
     }
@@ -162,6 +165,11 @@ fn append(c: &mut Connection, batch: &[Message], max_bytes: u64) -> Result<Vec<O
 
 #[async_trait]
 impl Store for SpoolStore {
+    /// The spool keeps raw messages; its forwarder derives readings as it hands them on.
+    fn writes_derived(&self) -> bool {
+        false
+    }
+
     async fn write(&self, batch: Arc<Vec<Message>>) -> Result<Committed, StoreError> {
         let conn = self.conn.clone();
         let max = self.max_bytes;
@@ -214,9 +222,28 @@ struct Forwarder {
     wake: Arc<Notify>,
     name: String,
     live: Live,
+    /// Set when the store behind writes readings: the spool keeps raw messages only.
+    readings: Option<Arc<crate::readings::ReadingsConfig>>,
 }
 
 const FORWARD_BATCH: i64 = 5000;
+
+/// Derives the readings and mapped rows of messages read back from the spool, from what was
+/// stored (receive time included), so they are those the messages would have had without the
+/// spool. Off the runtime thread, and outside the spool's lock, which appends need.
+async fn derive_all(
+    cfg: Arc<crate::readings::ReadingsConfig>,
+    mut batch: Vec<Message>,
+) -> Option<Vec<Message>> {
+    tokio::task::spawn_blocking(move || {
+        for m in batch.iter_mut().filter(|m| m.rejection.is_none()) {
+            m.derived = crate::readings::derive(&cfg, &m.topic, &m.payload, m.received_at);
+        }
+        batch
+    })
+    .await
+    .ok()
+}
 
 /// Publishes how many messages wait in the spool and how long the oldest has waited (both 0 when
 /// it is empty), read from the primary key: ids grow by one an append and go from the front, so
@@ -337,6 +364,14 @@ impl Forwarder {
                 }
                 continue;
             }
+            let batch = match &self.readings {
+                None => batch,
+                Some(cfg) => match derive_all(cfg.clone(), batch).await {
+                    Some(b) => b,
+                    // The rows are still spooled: read them again.
+                    None => continue,
+                },
+            };
             let batch = Arc::new(batch);
             let position = SpoolPosition {
                 name: self.name.clone(),
