@@ -124,7 +124,7 @@ CREATE UNIQUE INDEX delivery_batches_session_total ON delivery_batches (session,
 "#;
 
 /// Version 6: the newest reading of every series (`store::latest`), for "current value" cards,
-/// filled from the readings already stored (`max(ts)` picks its row's value and text).
+/// filled from the readings already stored by `fill_latest`.
 const V6: &str = r#"
 CREATE TABLE readings_latest (
     topic  TEXT NOT NULL,
@@ -135,10 +135,73 @@ CREATE TABLE readings_latest (
     ts     DATETIME NOT NULL,
     PRIMARY KEY (topic, device, field)
 ) WITHOUT ROWID;
-INSERT INTO readings_latest (topic, device, field, value, text, ts)
-    SELECT topic, coalesce(device, ''), field, value, text, max(ts)
-    FROM readings GROUP BY topic, coalesce(device, ''), field;
 "#;
+
+/// One series' newest stored reading, while `fill_latest` reads them.
+struct Newest {
+    topic: String,
+    device: String,
+    field: String,
+    value: Option<f64>,
+    text: Option<String>,
+    ts: String,
+}
+
+/// Fills `readings_latest` from `readings` in one pass in row order, keeping each series' newest
+/// reading in memory (one entry per series). The `GROUP BY` that says the same in SQL sorted
+/// every reading on disk first: 27 s for 10 million readings, against a few seconds for this.
+fn fill_latest(tx: &Connection) -> rusqlite::Result<()> {
+    let mut newest: std::collections::HashMap<String, Newest> = Default::default();
+    let mut key = String::new();
+    {
+        let mut st =
+            tx.prepare("SELECT topic, coalesce(device, ''), field, value, text, ts FROM readings")?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let (topic, device, field) = (
+                r.get_ref(0)?.as_str()?,
+                r.get_ref(1)?.as_str()?,
+                r.get_ref(2)?.as_str()?,
+            );
+            let ts = r.get_ref(5)?.as_str()?;
+            key.clear();
+            for part in [topic, device, field] {
+                key.push_str(part);
+                key.push('\0');
+            }
+            // Timestamps are fixed-width UTC text: their order is time order. A later row with
+            // the same time wins, as it would have when written.
+            if let Some(n) = newest.get_mut(key.as_str()) {
+                if ts >= n.ts.as_str() {
+                    n.value = r.get(3)?;
+                    n.text = r.get(4)?;
+                    ts.clone_into(&mut n.ts);
+                }
+                continue;
+            }
+            newest.insert(
+                key.clone(),
+                Newest {
+                    topic: topic.into(),
+                    device: device.into(),
+                    field: field.into(),
+                    value: r.get(3)?,
+                    text: r.get(4)?,
+                    ts: ts.into(),
+                },
+            );
+        }
+    }
+    let mut put = tx.prepare(
+        "INSERT INTO readings_latest (topic, device, field, value, text, ts) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for n in newest.into_values() {
+        put.execute(rusqlite::params![
+            n.topic, n.device, n.field, n.value, n.text, n.ts
+        ])?;
+    }
+    Ok(())
+}
 
 /// Moves version 4's marks (one row per packet id, so no order among them) into one row per
 /// session.
@@ -251,6 +314,7 @@ pub fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
     }
     if found < 6 {
         tx.execute_batch(V6)?;
+        fill_latest(&tx)?;
     }
     tx.pragma_update(None, "user_version", VERSION)?;
     tx.commit()?;
