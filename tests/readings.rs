@@ -233,7 +233,7 @@ fn messages_through_the_spool_still_become_readings_and_mapped_rows() {
     let conf = telemetry_mapping(dir.path());
     let pg_url = pg::fresh_database(&pg::shared());
     let spool = dir.path().join("spool");
-    let _t = Tidegate::run_subscribed(
+    let mut t = Tidegate::run_subscribed(
         &broker.url(),
         &pg_url,
         "sensors/#",
@@ -285,4 +285,11 @@ fn messages_through_the_spool_still_become_readings_and_mapped_rows() {
         "21.5,22.5"
     );
     assert_eq!(q("SELECT count(*) FROM reading_notes"), "0");
+    // The pipeline statistics still measure lag from the payloads' event time (days ago), not
+    // from receipt, though the spool keeps raw messages: flushed when tidegate stops.
+    assert!(t.term().success());
+    let lag: f64 = q("SELECT max(lag_ms_max) FROM tidegate_stats WHERE topic = '*'")
+        .parse()
+        .unwrap();
+    assert!(lag > 86_400_000.0, "lag {lag} ms: measured from receipt");
 }

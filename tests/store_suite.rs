@@ -426,11 +426,8 @@ fn rollups_equal_a_full_recomputation_after_a_random_stream() {
     }
 }
 
-/// One line per row of `readings_latest`: `topic|device|field|value|text`, sorted (values
-/// rounded: SQLite and PostgreSQL print a REAL differently).
-fn latest_rows(settings: &StoreSettings) -> String {
-    let sql = "SELECT topic || '|' || device || '|' || field || '|' || coalesce(CAST(CAST(round(value) AS INTEGER) AS TEXT), '') || '|' || coalesce(text, '')
-               FROM readings_latest ORDER BY topic, device, field";
+/// The text rows `sql` returns from the store's database, one per line.
+fn text_rows(settings: &StoreSettings, sql: &str) -> String {
     match &settings.db {
         DbUrl::Sqlite(p) => {
             let c = rusqlite::Connection::open(p).unwrap();
@@ -447,6 +444,16 @@ fn latest_rows(settings: &StoreSettings) -> String {
             .trim()
             .to_string(),
     }
+}
+
+/// One line per row of `readings_latest`: `topic|device|field|value|text`, sorted (values
+/// rounded: SQLite and PostgreSQL print a REAL differently).
+fn latest_rows(settings: &StoreSettings) -> String {
+    text_rows(
+        settings,
+        "SELECT topic || '|' || device || '|' || field || '|' || coalesce(CAST(CAST(round(value) AS INTEGER) AS TEXT), '') || '|' || coalesce(text, '')
+         FROM readings_latest ORDER BY topic, device, field",
+    )
 }
 
 #[test]
@@ -502,6 +509,41 @@ fn every_store_keeps_the_newest_reading_of_each_series() {
                 "{name}"
             );
         });
+    }
+}
+
+/// `tidegate_stats` takes the pipeline's per-minute rows in every store, and a second flush
+/// for the same minute adds up (PostgreSQL refused every flush until session 22: a parameter
+/// used both as a count and in a division had no single type).
+#[test]
+fn every_store_keeps_pipeline_statistics_and_adds_them_up() {
+    use tidegate::pipeline::stats::StatsRow;
+    for (name, settings, _dir) in stores() {
+        rt().block_on(async {
+            let s = store::open(&settings).await.unwrap();
+            let minute: chrono::DateTime<chrono::Utc> = "2026-11-25T10:00:00Z".parse().unwrap();
+            let row = |committed: i64, lag_max: f64| StatsRow {
+                received: committed + 1,
+                committed,
+                duplicates: 1,
+                rejected: 0,
+                lag_ms_sum: lag_max * committed as f64 / 2.0,
+                lag_ms_max: lag_max,
+                reconnects: 0,
+            };
+            let first = [
+                ((minute, "*".to_string()), row(10, 40.0)),
+                ((minute, "a/b".to_string()), row(10, 40.0)),
+            ];
+            s.write_stats(&first.into_iter().collect()).await.unwrap();
+            let second = [((minute, "*".to_string()), row(30, 22.0))];
+            s.write_stats(&second.into_iter().collect()).await.unwrap();
+        });
+        let sql = "SELECT topic || ' ' || received || ' ' || committed || ' ' || duplicates || ' ' || CAST(round(lag_ms_mean) AS INTEGER) || ' ' || CAST(round(lag_ms_max) AS INTEGER)
+                   FROM tidegate_stats ORDER BY topic";
+        let got = text_rows(&settings, sql);
+        // `*`: 11 + 31 received, 10 + 30 committed, 2 duplicates, mean (200 + 330) / 40, max 40.
+        assert_eq!(got, "* 42 40 2 13 40\na/b 11 10 1 20 40", "{name}");
     }
 }
 

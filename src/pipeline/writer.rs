@@ -53,8 +53,8 @@ impl Writer {
             stats,
         } = self;
         let depth = store.queue_depth().max(1);
-        // A store that passes messages on derives nothing: where they land does, once.
-        let readings = store.writes_derived().then_some(readings);
+        // For the remote API nothing is derived here: the receiving tidegate does it.
+        let readings = store.uses_derived().then_some(readings);
         let committer = Arc::new(Committer {
             store,
             fault,

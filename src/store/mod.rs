@@ -81,10 +81,10 @@ pub trait Store: Send + Sync + 'static {
         1
     }
 
-    /// Whether this store writes the readings and mapped rows of `Message::derived`. The writer
-    /// derives them only for a store that does; one that passes messages on (the spool, the
-    /// remote API) leaves that to where they finally land.
-    fn writes_derived(&self) -> bool {
+    /// Whether this store uses `Message::derived`: the readings and mapped rows it writes, or
+    /// the event time the pipeline statistics it keeps are measured from. The writer derives
+    /// them only for a store that does; the remote API leaves that to the receiving tidegate.
+    fn uses_derived(&self) -> bool {
         true
     }
 

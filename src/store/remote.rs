@@ -81,8 +81,9 @@ impl RemoteStore {
 
 #[async_trait]
 impl Store for RemoteStore {
-    /// The receiving tidegate derives readings from the raw messages, with its own config.
-    fn writes_derived(&self) -> bool {
+    /// The receiving tidegate derives readings from the raw messages, with its own config, and
+    /// keeps the statistics.
+    fn uses_derived(&self) -> bool {
         false
     }
 

@@ -109,7 +109,7 @@ impl SpoolStore {
             wake: self.wake.clone(),
             name,
             live,
-            readings: self.inner.writes_derived().then_some(readings),
+            readings: self.inner.uses_derived().then_some(readings),
         };
         tokio::spawn(f.run(stop))
     }
@@ -165,11 +165,6 @@ fn append(c: &mut Connection, batch: &[Message], max_bytes: u64) -> Result<Vec<O
 
 #[async_trait]
 impl Store for SpoolStore {
-    /// The spool keeps raw messages; its forwarder derives readings as it hands them on.
-    fn writes_derived(&self) -> bool {
-        false
-    }
-
     async fn write(&self, batch: Arc<Vec<Message>>) -> Result<Committed, StoreError> {
         let conn = self.conn.clone();
         let max = self.max_bytes;
@@ -222,7 +217,8 @@ struct Forwarder {
     wake: Arc<Notify>,
     name: String,
     live: Live,
-    /// Set when the store behind writes readings: the spool keeps raw messages only.
+    /// Set when the store behind uses readings: the spool keeps raw messages only, so what the
+    /// writer derived (for the statistics' event times) is derived again on the way out.
     readings: Option<Arc<crate::readings::ReadingsConfig>>,
 }
 

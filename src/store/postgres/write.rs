@@ -894,7 +894,8 @@ pub async fn write_stats(
     let stmt = tx
         .prepare(
             "INSERT INTO tidegate_stats AS s (minute, topic, received, committed, duplicates, rejected, lag_ms_mean, lag_ms_max, lag_ms_sum, reconnects)
-             VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $4 > 0 THEN $8 / $4 END, CASE WHEN $4 > 0 THEN $7 END, $8, $9)
+             VALUES ($1, $2, $3, $4::bigint, $5, $6, CASE WHEN $4::bigint > 0 THEN $8::float8 / $4::bigint END,
+                     CASE WHEN $4::bigint > 0 THEN $7::float8 END, $8::float8, $9)
              ON CONFLICT (minute, (md5(topic))) DO UPDATE SET
                 received = s.received + excluded.received,
                 committed = s.committed + excluded.committed,
