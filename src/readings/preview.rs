@@ -79,7 +79,7 @@ pub fn preview(cfg: &ReadingsConfig, m: &Message) -> Preview {
     }
     let Some(d) = super::derive(cfg, &m.topic, &m.payload, m.received_at) else {
         p.note = Some(
-            if !cfg.enabled {
+            if !cfg.enabled && !cfg.mappings.iter().any(|mapping| mapping.matches(&m.topic)) {
                 "readings are off (`--readings off`) and no mapping matches the topic: the message is stored raw only"
             } else {
                 "the payload is not JSON: the message is stored raw only"
@@ -280,6 +280,12 @@ mod tests {
         assert!(preview(&mapped_only, &message("x/y", r#"{"temp":1}"#, 1024))
             .mappings
             .is_empty());
+        let raw = preview(&mapped_only, &message("a/b", "not json", 1024));
+        assert!(
+            raw.note.as_deref().unwrap().contains("not JSON"),
+            "{:?}",
+            raw.note
+        );
 
         let big = preview(&cfg, &message("a/b", r#"{"temp":1}"#, 4));
         assert_eq!(big.table, "rejected");
