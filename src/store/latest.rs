@@ -1,11 +1,10 @@
 //! `readings_latest`: the newest reading of every series (topic, device, field), kept up to date
 //! with each batch, so a dashboard's "current value" card reads one row per series instead of
-//! searching `readings` for each series' newest row. Both stores use this fold; only the upsert
-//! SQL differs. A reading never replaces one with a later event time: the upserts compare `ts`.
+//! searching `readings` for each series' newest row. The rollups' pass over a batch finds each
+//! series' newest reading (`rollup::aggregate`); both stores upsert it, and a reading never
+//! replaces one with a later event time: the upserts compare `ts`.
 
 use chrono::{DateTime, Utc};
-
-use crate::{message::Message, readings::Value};
 
 /// The newest reading of one series in a batch, borrowing from the batch.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,46 +18,13 @@ pub struct Latest<'a> {
     pub ts: DateTime<Utc>,
 }
 
-/// The newest reading per series among `stored` messages, sorted by series (so concurrent
-/// upserts take their row locks in the same order). Of two readings with the same time, the one
-/// that arrived later wins, as it would one batch later.
-pub fn fold<'a>(stored: impl Iterator<Item = &'a Message>) -> Vec<Latest<'a>> {
-    let mut newest: foldhash::HashMap<(&'a str, &'a str, &'a str), Latest<'a>> = Default::default();
-    for m in stored {
-        let Some(d) = &m.derived else { continue };
-        let device = d.device.as_deref().unwrap_or_default();
-        for r in &d.readings {
-            let (value, text) = match &r.value {
-                Value::Number(v) => (Some(*v), None),
-                Value::Text(t) => (None, Some(t.as_str())),
-            };
-            let reading = Latest {
-                topic: &m.topic,
-                device,
-                field: &r.field,
-                value,
-                text,
-                ts: d.ts,
-            };
-            newest
-                .entry((&m.topic, device, &r.field))
-                .and_modify(|l| {
-                    if reading.ts >= l.ts {
-                        *l = reading.clone();
-                    }
-                })
-                .or_insert(reading);
-        }
-    }
-    let mut out: Vec<Latest<'a>> = newest.into_values().collect();
-    out.sort_unstable_by(|a, b| (a.topic, a.device, a.field).cmp(&(b.topic, b.device, b.field)));
-    out
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::{message::Origin, readings};
+    use crate::{
+        message::{Message, Origin},
+        readings,
+        store::rollup,
+    };
 
     fn msg(topic: &str, payload: &str, at: &str) -> Message {
         let mut m = Message::new(
@@ -94,7 +60,8 @@ mod tests {
             // Same time as the first: the later arrival wins.
             msg("s/1", r#"{"temp":21}"#, "2026-11-25T10:00:00Z"),
         ];
-        let got: Vec<String> = fold(batch.iter())
+        let got: Vec<String> = rollup::aggregate(batch.iter())
+            .latest
             .into_iter()
             .map(|l| format!("{} {} {} {:?} {:?}", l.topic, l.device, l.field, l.value, l.text))
             .collect();

@@ -1,12 +1,14 @@
 //! Rollups kept up to date incrementally: each batch's numeric readings are folded into
 //! per-minute and per-hour buckets (count, min, max, sum, avg, last) and upserted, so a month-long
 //! chart reads thousands of rollup rows instead of millions of readings — and nothing is ever
-//! rescanned. Both stores use this aggregation; only the upsert SQL differs.
+//! rescanned. The same pass keeps each series' newest reading for `readings_latest`
+//! (`store::latest`). Both stores use this aggregation; only the upsert SQL differs.
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 
+use super::latest::Latest;
 use crate::{message::Message, readings::Value};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,19 +79,36 @@ struct Series<'a> {
 /// replay; the b-tree keeps a long one cheap too).
 type Buckets = [BTreeMap<DateTime<Utc>, Agg>; 2];
 
+/// One series' part of a batch: its buckets (numbers only) and its newest reading (number or
+/// text) as (time, value, text).
+#[derive(Default)]
+struct SeriesFold<'a> {
+    buckets: Buckets,
+    newest: Option<(DateTime<Utc>, Option<f64>, Option<&'a str>)>,
+}
+
+/// What one pass over a batch's readings gives.
+pub struct Folded<'a> {
+    /// Each width's buckets, in `WIDTHS` order.
+    pub buckets: [(Width, Vec<(Key<'a>, Agg)>); 2],
+    /// Each series' newest reading, sorted by series (so concurrent upserts take their row locks
+    /// in the same order). Of two with the same time, the later arrival wins, as it would one
+    /// batch later.
+    pub latest: Vec<Latest<'a>>,
+}
+
 pub const WIDTHS: [Width; 2] = [Width::Minute, Width::Hour];
 
-/// Folds the numeric readings of `stored` messages into minute and hour buckets in one pass:
-/// one hash look-up per reading, for its series, instead of one per reading and width. Each
-/// bucket still adds its readings in arrival order, so its sums are bit-for-bit those of a
-/// fold per width.
-pub fn aggregate<'a>(stored: impl Iterator<Item = &'a Message>) -> [(Width, Vec<(Key<'a>, Agg)>); 2] {
-    let mut series: foldhash::HashMap<Series<'a>, Buckets> = Default::default();
+/// Folds the readings of `stored` messages into minute and hour buckets (numbers) and each
+/// series' newest reading in one pass: one hash look-up per reading, for its series, instead of
+/// one per reading and width, and one more for the newest. Each bucket still adds its readings in
+/// arrival order, so its sums are bit-for-bit those of a fold per width.
+pub fn aggregate<'a>(stored: impl Iterator<Item = &'a Message>) -> Folded<'a> {
+    let mut series: foldhash::HashMap<Series<'a>, SeriesFold<'a>> = Default::default();
     for m in stored {
         let Some(d) = &m.derived else { continue };
         let buckets = WIDTHS.map(|w| w.floor(d.ts));
         for r in &d.readings {
-            let Value::Number(v) = r.value else { continue };
             let s = series
                 .entry(Series {
                     topic: &m.topic,
@@ -97,7 +116,15 @@ pub fn aggregate<'a>(stored: impl Iterator<Item = &'a Message>) -> [(Width, Vec<
                     field: &r.field,
                 })
                 .or_default();
-            for (per_width, bucket) in s.iter_mut().zip(buckets) {
+            let (number, text) = match &r.value {
+                Value::Number(v) => (Some(*v), None),
+                Value::Text(t) => (None, Some(t.as_str())),
+            };
+            if s.newest.is_none_or(|(ts, ..)| d.ts >= ts) {
+                s.newest = Some((d.ts, number, text));
+            }
+            let Some(v) = number else { continue };
+            for (per_width, bucket) in s.buckets.iter_mut().zip(buckets) {
                 per_width
                     .entry(bucket)
                     .and_modify(|a| a.add(v, d.ts))
@@ -113,8 +140,19 @@ pub fn aggregate<'a>(stored: impl Iterator<Item = &'a Message>) -> [(Width, Vec<
         }
     }
     let mut out = WIDTHS.map(|w| (w, Vec::new()));
-    for (k, per_width) in series {
-        for ((_, rows), buckets) in out.iter_mut().zip(per_width) {
+    let mut latest = Vec::with_capacity(series.len());
+    for (k, fold) in series {
+        if let Some((ts, value, text)) = fold.newest {
+            latest.push(Latest {
+                topic: k.topic,
+                device: k.device,
+                field: k.field,
+                value,
+                text,
+                ts,
+            });
+        }
+        for ((_, rows), buckets) in out.iter_mut().zip(fold.buckets) {
             rows.extend(buckets.into_iter().map(|(bucket, a)| {
                 let key = Key {
                     topic: k.topic,
@@ -126,7 +164,8 @@ pub fn aggregate<'a>(stored: impl Iterator<Item = &'a Message>) -> [(Width, Vec<
             }));
         }
     }
-    out
+    latest.sort_unstable_by(|a, b| (a.topic, a.device, a.field).cmp(&(b.topic, b.device, b.field)));
+    Folded { buckets: out, latest }
 }
 
 #[cfg(test)]
@@ -167,7 +206,7 @@ mod tests {
             at(10, 1, r#"{"t": 5, "label": "x"}"#),
             at(11, 0, r#"{"t": 7}"#),
         ];
-        let [(minute_w, minute), (hour_w, hour)] = aggregate(batch.iter());
+        let [(minute_w, minute), (hour_w, hour)] = aggregate(batch.iter()).buckets;
         assert_eq!((minute_w, hour_w), (Width::Minute, Width::Hour));
         let find = |rows: &[(Key, Agg)], field: &str, h: u32, m: u32| {
             let bucket = Utc.with_ymd_and_hms(2026, 1, 2, h, m, 0).unwrap();

@@ -294,6 +294,7 @@ pub async fn write_rows(
         .map(|(t, (h, _))| (t, h))
         .collect();
     changed.sort_unstable();
+    let folded = crate::store::rollup::aggregate(stored_messages.iter().copied());
     let shared = async {
         if let Some(turn) = turn.as_deref() {
             turn.wait_for_earlier_commit().await?;
@@ -308,8 +309,8 @@ pub async fn write_rows(
             tail_lock,
             append_marks(tx, marks_rows),
             upsert_retained(tx, &changed),
-            upsert_rollups(tx, &stored_messages),
-            upsert_latest(tx, &stored_messages),
+            upsert_rollups(tx, folded.buckets),
+            upsert_latest(tx, folded.latest),
             upsert_topics(tx, &stored_messages),
             async {
                 match position {
@@ -717,16 +718,18 @@ async fn insert_notes(
     Ok(())
 }
 
-/// Folds the stored messages' readings into the rollup tables, one upsert per table with its
-/// keys sorted.
-async fn upsert_rollups(tx: &Transaction<'_>, stored: &[&Message]) -> Result<(), tokio_postgres::Error> {
-    use crate::store::rollup;
+/// Adds a batch's buckets (`rollup::aggregate`) to the rollup tables, one upsert per table with
+/// its keys sorted.
+async fn upsert_rollups(
+    tx: &Transaction<'_>,
+    buckets: [(
+        crate::store::rollup::Width,
+        Vec<(crate::store::rollup::Key<'_>, crate::store::rollup::Agg)>,
+    ); 2],
+) -> Result<(), tokio_postgres::Error> {
     let mut upserts = Vec::new();
     // `aggregate` answers in `WIDTHS` order, as `ROLLUP_UPSERTS` is built.
-    for ((_, mut aggs), sql) in rollup::aggregate(stored.iter().copied())
-        .into_iter()
-        .zip(ROLLUP_UPSERTS.iter())
-    {
+    for ((_, mut aggs), sql) in buckets.into_iter().zip(ROLLUP_UPSERTS.iter()) {
         if aggs.is_empty() {
             continue;
         }
@@ -772,9 +775,11 @@ async fn upsert_rollups(tx: &Transaction<'_>, stored: &[&Message]) -> Result<(),
     )
 }
 
-/// Brings `readings_latest` up to the stored messages' newest readings, one upsert.
-async fn upsert_latest(tx: &Transaction<'_>, stored: &[&Message]) -> Result<(), tokio_postgres::Error> {
-    let newest = crate::store::latest::fold(stored.iter().copied());
+/// Brings `readings_latest` up to a batch's newest readings (`rollup::aggregate`), one upsert.
+async fn upsert_latest(
+    tx: &Transaction<'_>,
+    newest: Vec<crate::store::latest::Latest<'_>>,
+) -> Result<(), tokio_postgres::Error> {
     if newest.is_empty() {
         return Ok(());
     }

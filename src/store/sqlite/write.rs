@@ -10,7 +10,7 @@ use crate::{
     message::{Message, Origin},
     store::{
         dedup::{self, Hash, Marks, Verdict},
-        delivery_marks, latest, rollup, Outcome,
+        delivery_marks, rollup, Outcome,
     },
 };
 
@@ -252,7 +252,8 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
              ON CONFLICT (topic, device, field) DO UPDATE SET value = excluded.value, text = excluded.text, ts = excluded.ts
              WHERE excluded.ts >= readings_latest.ts",
         )?;
-        for l in latest::fold(stored.iter().map(|(m, _)| *m)) {
+        let folded = rollup::aggregate(stored.iter().map(|(m, _)| *m));
+        for l in folded.latest {
             upsert_latest.execute(params![
                 l.topic,
                 l.device,
@@ -262,7 +263,7 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
                 crate::time::to_sql_text(l.ts)
             ])?;
         }
-        for (width, aggs) in rollup::aggregate(stored.iter().map(|(m, _)| *m)) {
+        for (width, aggs) in folded.buckets {
             if aggs.is_empty() {
                 continue;
             }
