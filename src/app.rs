@@ -9,8 +9,9 @@ use tokio::sync::{broadcast, oneshot, watch};
 
 use crate::{
     api,
-    config::Settings,
+    config::{current::Current, Settings},
     pipeline::{self, writer::Writer},
+    reload::Reloader,
     source::MqttSource,
     store::{self, remote::RemoteStore, spool::SpoolStore, Store},
 };
@@ -38,7 +39,9 @@ pub async fn run_until(
     let (stop_tx, stop_rx) = watch::channel(false);
     let (live, _) = broadcast::channel(16_384);
 
-    let readings = Arc::new(settings.readings.clone());
+    // Readings and retention are read per unit of work, so a reload can replace them.
+    let (replace_readings, readings) = Current::new(settings.readings.clone());
+    let (replace_retention, retention_policy) = Current::new(settings.retention.clone());
     let mut forwarder = None;
     let store: Arc<dyn Store> = match &settings.spool {
         None => store,
@@ -67,18 +70,24 @@ pub async fn run_until(
         .run(rx),
     );
 
-    let retention = (!settings.retention.is_off()).then(|| {
-        tokio::spawn(crate::store::retention::run(
-            store.clone(),
-            settings.retention.clone(),
-            stop_rx.clone(),
-        ))
-    });
+    let retention = tokio::spawn(crate::store::retention::run(
+        store.clone(),
+        retention_policy,
+        stop_rx.clone(),
+    ));
 
     let source = match &settings.mqtt {
         Some(m) => Some(MqttSource::start(m.clone(), tx.clone()).context("setting up TLS for the broker")?),
         None => None,
     };
+
+    let reloader = Arc::new(Reloader::new(
+        settings.clone(),
+        replace_readings,
+        replace_retention,
+        source.as_ref().map(MqttSource::resubscriber),
+    ));
+    let hangup = tokio::spawn(crate::reload::on_hangup(reloader.clone(), stop_rx.clone()));
 
     let stats_task = tokio::spawn(crate::pipeline::stats::run(
         stats.clone(),
@@ -100,6 +109,7 @@ pub async fn run_until(
                 metrics,
                 max_payload: settings.max_payload,
                 readings: readings.clone(),
+                reload: reloader.clone(),
                 stop: stop_rx.clone(),
             };
             let router = api::router(state, a.max_body, a.rate_limit);
@@ -138,9 +148,8 @@ pub async fn run_until(
     writer.await.context("writer task")?;
     let _ = stats_task.await;
     crate::pipeline::stats::final_flush(&stats, &store).await;
-    if let Some(r) = retention {
-        let _ = r.await;
-    }
+    let _ = retention.await;
+    let _ = hangup.await;
     if let Some(f) = forwarder {
         let _ = f.await;
     }

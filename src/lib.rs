@@ -22,6 +22,7 @@ pub mod logging;
 pub mod message;
 pub mod pipeline;
 pub mod readings;
+pub mod reload;
 pub mod secret;
 pub mod shutdown;
 pub mod source;

@@ -16,6 +16,7 @@ pub const MQTT_CONNECTED: &str = "tidegate_mqtt_connected";
 pub const MQTT_RECONNECTS: &str = "tidegate_mqtt_reconnects_total";
 pub const MQTT_SESSIONS_LOST: &str = "tidegate_mqtt_sessions_lost_total";
 pub const MQTT_STALE: &str = "tidegate_mqtt_stale_total";
+pub const CONFIG_RELOADS: &str = "tidegate_config_reloads_total";
 pub const HTTP_REQUESTS: &str = "tidegate_http_requests_total";
 pub const HTTP_RATE_LIMITED: &str = "tidegate_http_rate_limited_total";
 

@@ -145,6 +145,7 @@ fn ingest_then_query_every_shape() {
         "/api/v1/topics",
         "/api/v1/stream",
         "/api/v1/preview",
+        "/api/v1/reload",
         "/healthz",
         "/readyz",
         "/metrics",
@@ -520,6 +521,15 @@ fn a_token_guards_every_route_but_healthz() {
     };
     assert_eq!(preview(None), StatusCode::UNAUTHORIZED);
     assert_eq!(preview(Some(TOKEN)), StatusCode::OK);
+    let reload = format!("{base}/api/v1/reload");
+    assert_eq!(c.post(&reload).send().unwrap().status(), StatusCode::UNAUTHORIZED);
+    let r = c.post(&reload).bearer_auth(TOKEN).send().unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.json::<serde_json::Value>().unwrap(),
+        json!({"applied": [], "restart_needed": []}),
+        "nothing changed, the token read again included"
+    );
     assert!(!t.log_text().contains(TOKEN), "token in the log");
 }
 

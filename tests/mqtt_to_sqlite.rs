@@ -42,6 +42,27 @@ impl Case {
         );
         t
     }
+
+    /// Starts tidegate with its settings in a config file holding `file`, which the test may
+    /// rewrite and reload (no `--topic` flag: a flag would win over the file). Returns the file.
+    fn start_from_file(&self, client_id: &str, file: &str, extra: &[&str]) -> (Tidegate, std::path::PathBuf) {
+        let conf = self.dir.path().join("tidegate.toml");
+        std::fs::write(&conf, file).unwrap();
+        let (url, db) = (self.broker.url(), self.db());
+        let mut args = vec![
+            "run",
+            "--broker",
+            &url,
+            "--db",
+            db.to_str().unwrap(),
+            "--client-id",
+            client_id,
+            "--config",
+            conf.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        (Tidegate::subscribed(&args, self.dir.path()), conf)
+    }
 }
 
 #[test]
@@ -430,6 +451,214 @@ fn a_changed_topic_takes_effect_on_a_kept_session_and_the_old_filter_is_named() 
         );
         assert!(log.contains("old/a") && log.contains("-U 'OLD/FILTER'"), "{log}");
     }
+}
+
+#[test]
+fn a_reload_changes_topics_and_mappings_on_the_same_session_and_refuses_a_bad_file() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    for version in ["5", "3.1.1"] {
+        let case = Case::new(BrokerOptions::default());
+        let db = case.db();
+        let (t, conf) =
+            case.start_from_file("reloaded", "topics = [\"a/#\"]\n", &["--mqtt-version", version]);
+        let write = |text: &str| std::fs::write(&conf, text).unwrap();
+        let http = reqwest::blocking::Client::new();
+        let reload = || {
+            let r = http.post(format!("{}/api/v1/reload", t.api())).send().unwrap();
+            (r.status().as_u16(), r.json::<serde_json::Value>().unwrap())
+        };
+        // The SUBACK's log line ("subscribed topics=…").
+        let subacks = || {
+            t.log_text()
+                .lines()
+                .filter(|l| l.contains(" subscribed "))
+                .count()
+        };
+        let count = |topic: &str| {
+            db::count(
+                &db,
+                &format!("SELECT count(*) FROM messages WHERE topic = '{topic}'"),
+            )
+        };
+        case.broker.publish_lines("a/1", 1, &db::seq_lines(0, 10));
+        assert_eq!(
+            db::wait_count(&db, MSGS, 10, Duration::from_secs(10)),
+            10,
+            "MQTT {version}"
+        );
+
+        // Other topics, a new mapping, and a setting only a restart applies.
+        write(
+            "topics = [\"b/#\"]\nbatch_size = 100\n[[mapping]]\nfilter = \"b/+\"\ntable = \"wide\"\n[mapping.columns]\ntemp = \"$.temp\"\n",
+        );
+        let (status, report) = reload();
+        assert_eq!(status, 200, "MQTT {version}: {report}");
+        let applied: Vec<&str> = report["applied"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        assert!(
+            applied.contains(&"unsubscribed from a/#"),
+            "MQTT {version}: {report}"
+        );
+        assert!(
+            applied.contains(&"subscribed to b/# at QoS 1"),
+            "MQTT {version}: {report}"
+        );
+        assert!(
+            applied.iter().any(|a| a.contains("1 mapping(s)")),
+            "MQTT {version}: {report}"
+        );
+        assert_eq!(
+            report["restart_needed"],
+            serde_json::json!(["batch-size/batch-delay"]),
+            "MQTT {version}"
+        );
+        assert!(
+            support::wait_for(Duration::from_secs(10), || (subacks() == 2).then_some(())).is_some(),
+            "MQTT {version}: no SUBACK for b/#:\n{}",
+            t.log_text()
+        );
+        case.broker.publish_lines("a/2", 1, &db::seq_lines(0, 10));
+        let temps: Vec<String> = (0..5).map(|i| format!("{{\"temp\": {}.5}}", 20 + i)).collect();
+        case.broker.publish_lines("b/1", 1, &temps);
+        assert_eq!(
+            db::wait_count(&db, MSGS, 15, Duration::from_secs(10)),
+            15,
+            "MQTT {version}"
+        );
+        assert_eq!(count("a/2"), 0, "MQTT {version}: a/# was unsubscribed");
+        assert_eq!(
+            db::count(
+                &db,
+                "SELECT count(*) FROM wide WHERE temp >= 20.5 AND topic = 'b/1'"
+            ),
+            5,
+            "MQTT {version}: the new mapping fills its table"
+        );
+
+        // A broken file changes nothing, and says what is wrong.
+        for (text, setting) in [
+            ("topics = [\"c/#\"\n", "config"),
+            ("topics = [\"c/#\"]\nqos = 7\n", "qos"),
+        ] {
+            write(text);
+            let (status, body) = reload();
+            assert_eq!(status, 422, "MQTT {version}: {body}");
+            assert_eq!(body["detail"]["setting"], setting, "MQTT {version}: {body}");
+            assert!(
+                body["error"].as_str().unwrap().contains("nothing changed"),
+                "{body}"
+            );
+        }
+        case.broker.publish_lines("b/1", 1, &temps);
+        case.broker.publish_lines("c/1", 1, &db::seq_lines(0, 3));
+        assert_eq!(
+            db::wait_count(&db, MSGS, 20, Duration::from_secs(10)),
+            20,
+            "MQTT {version}"
+        );
+
+        // SIGHUP does the same as the route.
+        write("topics = [\"c/#\"]\n");
+        let _ = std::process::Command::new("kill")
+            .args(["-HUP", &t.pid().to_string()])
+            .status();
+        assert!(
+            support::wait_for(Duration::from_secs(10), || (subacks() == 3).then_some(())).is_some(),
+            "MQTT {version}: no SUBACK for c/# after SIGHUP:\n{}",
+            t.log_text()
+        );
+        case.broker.publish_lines("c/2", 1, &db::seq_lines(0, 3));
+        assert_eq!(
+            db::wait_count(&db, MSGS, 23, Duration::from_secs(10)),
+            23,
+            "MQTT {version}"
+        );
+        assert_eq!(
+            count("c/1"),
+            0,
+            "MQTT {version}: published before c/# was subscribed"
+        );
+
+        let metrics = http
+            .get(format!("{}/metrics", t.api()))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        assert_eq!(
+            support::metric(&metrics, "tidegate_mqtt_reconnects_total"),
+            0.0,
+            "MQTT {version}: one session throughout"
+        );
+        assert_eq!(
+            support::metric(&metrics, "tidegate_config_reloads_total{result=\"applied\"}"),
+            2.0,
+            "MQTT {version}"
+        );
+        assert_eq!(
+            support::metric(&metrics, "tidegate_config_reloads_total{result=\"refused\"}"),
+            2.0,
+            "MQTT {version}"
+        );
+        t.assert_metrics_balance();
+    }
+}
+
+#[test]
+fn a_reload_while_the_broker_is_away_takes_effect_when_it_is_back() {
+    let mut case = Case::new(BrokerOptions {
+        persistence: true,
+        ..Default::default()
+    });
+    let db = case.db();
+    let (t, conf) = case.start_from_file("away", "topics = [\"d/#\"]\n", &[]);
+    case.broker.stop();
+    assert!(
+        t.wait_log("reconnecting", Duration::from_secs(10)),
+        "{}",
+        t.log_text()
+    );
+    std::fs::write(&conf, "topics = [\"e/#\"]\n").unwrap();
+    let _ = std::process::Command::new("kill")
+        .args(["-HUP", &t.pid().to_string()])
+        .status();
+    assert!(
+        t.wait_log("config reloaded", Duration::from_secs(10)),
+        "{}",
+        t.log_text()
+    );
+    case.broker.start_again();
+    assert!(
+        t.wait_log("the broker kept our session", Duration::from_secs(20)),
+        "{}",
+        t.log_text()
+    );
+    let subscribed = || {
+        t.log_text()
+            .lines()
+            .filter(|l| l.contains(" subscribed ") && l.contains("e/#"))
+            .count()
+    };
+    assert!(
+        support::wait_for(Duration::from_secs(10), || (subscribed() >= 1).then_some(())).is_some(),
+        "no SUBACK for e/#:\n{}",
+        t.log_text()
+    );
+    case.broker.publish_lines("d/1", 1, &db::seq_lines(0, 5));
+    case.broker.publish_lines("e/1", 1, &db::seq_lines(0, 5));
+    assert_eq!(db::wait_count(&db, MSGS, 5, Duration::from_secs(10)), 5);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(db::payloads(&db, "e/1").len(), 5, "{}", t.log_text());
+    assert_eq!(
+        db::payloads(&db, "d/1").len(),
+        0,
+        "d/# was unsubscribed:\n{}",
+        t.log_text()
+    );
 }
 
 #[test]

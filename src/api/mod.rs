@@ -12,6 +12,7 @@ mod page;
 mod preview;
 mod query;
 mod readings;
+mod reload;
 mod stream;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -39,7 +40,9 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     pub max_payload: usize,
     /// How readings and mapped rows are derived (the writer's own), for previews.
-    pub readings: Arc<crate::readings::ReadingsConfig>,
+    pub readings: crate::config::current::Current<crate::readings::ReadingsConfig>,
+    /// Reads the config file again (`POST /api/v1/reload`).
+    pub reload: Arc<crate::reload::Reloader>,
     /// Fires when the process stops; ends live streams so the server can finish.
     pub stop: watch::Receiver<bool>,
 }
@@ -63,6 +66,7 @@ pub fn router(state: AppState, max_body: usize, rate_limit: Option<std::num::Non
         .routes(routes!(query::get_topics))
         .routes(routes!(readings::get_readings))
         .routes(routes!(preview::post_preview))
+        .routes(routes!(reload::post_reload))
         .routes(routes!(stream::get_stream))
         .routes(routes!(page::index))
         .routes(routes!(health::healthz))

@@ -40,7 +40,7 @@ pub async fn post_preview(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Vec<Preview>>, ApiError> {
     let (format, body) = ingest::read_body(&headers, body)?;
-    let readings = s.readings.clone();
+    let readings = s.readings.get();
     let max_payload = s.max_payload;
     let previews = ingest::off_the_runtime(body.len(), move || {
         let messages = ingest_body::parse(format, &body, max_payload)?;

@@ -4,6 +4,7 @@
 
 mod args;
 mod broker;
+pub mod current;
 mod postgres;
 pub mod reference;
 mod values;
@@ -95,7 +96,7 @@ impl std::fmt::Display for DbUrl {
 }
 
 /// TLS material, paths checked to exist.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct TlsFiles {
     pub ca_file: Option<PathBuf>,
     pub client_cert: Option<PathBuf>,
@@ -103,7 +104,7 @@ pub struct TlsFiles {
 }
 
 /// Everything the MQTT source needs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MqttSettings {
     pub broker: BrokerUrl,
     pub topics: Vec<String>,
@@ -122,20 +123,20 @@ pub struct MqttSettings {
 }
 
 /// How the writer batches and commits.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PipelineSettings {
     pub batch_size: usize,
     pub batch_delay: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StoreSettings {
     pub db: DbUrl,
     pub sqlite_sync: SqliteSync,
 }
 
 /// The HTTP API this process serves.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ApiSettings {
     pub listen: SocketAddr,
     pub token: Option<Secret>,
@@ -145,14 +146,14 @@ pub struct ApiSettings {
 }
 
 /// `subscribe`: the tidegate API that stores for us.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RemoteSettings {
     pub url: String,
     pub token: Option<Secret>,
 }
 
 /// The local spool in front of PostgreSQL or the remote API.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SpoolSettings {
     pub dir: PathBuf,
     pub max_bytes: u64,
@@ -195,6 +196,25 @@ pub struct Settings {
     pub readings: crate::readings::ReadingsConfig,
     pub retention: RetentionPolicy,
     pub max_payload: usize,
+    /// What these settings were resolved from, to resolve them again on a reload.
+    pub origin: Origin,
+}
+
+/// The command and its flags and environment (the TOML file is read again on every resolve).
+#[derive(Clone)]
+pub struct Origin {
+    pub mode: Mode,
+    args: RunArgs,
+}
+
+// By hand: the flags may hold a password or a token.
+impl std::fmt::Debug for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Origin")
+            .field("mode", &self.mode)
+            .field("config", &self.args.config)
+            .finish_non_exhaustive()
+    }
 }
 
 fn env(name: &str) -> Option<String> {
@@ -263,6 +283,10 @@ impl Settings {
     /// Merges flags/env (already in `cli`), the TOML file and the seed script's variables, then
     /// validates every value the command needs.
     pub fn resolve(mode: Mode, cli: RunArgs) -> Result<Settings, ConfigError> {
+        let origin = Origin {
+            mode,
+            args: cli.clone(),
+        };
         let file = match &cli.config {
             Some(path) => load_file(path)?,
             None => RunArgs::default(),
@@ -347,7 +371,48 @@ impl Settings {
             readings,
             retention,
             max_payload,
+            origin,
         })
+    }
+
+    /// The same command's settings resolved again: the TOML file as it is now, the flags and
+    /// environment as they were at start (a flag still wins over the file).
+    pub fn reread(&self) -> Result<Settings, ConfigError> {
+        Settings::resolve(self.origin.mode, self.origin.args.clone())
+    }
+
+    /// The settings in `new` that differ from these and that only a restart applies: everything
+    /// but the topic filters, their QoS, readings, mappings and retention.
+    pub fn needs_restart(&self, new: &Settings) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        let mut check = |name: &'static str, same: bool| {
+            if !same {
+                changed.push(name);
+            }
+        };
+        match (&self.mqtt, &new.mqtt) {
+            (Some(a), Some(b)) => {
+                check("broker", a.broker == b.broker);
+                check("client-id", a.client_id == b.client_id);
+                check(
+                    "username/password",
+                    a.username == b.username && a.password == b.password,
+                );
+                check("mqtt-version", a.version == b.version);
+                check("ca-file/client-cert/client-key", a.tls == b.tls);
+                check("session-expiry", a.session_expiry == b.session_expiry);
+                check("keep-alive", a.keep_alive == b.keep_alive);
+                check("stale-after", a.stale_after == b.stale_after);
+            }
+            (a, b) => check("broker", a.is_none() == b.is_none()),
+        }
+        check("max-payload", self.max_payload == new.max_payload);
+        check("batch-size/batch-delay", self.pipeline == new.pipeline);
+        check("db/sqlite-sync", self.store == new.store);
+        check("listen/api-token/max-body/api-rate-limit", self.api == new.api);
+        check("api", self.remote == new.remote);
+        check("spool/spool-max", self.spool == new.spool);
+        changed
     }
 }
 
@@ -663,6 +728,38 @@ mod tests {
             broker: Some(broker.into()),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn only_settings_a_reload_cannot_apply_are_named_for_a_restart() {
+        let run = |a: RunArgs| Settings::resolve(Mode::Run, a).unwrap();
+        let base = run(args("mqtt://localhost"));
+        let live = run(RunArgs {
+            topics: Some(vec!["other/#".into()]),
+            qos: Some(0),
+            readings: Some("off".parse().unwrap()),
+            retain_raw: Some("30d".parse().unwrap()),
+            ..args("mqtt://localhost")
+        });
+        assert!(
+            base.needs_restart(&live).is_empty(),
+            "{:?}",
+            base.needs_restart(&live)
+        );
+        let fixed = run(RunArgs {
+            batch_size: Some(10),
+            password: Some("changed".into()),
+            username: Some("u".into()),
+            ..args("mqtt://elsewhere")
+        });
+        assert_eq!(
+            base.needs_restart(&fixed),
+            ["broker", "username/password", "batch-size/batch-delay"]
+        );
+        assert!(
+            !format!("{:?}", fixed.origin).contains("changed"),
+            "the password stays out of Debug"
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use super::{
     envelope::{Ingest, SealedBatch},
 };
 use crate::{
-    config::PipelineSettings,
+    config::{current::Current, PipelineSettings},
     store::{Committed, Outcome, Store, StoredMessage},
     telemetry as t,
 };
@@ -30,7 +30,8 @@ pub struct Writer {
     /// (unacknowledged, so redelivered later) instead of retried.
     pub stop: watch::Receiver<bool>,
     pub live: Live,
-    pub readings: Arc<crate::readings::ReadingsConfig>,
+    /// Replaced by a reload; a message is derived with the config in force when it is taken.
+    pub readings: Current<crate::readings::ReadingsConfig>,
     pub stats: Arc<super::stats::StatsBook>,
 }
 
@@ -53,8 +54,11 @@ impl Writer {
             stats,
         } = self;
         let depth = store.queue_depth().max(1);
-        // For the remote API nothing is derived here: the receiving tidegate does it.
-        let readings = store.uses_derived().then_some(readings);
+        let mut derive = Deriver {
+            config: readings.get(),
+            readings,
+            on: store.uses_derived(),
+        };
         let committer = Arc::new(Committer {
             store,
             fault,
@@ -77,7 +81,7 @@ impl Writer {
                 },
                 ingest = rx.recv(), if open && batcher.has_room() => match ingest {
                     Some(mut ingest) => {
-                        derive(readings.as_deref(), &mut ingest);
+                        derive.derive(&mut ingest);
                         batcher.push(ingest);
                     }
                     None => open = false,
@@ -96,7 +100,7 @@ impl Writer {
                 while open && batcher.has_room() {
                     match rx.try_recv() {
                         Ok(mut ingest) => {
-                            derive(readings.as_deref(), &mut ingest);
+                            derive.derive(&mut ingest);
                             batcher.push(ingest);
                         }
                         Err(mpsc::error::TryRecvError::Empty) => break,
@@ -111,14 +115,29 @@ impl Writer {
     }
 }
 
-/// Readings and mapped rows are derived as a message is taken into a batch, before it is sealed.
-fn derive(readings: Option<&crate::readings::ReadingsConfig>, ingest: &mut Ingest) {
-    let Some(readings) = readings.filter(|r| r.enabled || !r.mappings.is_empty()) else {
-        return;
-    };
-    for m in ingest.messages_mut() {
-        if m.rejection.is_none() && m.derived.is_none() {
-            m.derived = crate::readings::derive(readings, &m.topic, &m.payload, m.received_at);
+/// Readings and mapped rows are derived as a message is taken into a batch, before it is sealed,
+/// with the config in force at that moment.
+struct Deriver {
+    readings: Current<crate::readings::ReadingsConfig>,
+    config: Arc<crate::readings::ReadingsConfig>,
+    /// False for the remote API: the receiving tidegate derives.
+    on: bool,
+}
+
+impl Deriver {
+    fn derive(&mut self, ingest: &mut Ingest) {
+        if let Some(new) = self.readings.fresh() {
+            self.config = new;
+        }
+        let r = &*self.config;
+        let nothing_to_derive = !r.enabled && r.mappings.is_empty();
+        if !self.on || nothing_to_derive {
+            return;
+        }
+        for m in ingest.messages_mut() {
+            if m.rejection.is_none() && m.derived.is_none() {
+                m.derived = crate::readings::derive(r, &m.topic, &m.payload, m.received_at);
+            }
         }
     }
 }

@@ -16,7 +16,7 @@ pub use event_time::{parse_time, TimeSource};
 pub use flatten::{flatten, FlattenError, Value};
 
 /// How readings are extracted.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ReadingsConfig {
     pub enabled: bool,
     pub max_depth: usize,

@@ -184,6 +184,16 @@ impl Client {
         }
     }
 
+    pub fn try_unsubscribe(&self, filters: &[String]) -> Result<(), String> {
+        for f in filters {
+            match self {
+                Client::V5(c) => c.try_unsubscribe(f.clone()).map_err(|e| e.to_string())?,
+                Client::V4(c) => c.try_unsubscribe(f.clone()).map_err(|e| e.to_string())?,
+            }
+        }
+        Ok(())
+    }
+
     pub fn try_disconnect(&self) {
         let _ = match self {
             Client::V5(c) => c.try_disconnect().map_err(|_| ()),

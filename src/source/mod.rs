@@ -6,7 +6,9 @@ pub mod ack;
 mod client;
 mod session;
 mod strays;
+mod subscription;
 mod tls;
 mod watchdog;
 
-pub use session::{MqttSource, SourceStatus};
+pub use session::{MqttSource, Resubscriber, SourceStatus};
+pub use subscription::Change as SubscriptionChange;

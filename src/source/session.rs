@@ -21,6 +21,7 @@ use super::{
     ack::{AckGate, MqttAck},
     client::{self, Client, Event},
     strays::Strays,
+    subscription::{Change, Subscription},
     tls::TlsError,
     watchdog::{Heartbeat, Watchdog},
 };
@@ -52,6 +53,7 @@ pub struct MqttSource {
     task: JoinHandle<()>,
     watchdog: Option<JoinHandle<()>>,
     status: watch::Receiver<SourceStatus>,
+    subscription: Arc<Subscription>,
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -74,6 +76,7 @@ impl MqttSource {
         let (status_tx, status) = watch::channel(SourceStatus::default());
         let status_tx = Arc::new(status_tx);
         let heartbeat = settings.stale_after.map(|_| Arc::new(Heartbeat::default()));
+        let subscription = Arc::new(Subscription::new(settings.topics.clone(), settings.qos));
         let watchdog = settings
             .stale_after
             .zip(heartbeat.clone())
@@ -82,8 +85,7 @@ impl MqttSource {
                     Watchdog {
                         after,
                         client: client.clone(),
-                        topics: settings.topics.clone(),
-                        qos: settings.qos,
+                        subscription: subscription.clone(),
                         heartbeat,
                         status: status_tx.clone(),
                     }
@@ -107,6 +109,7 @@ impl MqttSource {
             wake.clone(),
             status_tx,
             heartbeat,
+            subscription.clone(),
         ));
         Ok(MqttSource {
             client,
@@ -117,7 +120,16 @@ impl MqttSource {
             task,
             watchdog,
             status,
+            subscription,
         })
+    }
+
+    /// What a reload changes the session's topic filters with.
+    pub fn resubscriber(&self) -> Resubscriber {
+        Resubscriber {
+            client: self.client.clone(),
+            subscription: self.subscription.clone(),
+        }
     }
 
     pub fn status(&self) -> watch::Receiver<SourceStatus> {
@@ -150,6 +162,26 @@ impl MqttSource {
     }
 }
 
+/// Changes the topic filters of a running session.
+#[derive(Clone)]
+pub struct Resubscriber {
+    client: Client,
+    subscription: Arc<Subscription>,
+}
+
+impl Resubscriber {
+    /// Makes `topics` at `qos` the filters of this session, on the same connection: removed
+    /// filters are unsubscribed, new ones subscribed. Messages already sent on a removed filter
+    /// are stored. Returns what was sent.
+    pub fn change(&self, topics: Vec<String>, qos: u8) -> Change {
+        let change = self.subscription.replace(&self.client, topics, qos);
+        if !change.is_empty() {
+            tracing::info!(subscribe = ?change.subscribed, unsubscribe = ?change.unsubscribed, qos, "changing the subscription");
+        }
+        change
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn session_loop(
     s: MqttSettings,
@@ -161,6 +193,7 @@ async fn session_loop(
     wake: Arc<Notify>,
     status: Arc<watch::Sender<SourceStatus>>,
     heartbeat: Option<Arc<Heartbeat>>,
+    sub: Arc<Subscription>,
 ) {
     let mut generation = gate.generation();
     let mut backoff = BACKOFF_MIN;
@@ -223,24 +256,24 @@ async fn session_loop(
                 // first connection of a run always subscribes. A filter already held is only
                 // replaced: MQTT 5 resends no retained message for it (retain handling 1), and
                 // a 3.1.1 broker's resent copy is recognised as already stored.
-                if !session_present || !ever_connected {
-                    if session_present {
-                        strays = Some(Strays::new(&s.topics));
-                    }
-                    if let Err(e) = client.try_subscribe(&s.topics, s.qos) {
-                        tracing::error!(error = %e, "cannot queue the subscription");
-                    }
+                if session_present && !ever_connected {
+                    strays = Some(Strays::new(&sub));
                 }
+                // Also after a reload's change that the lost connection may have swallowed.
+                sub.on_connect(&client, !session_present || !ever_connected);
                 ever_connected = true;
             }
             Ok(Event::Publish(message, token)) => {
-                if strays.as_mut().is_some_and(|st| st.first_stray(&message.topic)) {
+                if strays
+                    .as_mut()
+                    .is_some_and(|st| st.first_stray(&message.topic, &sub))
+                {
                     tracing::warn!(
                         topic = %message.topic,
                         client_id = %s.client_id,
                         "a message arrived on a topic none of --topic matches: the broker kept a subscription from an earlier run with this client id. Such messages are stored like the others. To end the old subscription, unsubscribe its filter once with this client id and a persistent session, e.g. `mosquitto_sub -i {} -c -q 1 -E -t '{}' -U 'OLD/FILTER'` (with your host and credentials) while tidegate is stopped",
                         s.client_id,
-                        s.topics.first().map_or("#", String::as_str),
+                        sub.filters().0.first().map_or("#", String::as_str),
                     );
                 }
                 if heartbeat
@@ -278,11 +311,12 @@ async fn session_loop(
                 }
             }
             Ok(Event::SubAck { failures }) => {
+                let (topics, qos) = sub.filters();
                 if failures.is_empty() {
-                    tracing::info!(topics = ?s.topics, qos = s.qos, "subscribed");
+                    tracing::info!(?topics, qos, "subscribed");
                 } else {
                     tracing::error!(
-                        topics = ?s.topics,
+                        ?topics,
                         ?failures,
                         "the broker refused a subscription; check the topic filters and the user's ACL"
                     );

@@ -4,15 +4,20 @@
 //! over is dropped — and the operator is told once how to end the old subscription. It must never
 //! drop or delay a message.
 
+use super::subscription::Subscription;
+
 pub struct Strays {
     /// The filters as matched against topics: without a `$share/GROUP/` prefix.
     filters: Vec<String>,
+    /// The subscription's generation `filters` was taken at; a reload makes it old.
+    generation: u64,
     warned: bool,
 }
 
 impl Strays {
-    pub fn new(topics: &[String]) -> Self {
-        let filters = topics
+    pub fn new(sub: &Subscription) -> Self {
+        let filters = sub
+            .asked_for()
             .iter()
             .map(|t| {
                 t.strip_prefix("$share/")
@@ -23,17 +28,24 @@ impl Strays {
             .collect();
         Strays {
             filters,
+            generation: sub.generation(),
             warned: false,
         }
     }
 
-    /// True for the first delivery on a topic no filter matches; false for every other.
-    pub fn first_stray(&mut self, topic: &str) -> bool {
-        if self.warned
-            || self
-                .filters
-                .iter()
-                .any(|f| crate::config::filter_matches(f, topic))
+    /// True for the first delivery on a topic none of the filters this run asked for matches
+    /// (including those a reload added or removed); false for every other.
+    pub fn first_stray(&mut self, topic: &str, sub: &Subscription) -> bool {
+        if self.warned {
+            return false;
+        }
+        if sub.generation() != self.generation {
+            *self = Strays::new(sub);
+        }
+        if self
+            .filters
+            .iter()
+            .any(|f| crate::config::filter_matches(f, topic))
         {
             return false;
         }
@@ -48,14 +60,15 @@ mod tests {
 
     #[test]
     fn only_the_first_topic_outside_every_filter_is_reported() {
-        let mut s = Strays::new(&["$share/g/sensors/#".into(), "plant/+/temp".into()]);
+        let sub = Subscription::new(vec!["$share/g/sensors/#".into(), "plant/+/temp".into()], 1);
+        let mut s = Strays::new(&sub);
         assert!(
-            !s.first_stray("sensors/a/b"),
+            !s.first_stray("sensors/a/b", &sub),
             "the group prefix is not part of the filter"
         );
-        assert!(!s.first_stray("plant/7/temp"));
-        assert!(s.first_stray("old/topic"));
-        assert!(!s.first_stray("old/other"), "once per run");
-        assert!(!s.first_stray("old/topic"));
+        assert!(!s.first_stray("plant/7/temp", &sub));
+        assert!(s.first_stray("old/topic", &sub));
+        assert!(!s.first_stray("old/other", &sub), "once per run");
+        assert!(!s.first_stray("old/topic", &sub));
     }
 }

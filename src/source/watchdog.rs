@@ -14,7 +14,7 @@ use std::{
 
 use tokio::sync::watch;
 
-use super::{client::Client, session::SourceStatus};
+use super::{client::Client, session::SourceStatus, subscription::Subscription};
 
 /// What the session loop tells the watchdog: when the last message (or connection) came, and
 /// whether the watchdog has called the session stale.
@@ -36,8 +36,7 @@ impl Heartbeat {
 pub struct Watchdog {
     pub after: Duration,
     pub client: Client,
-    pub topics: Vec<String>,
-    pub qos: u8,
+    pub subscription: Arc<Subscription>,
     pub heartbeat: Arc<Heartbeat>,
     pub status: Arc<watch::Sender<SourceStatus>>,
 }
@@ -59,9 +58,10 @@ impl Watchdog {
             }
             self.heartbeat.stale.store(true, Ordering::Relaxed);
             let after = humantime::format_duration(self.after);
+            let (topics, qos) = self.subscription.filters();
             tracing::warn!(
                 %after,
-                topics = ?self.topics,
+                ?topics,
                 "no message for {after} while connected (--stale-after): subscribing again; not ready until a message arrives"
             );
             metrics::counter!(crate::telemetry::MQTT_STALE).increment(1);
@@ -70,7 +70,7 @@ impl Watchdog {
                     "no message for {after} while connected; subscribed again"
                 ))
             });
-            if let Err(e) = self.client.try_subscribe(&self.topics, self.qos) {
+            if let Err(e) = self.client.try_subscribe(&topics, qos) {
                 tracing::error!(error = %e, "cannot queue the subscription");
             }
         }

@@ -6,19 +6,25 @@ use std::{sync::Arc, time::Duration};
 use tokio::sync::watch;
 
 use super::Store;
-use crate::config::RetentionPolicy;
+use crate::config::{current::Current, RetentionPolicy};
 
 pub const CHUNK: usize = 2000;
 
-/// Deletes everything the policy no longer keeps, then sleeps a minute, until `stop`.
-pub async fn run(store: Arc<dyn Store>, policy: RetentionPolicy, mut stop: watch::Receiver<bool>) {
+/// Deletes everything the policy no longer keeps, then sleeps a minute (or until a reload
+/// changes the policy), until `stop`. With the policy off it only waits.
+pub async fn run(
+    store: Arc<dyn Store>,
+    mut policy: Current<RetentionPolicy>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
+        let now = policy.get();
         let mut total = 0u64;
-        loop {
+        while !now.is_off() {
             if *stop.borrow() {
                 return;
             }
-            match store.retain(&policy, CHUNK).await {
+            match store.retain(&now, CHUNK).await {
                 Ok(0) => break,
                 Ok(n) => {
                     total += n;
@@ -33,8 +39,12 @@ pub async fn run(store: Arc<dyn Store>, policy: RetentionPolicy, mut stop: watch
         if total > 0 {
             tracing::info!(rows = total, "retention deleted old rows");
         }
+        if *stop.borrow() {
+            return;
+        }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+            _ = tokio::time::sleep(Duration::from_secs(60)), if !now.is_off() => {}
+            _ = policy.changed() => {}
             _ = stop.changed() => {}
         }
     }

@@ -23,6 +23,7 @@ use tokio::sync::{watch, Notify};
 
 use super::{Committed, MessageQuery, Outcome, SpoolPosition, Store, StoreError, StoredMessage, TopicStats};
 use crate::{
+    config::current::Current,
     message::{Message, Origin},
     pipeline::writer::Live,
     time,
@@ -100,7 +101,7 @@ impl SpoolStore {
         &self,
         name: String,
         live: Live,
-        readings: Arc<crate::readings::ReadingsConfig>,
+        readings: Current<crate::readings::ReadingsConfig>,
         stop: watch::Receiver<bool>,
     ) -> tokio::task::JoinHandle<()> {
         let f = Forwarder {
@@ -218,8 +219,9 @@ struct Forwarder {
     name: String,
     live: Live,
     /// Set when the store behind uses readings: the spool keeps raw messages only, so what the
-    /// writer derived (for the statistics' event times) is derived again on the way out.
-    readings: Option<Arc<crate::readings::ReadingsConfig>>,
+    /// writer derived (for the statistics' event times) is derived again on the way out, with
+    /// the config in force then.
+    readings: Option<Current<crate::readings::ReadingsConfig>>,
 }
 
 const FORWARD_BATCH: i64 = 5000;
@@ -362,7 +364,7 @@ impl Forwarder {
             }
             let batch = match &self.readings {
                 None => batch,
-                Some(cfg) => match derive_all(cfg.clone(), batch).await {
+                Some(cfg) => match derive_all(cfg.get(), batch).await {
                     Some(b) => b,
                     // The rows are still spooled: read them again.
                     None => continue,

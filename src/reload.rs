@@ -1,0 +1,142 @@
+//! Reloading the configuration while running (`SIGHUP`, `POST /api/v1/reload`). The TOML file is
+//! read and validated again, whole, as at start. If it is valid, what can change without a
+//! restart takes effect: the topic filters and their QoS (on the same MQTT session), readings,
+//! device and time rules and mappings (from the next message taken into a batch), retention (from
+//! its next round). Every other changed setting is named as needing a restart. An invalid file
+//! changes nothing. It must never drop the MQTT session or a message, nor apply half a file.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::sync::{watch, Mutex};
+use utoipa::ToSchema;
+
+use crate::{
+    config::{current::Replace, ConfigError, RetentionPolicy, Settings},
+    readings::ReadingsConfig,
+    source::Resubscriber,
+};
+
+/// What a reload did.
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct Report {
+    /// What took effect, for people (e.g. `subscribed to b/#`).
+    pub applied: Vec<String>,
+    /// Settings that changed in the file but take effect only after a restart; until then the
+    /// running values stay.
+    pub restart_needed: Vec<String>,
+}
+
+pub struct Reloader {
+    /// The settings in force; the lock also keeps two reloads from interleaving.
+    settings: Mutex<Settings>,
+    readings: Replace<ReadingsConfig>,
+    retention: Replace<RetentionPolicy>,
+    source: Option<Resubscriber>,
+}
+
+impl Reloader {
+    pub fn new(
+        settings: Settings,
+        readings: Replace<ReadingsConfig>,
+        retention: Replace<RetentionPolicy>,
+        source: Option<Resubscriber>,
+    ) -> Self {
+        Reloader {
+            settings: Mutex::new(settings),
+            readings,
+            retention,
+            source,
+        }
+    }
+
+    /// Reads the config file again and applies what can change while running.
+    pub async fn reload(&self) -> Result<Report, ConfigError> {
+        let mut now = self.settings.lock().await;
+        let new = match now.reread() {
+            Ok(new) => new,
+            Err(e) => {
+                metrics::counter!(crate::telemetry::CONFIG_RELOADS, "result" => "refused").increment(1);
+                tracing::error!(error = %e, "config reload refused: nothing changed; fix the file and reload again");
+                return Err(e);
+            }
+        };
+        let mut report = Report {
+            restart_needed: now.needs_restart(&new).into_iter().map(String::from).collect(),
+            ..Report::default()
+        };
+        if let (Some(source), Some(m)) = (&self.source, &new.mqtt) {
+            let change = source.change(m.topics.clone(), m.qos);
+            report.applied.extend(
+                change
+                    .unsubscribed
+                    .iter()
+                    .map(|t| format!("unsubscribed from {t}")),
+            );
+            report.applied.extend(
+                change
+                    .subscribed
+                    .iter()
+                    .map(|t| format!("subscribed to {t} at QoS {}", m.qos)),
+            );
+        }
+        if new.readings != now.readings {
+            self.readings.send_replace(Arc::new(new.readings.clone()));
+            report.applied.push(format!(
+                "readings {}, {} mapping(s), device and time rules",
+                if new.readings.enabled { "on" } else { "off" },
+                new.readings.mappings.len()
+            ));
+        }
+        if new.retention != now.retention {
+            self.retention.send_replace(Arc::new(new.retention.clone()));
+            report.applied.push("retention".into());
+        }
+        // What needs a restart keeps its running value; the rest is now in force.
+        now.readings = new.readings;
+        now.retention = new.retention;
+        if let (Some(m), Some(n)) = (&mut now.mqtt, new.mqtt) {
+            m.topics = n.topics;
+            m.qos = n.qos;
+        }
+        metrics::counter!(crate::telemetry::CONFIG_RELOADS, "result" => "applied").increment(1);
+        tracing::info!(
+            applied = ?report.applied,
+            restart_needed = ?report.restart_needed,
+            "config reloaded"
+        );
+        if !report.restart_needed.is_empty() {
+            tracing::warn!(
+                settings = ?report.restart_needed,
+                "these settings changed in the file but apply only after a restart"
+            );
+        }
+        Ok(report)
+    }
+}
+
+/// Reloads on every SIGHUP until `stop` fires (`systemctl reload` sends it).
+pub async fn on_hangup(reloader: Arc<Reloader>, mut stop: watch::Receiver<bool>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; reload with POST /api/v1/reload");
+            return;
+        };
+        while !*stop.borrow() {
+            tokio::select! {
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reading the config file again");
+                    let _ = reloader.reload().await;
+                }
+                changed = stop.changed() => if changed.is_err() { return },
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        drop(reloader);
+        let _ = stop.wait_for(|s| *s).await;
+    }
+}
