@@ -25,6 +25,9 @@ pub struct Report {
     /// Settings that changed in the file but take effect only after a restart; until then the
     /// running values stay.
     pub restart_needed: Vec<String>,
+    /// Settings the file sets but a flag or an environment variable overrides (they win): change
+    /// them there, or drop the flag or variable so the file decides.
+    pub overridden: Vec<String>,
 }
 
 pub struct Reloader {
@@ -63,6 +66,7 @@ impl Reloader {
         };
         let mut report = Report {
             restart_needed: now.needs_restart(&new).into_iter().map(String::from).collect(),
+            overridden: new.overridden_in_file(),
             ..Report::default()
         };
         if let (Some(source), Some(m)) = (&self.source, &new.mqtt) {
@@ -105,6 +109,12 @@ impl Reloader {
             restart_needed = ?report.restart_needed,
             "config reloaded"
         );
+        if !report.overridden.is_empty() {
+            tracing::warn!(
+                settings = ?report.overridden,
+                "the config file sets these, but a flag or an environment variable overrides them"
+            );
+        }
         if !report.restart_needed.is_empty() {
             tracing::warn!(
                 settings = ?report.restart_needed,

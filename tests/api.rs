@@ -527,7 +527,7 @@ fn a_token_guards_every_route_but_healthz() {
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(
         r.json::<serde_json::Value>().unwrap(),
-        json!({"applied": [], "restart_needed": []}),
+        json!({"applied": [], "restart_needed": [], "overridden": []}),
         "nothing changed, the token read again included"
     );
     assert!(!t.log_text().contains(TOKEN), "token in the log");

@@ -489,7 +489,7 @@ fn a_reload_changes_topics_and_mappings_on_the_same_session_and_refuses_a_bad_fi
 
         // Other topics, a new mapping, and a setting only a restart applies.
         write(
-            "topics = [\"b/#\"]\nbatch_size = 100\n[[mapping]]\nfilter = \"b/+\"\ntable = \"wide\"\n[mapping.columns]\ntemp = \"$.temp\"\n",
+            "topics = [\"b/#\"]\nbatch_size = 100\nclient_id = \"from-the-file\"\n[[mapping]]\nfilter = \"b/+\"\ntable = \"wide\"\n[mapping.columns]\ntemp = \"$.temp\"\n",
         );
         let (status, report) = reload();
         assert_eq!(status, 200, "MQTT {version}: {report}");
@@ -515,6 +515,11 @@ fn a_reload_changes_topics_and_mappings_on_the_same_session_and_refuses_a_bad_fi
             report["restart_needed"],
             serde_json::json!(["batch-size/batch-delay"]),
             "MQTT {version}"
+        );
+        assert_eq!(
+            report["overridden"],
+            serde_json::json!(["client_id"]),
+            "MQTT {version}: --client-id wins over the file"
         );
         assert!(
             support::wait_for(Duration::from_secs(10), || (subacks() == 2).then_some(())).is_some(),

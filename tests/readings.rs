@@ -293,3 +293,71 @@ fn messages_through_the_spool_still_become_readings_and_mapped_rows() {
         .unwrap();
     assert!(lag > 86_400_000.0, "lag {lag} ms: measured from receipt");
 }
+
+#[test]
+fn a_payload_time_without_an_offset_is_local_time_in_the_configured_zone_in_both_stores() {
+    let broker = Mosquitto::start(BrokerOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("zone.toml");
+    std::fs::write(
+        &conf,
+        "time_zone = \"America/Sao_Paulo\"\n[[mapping]]\nfilter = \"casa/+/sala\"\ntable = \"sala\"\n[mapping.columns]\ntemp_c = \"$.temp\"\nmeasured_at = { path = \"$.at\", type = \"timestamp\" }\n",
+    )
+    .unwrap();
+    let sqlite = dir.path().join("zone.db");
+    let pg_url = pg::fresh_database(&pg::shared());
+    let plain_pg = pg_url.split('?').next().unwrap().to_string();
+    let _instances: Vec<Tidegate> = [sqlite.to_str().unwrap(), pg_url.as_str()]
+        .iter()
+        .enumerate()
+        .map(|(i, target)| {
+            let id = format!("zone-{i}");
+            Tidegate::run_subscribed(
+                &broker.url(),
+                target,
+                "casa/#",
+                &id,
+                &["--config", conf.to_str().unwrap()],
+                dir.path(),
+            )
+        })
+        .collect();
+    // A device on Brasília time (UTC-3) writing its clock without an offset, and one that says
+    // its offset.
+    broker.publish_lines(
+        "casa/esp32/sala",
+        1,
+        &[
+            r#"{"ts":"2026-12-06 10:00:00","temp":21.5,"at":"2026-12-06 09:59:00"}"#.into(),
+            r#"{"ts":"2026-12-06T10:00:00Z","temp":22.5,"at":1796551200}"#.into(),
+        ],
+    );
+    db::wait_count(&sqlite, "SELECT count(*) FROM sala", 2, Duration::from_secs(15));
+    db::pg_wait_count(&plain_pg, "SELECT count(*) FROM sala", 2, Duration::from_secs(15));
+
+    let c = db::open(&sqlite);
+    let sqlite_rows: Vec<String> = c
+        .prepare(
+            "SELECT r.ts || ' ' || r.ts_source || ' ' || s.measured_at FROM readings r JOIN sala s USING (message_id)
+             WHERE r.field = 'temp' ORDER BY r.value",
+        )
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        sqlite_rows,
+        [
+            "2026-12-06 13:00:00.000 payload 2026-12-06 12:59:00.000",
+            "2026-12-06 10:00:00.000 payload 2026-12-06 10:00:00.000",
+        ]
+    );
+    let pg_rows = pg::psql(
+        &pg::shared(),
+        plain_pg.rsplit('/').next().unwrap(),
+        "SELECT string_agg(to_char(r.ts AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || ' ' || to_char(s.measured_at AT TIME ZONE 'UTC', 'HH24:MI'), ',' ORDER BY r.value)
+         FROM readings r JOIN sala s USING (message_id) WHERE r.field = 'temp'",
+    );
+    assert_eq!(pg_rows, "2026-12-06 13:00:00 12:59,2026-12-06 10:00:00 10:00");
+}

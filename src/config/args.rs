@@ -180,6 +180,13 @@ pub struct RunArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub time_fields: Option<Vec<String>>,
 
+    /// Time zone of payload times written without an offset (`2026-12-06 10:00:00`): an IANA
+    /// name such as `America/Sao_Paulo` (default UTC). Times with an offset and unix times are
+    /// exact already.
+    #[arg(long, env = "TIDEGATE_TIME_ZONE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+
     /// Deepest JSON nesting turned into readings (default 8).
     #[arg(long, env = "TIDEGATE_READINGS_MAX_DEPTH")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -240,6 +247,7 @@ impl RunArgs {
             spool_max: Some(Size(1 << 30)),
             readings: Some("on".into()),
             time_fields: Some(vec!["ts".into(), "timestamp".into(), "time".into()]),
+            time_zone: Some("UTC".into()),
             readings_max_depth: Some(8),
             readings_max_fields: Some(256),
             ..Default::default()
@@ -282,6 +290,7 @@ impl RunArgs {
             mappings: self.mappings.or(other.mappings),
             device_from: self.device_from.or(other.device_from),
             time_fields: self.time_fields.or(other.time_fields),
+            time_zone: self.time_zone.or(other.time_zone),
             readings_max_depth: self.readings_max_depth.or(other.readings_max_depth),
             readings_max_fields: self.readings_max_fields.or(other.readings_max_fields),
             retain_raw: self.retain_raw.or(other.retain_raw),

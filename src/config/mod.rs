@@ -381,6 +381,26 @@ impl Settings {
         Settings::resolve(self.origin.mode, self.origin.args.clone())
     }
 
+    /// The settings the config file gives a value that a flag or an environment variable
+    /// overrides (they win over the file), by their names in the file: editing them there
+    /// changes nothing. Only names, never values (some are secrets).
+    pub fn overridden_in_file(&self) -> Vec<String> {
+        let Some(file) = self.origin.args.config.as_deref().and_then(|p| load_file(p).ok()) else {
+            return Vec::new();
+        };
+        match (
+            serde_json::to_value(&self.origin.args),
+            serde_json::to_value(&file),
+        ) {
+            (Ok(serde_json::Value::Object(flags)), Ok(serde_json::Value::Object(file))) => file
+                .iter()
+                .filter(|(k, v)| flags.get(*k).is_some_and(|f| !f.is_null() && f != *v))
+                .map(|(k, _)| k.clone())
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// The settings in `new` that differ from these and that only a restart applies: everything
     /// but the topic filters, their QoS, readings, mappings and retention.
     pub fn needs_restart(&self, new: &Settings) -> Vec<&'static str> {
@@ -593,6 +613,14 @@ fn resolve_readings(a: &RunArgs) -> Result<crate::readings::ReadingsConfig, Conf
         }
         r.time_fields = t.iter().map(|f| f.trim().to_string()).collect();
     }
+    if let Some(z) = &a.time_zone {
+        r.time_zone = z.trim().parse().map_err(|_| {
+            ConfigError::new(
+                "time-zone",
+                format!("`{z}` is not a time zone name; use an IANA name such as America/Sao_Paulo, Europe/Lisbon or UTC"),
+            )
+        })?;
+    }
     if let Some(d) = a.readings_max_depth {
         if !(1..=64).contains(&d) {
             return Err(ConfigError::new("readings-max-depth", "must be between 1 and 64"));
@@ -760,6 +788,28 @@ mod tests {
             !format!("{:?}", fixed.origin).contains("changed"),
             "the password stays out of Debug"
         );
+    }
+
+    #[test]
+    fn the_time_zone_is_an_iana_name() {
+        let zone = |z: &str| {
+            Settings::resolve(
+                Mode::Run,
+                RunArgs {
+                    time_zone: Some(z.into()),
+                    ..args("mqtt://localhost")
+                },
+            )
+        };
+        assert_eq!(
+            zone("America/Sao_Paulo").unwrap().readings.time_zone,
+            chrono_tz::Tz::America__Sao_Paulo
+        );
+        let e = zone("Brasilia").unwrap_err();
+        assert_eq!(e.setting, "time-zone");
+        assert!(e.problem.contains("America/Sao_Paulo"), "{e}");
+        let default = Settings::resolve(Mode::Run, args("mqtt://localhost")).unwrap();
+        assert_eq!(default.readings.time_zone, chrono_tz::Tz::UTC);
     }
 
     #[test]

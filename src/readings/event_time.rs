@@ -1,8 +1,10 @@
-//! The event time a payload carries: RFC 3339 with any offset, `YYYY-MM-DD HH:MM:SS` (UTC),
-//! unix seconds or milliseconds (told apart by magnitude), as numbers or strings. Converted to
-//! UTC. Times far from the receive time are not trusted.
+//! The event time a payload carries: RFC 3339 with any offset, `YYYY-MM-DD HH:MM:SS` without one
+//! (the devices' local time in `--time-zone`, UTC by default), unix seconds or milliseconds (told
+//! apart by magnitude), as numbers or strings. Converted to UTC. Times far from the receive time
+//! are not trusted. It must never store a time without knowing its zone.
 
-use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
+use chrono::{DateTime, LocalResult, NaiveDateTime, TimeZone, Utc};
+use chrono_tz::Tz;
 use serde_json::Value;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,7 +30,8 @@ impl TimeSource {
 /// Below this, a number is seconds; above, milliseconds (1e11 s is the year 5138, 1e11 ms 1973).
 const MS_THRESHOLD: f64 = 1e11;
 
-pub fn parse_time(v: &Value) -> Result<DateTime<Utc>, String> {
+/// `v` as a time in UTC; a time written without an offset is local time in `zone`.
+pub fn parse_time(v: &Value, zone: Tz) -> Result<DateTime<Utc>, String> {
     let from_number = |n: f64| -> Result<DateTime<Utc>, String> {
         if !n.is_finite() || n < 0.0 {
             return Err(format!("time {n} is not a unix time"));
@@ -53,7 +56,14 @@ pub fn parse_time(v: &Value) -> Result<DateTime<Utc>, String> {
             }
             for fmt in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
                 if let Ok(n) = NaiveDateTime::parse_from_str(t, fmt) {
-                    return Ok(n.and_utc());
+                    return match zone.from_local_datetime(&n) {
+                        LocalResult::Single(t) => Ok(t.with_timezone(&Utc)),
+                        // The hour the clocks went back happens twice: the first one.
+                        LocalResult::Ambiguous(first, _) => Ok(first.with_timezone(&Utc)),
+                        LocalResult::None => Err(format!(
+                            "time `{t}` does not exist in {zone} (the clocks moved forward then)"
+                        )),
+                    };
                 }
             }
             Err(format!(
@@ -66,9 +76,12 @@ pub fn parse_time(v: &Value) -> Result<DateTime<Utc>, String> {
 }
 
 /// The first of `fields` present at the top of an object payload, parsed.
-pub fn find(json: &Value, fields: &[String]) -> Option<Result<DateTime<Utc>, String>> {
+pub fn find(json: &Value, fields: &[String], zone: Tz) -> Option<Result<DateTime<Utc>, String>> {
     let obj = json.as_object()?;
-    fields.iter().find_map(|f| obj.get(f)).map(parse_time)
+    fields
+        .iter()
+        .find_map(|f| obj.get(f))
+        .map(|v| parse_time(v, zone))
 }
 
 /// More than a day ahead of the receive time, or before 2000: a clock that is wrong.
@@ -108,14 +121,45 @@ mod tests {
             json!("1795600800"),
             json!(1795600800.0),
         ] {
-            assert_eq!(parse_time(&v).unwrap(), want, "{v}");
+            assert_eq!(parse_time(&v, Tz::UTC).unwrap(), want, "{v}");
         }
         assert_eq!(
-            parse_time(&json!(1795600800.5)).unwrap(),
+            parse_time(&json!(1795600800.5), Tz::UTC).unwrap(),
             utc("2026-11-25T10:00:00.500Z")
         );
         for bad in [json!("yesterday"), json!(-5), json!(true), json!(1e300)] {
-            assert!(parse_time(&bad).is_err(), "{bad}");
+            assert!(parse_time(&bad, Tz::UTC).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_time_without_an_offset_is_local_time_in_the_zone() {
+        let sp: Tz = "America/Sao_Paulo".parse().unwrap();
+        assert_eq!(
+            parse_time(&json!("2026-11-25 07:00:00"), sp).unwrap(),
+            utc("2026-11-25T10:00:00Z"),
+            "UTC-3"
+        );
+        // Only times without an offset: the others say which zone they are in.
+        for v in [
+            json!("2026-11-25T10:00:00Z"),
+            json!("2026-11-25T07:00:00-03:00"),
+            json!(1795600800),
+        ] {
+            assert_eq!(parse_time(&v, sp).unwrap(), utc("2026-11-25T10:00:00Z"), "{v}");
+        }
+        let berlin: Tz = "Europe/Berlin".parse().unwrap();
+        assert_eq!(
+            parse_time(&json!("2026-07-01T12:00:00"), berlin).unwrap(),
+            utc("2026-07-01T10:00:00Z"),
+            "summer time, UTC+2"
+        );
+        assert_eq!(
+            parse_time(&json!("2026-10-25 02:30:00"), berlin).unwrap(),
+            utc("2026-10-25T00:30:00Z"),
+            "02:30 happens twice when the clocks go back: the first"
+        );
+        let gap = parse_time(&json!("2026-03-29 02:30:00"), berlin).unwrap_err();
+        assert!(gap.contains("does not exist in Europe/Berlin"), "{gap}");
     }
 }

@@ -242,7 +242,7 @@ impl Mapping {
     }
 }
 
-fn convert(v: &Value, ty: ColType) -> Result<SqlValue, String> {
+fn convert(v: &Value, ty: ColType, zone: chrono_tz::Tz) -> Result<SqlValue, String> {
     let bad = || format!("expects {}, got {}", ty.sqlite().to_lowercase(), shorten(v));
     Ok(match (ty, v) {
         (_, Value::Null) => SqlValue::Null,
@@ -260,7 +260,7 @@ fn convert(v: &Value, ty: ColType) -> Result<SqlValue, String> {
         (ColType::Boolean, Value::Number(n)) if n.as_i64() == Some(0) || n.as_i64() == Some(1) => {
             SqlValue::Bool(n.as_i64() == Some(1))
         }
-        (ColType::Timestamp, v) => SqlValue::Time(super::parse_time(v).map_err(|_| bad())?),
+        (ColType::Timestamp, v) => SqlValue::Time(super::parse_time(v, zone).map_err(|_| bad())?),
         (ColType::Text, Value::String(s)) => SqlValue::Text(s.clone()),
         (ColType::Text, other) => SqlValue::Text(other.to_string()),
         _ => return Err(bad()),
@@ -285,11 +285,17 @@ pub struct MappedRow {
 }
 
 /// Applies `m` to a JSON payload; `Err` names the column and the value that does not fit.
-pub fn apply(m: &Mapping, json: &Value, readings: &[super::Reading]) -> Result<MappedRow, String> {
+/// The row `m` makes of `json`; timestamps without an offset are local time in `zone`.
+pub fn apply(
+    m: &Mapping,
+    json: &Value,
+    readings: &[super::Reading],
+    zone: chrono_tz::Tz,
+) -> Result<MappedRow, String> {
     let mut values = Vec::new();
     for c in &m.columns {
         let v = json.pointer(&c.pointer).unwrap_or(&Value::Null);
-        let v = convert(v, c.ty)
+        let v = convert(v, c.ty, zone)
             .map_err(|e| format!("mapping `{}`: column `{}` {e}", m.table.as_str(), c.name.as_str()))?;
         values.push((c.name.clone(), v));
     }
@@ -337,6 +343,7 @@ mod tests {
             &m,
             &serde_json::json!({"temp": "21.5", "status": "ok", "list": [3]}),
             &[],
+            chrono_tz::Tz::UTC,
         )
         .unwrap();
         assert_eq!(
@@ -347,7 +354,7 @@ mod tests {
                 (Ident("temperature_c".into()), SqlValue::Real(21.5)),
             ]
         );
-        let err = apply(&m, &serde_json::json!({"temp": "hot"}), &[]).unwrap_err();
+        let err = apply(&m, &serde_json::json!({"temp": "hot"}), &[], chrono_tz::Tz::UTC).unwrap_err();
         assert!(err.contains("temperature_c") && err.contains("hot"), "{err}");
     }
 

@@ -24,6 +24,8 @@ pub struct ReadingsConfig {
     pub device: DeviceRule,
     /// Payload fields tried in order for the event time.
     pub time_fields: Vec<String>,
+    /// The zone of payload times written without an offset (`--time-zone`).
+    pub time_zone: chrono_tz::Tz,
     /// Wide tables filled from JSON paths (`[[mapping]]` in the config file).
     pub mappings: Vec<std::sync::Arc<mapping::Mapping>>,
 }
@@ -36,6 +38,7 @@ impl Default for ReadingsConfig {
             max_fields: 256,
             device: DeviceRule::default(),
             time_fields: vec!["ts".into(), "timestamp".into(), "time".into()],
+            time_zone: chrono_tz::Tz::UTC,
             mappings: Vec::new(),
         }
     }
@@ -98,7 +101,7 @@ pub fn derive(
         Err(_) => return None,
     };
     let mut note = None;
-    let (ts, ts_source) = match event_time::find(&json, &cfg.time_fields) {
+    let (ts, ts_source) = match event_time::find(&json, &cfg.time_fields, cfg.time_zone) {
         Some(Ok(t)) => match event_time::plausible(t, received_at) {
             Ok(t) => (t, TimeSource::Payload),
             Err(why) => {
@@ -135,7 +138,7 @@ pub fn derive(
     let mapped = kept.map_or_else(Vec::new, |json| {
         mappings
             .into_iter()
-            .map(|m| (m.clone(), mapping::apply(m, &json, &readings)))
+            .map(|m| (m.clone(), mapping::apply(m, &json, &readings, cfg.time_zone)))
             .collect()
     });
     Some(Derived {
