@@ -11,4 +11,3 @@ mod tls;
 mod watchdog;
 
 pub use session::{MqttSource, Resubscriber, SourceStatus};
-pub use subscription::Change as SubscriptionChange;
