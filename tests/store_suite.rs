@@ -829,6 +829,8 @@ fn an_sqlite_database_at_schema_4_keeps_its_delivery_marks() {
              PRAGMA user_version = 4;",
         )
         .unwrap();
+        back_to_schema_6(&c);
+        c.execute_batch("PRAGMA user_version = 4;").unwrap();
         let mut put = c
             .prepare("INSERT INTO delivery_marks VALUES ('suite-session', ?1, ?2, NULL)")
             .unwrap();
@@ -863,6 +865,110 @@ fn an_sqlite_database_at_schema_4_keeps_its_delivery_marks() {
         )
         .unwrap();
     assert_eq!(old, 0);
+}
+
+/// Turns the current SQLite schema's readings back into schema 6's one table, as a tidegate of
+/// that version left them.
+fn back_to_schema_6(c: &rusqlite::Connection) {
+    c.execute_batch(
+        "CREATE TABLE readings_v6 (id INTEGER PRIMARY KEY, message_id INTEGER NOT NULL, ts DATETIME NOT NULL,
+                                   topic TEXT NOT NULL, device TEXT, field TEXT NOT NULL, value REAL, text TEXT,
+                                   ts_source TEXT NOT NULL);
+         INSERT INTO readings_v6 SELECT id, message_id, ts, topic, device, field, value, text, ts_source FROM readings;
+         DROP VIEW readings;
+         DROP TABLE series_points;
+         DROP TABLE series;
+         ALTER TABLE readings_v6 RENAME TO readings;
+         CREATE INDEX readings_ts ON readings (ts);
+         CREATE INDEX readings_topic_field_ts ON readings (topic, field, ts);
+         PRAGMA user_version = 6;",
+    )
+    .unwrap();
+}
+
+/// Schema 7 stores readings by series: the readings of a schema-6 file move over with their ids
+/// and values, `readings` reads the same as before, and new readings join the same series.
+#[test]
+fn an_sqlite_database_at_schema_6_moves_its_readings_to_series_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v6.db");
+    let settings = StoreSettings {
+        db: DbUrl::Sqlite(path.clone()),
+        sqlite_sync: SqliteSync::Full,
+    };
+    let device = with_readings(msg(
+        "plant/d7",
+        br#"{"device":"pump","temp":5,"state":"on","ts":"2026-11-25T10:00:00Z"}"#,
+    ));
+    rt().block_on(async {
+        let s = store::open(&settings).await.unwrap();
+        write(
+            &s,
+            vec![with_readings(msg("x", br#"{"temp":5,"hum":40}"#)), device],
+        )
+        .await;
+        write(&s, vec![timed_reading("y", "1.5")]).await;
+    });
+    let every = "SELECT group_concat(id || '|' || message_id || '|' || ts || '|' || topic || '|' || coalesce(device, '-')
+                 || '|' || field || '|' || coalesce(value, '-') || '|' || coalesce(text, '-') || '|' || ts_source, ';')
+                 FROM (SELECT * FROM readings ORDER BY id)";
+    let before = text_rows(&settings, every);
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        back_to_schema_6(&c);
+        let kind: String = c
+            .query_row(
+                "SELECT type FROM sqlite_master WHERE name = 'readings'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(kind, "table");
+    }
+    rt().block_on(async {
+        let s = store::open(&settings).await.unwrap();
+        assert_eq!(
+            text_rows(&settings, every),
+            before,
+            "the same readings, ids and types"
+        );
+        write(&s, vec![with_readings(msg("x", br#"{"temp":6}"#))]).await;
+    });
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let v: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+    assert_eq!(v, tidegate::store::sqlite::SCHEMA_VERSION);
+    assert!(before.contains("|plant/d7|pump|state|-|on|payload"), "{before}");
+    let series: String = c
+        .query_row(
+            "SELECT group_concat(topic || '/' || coalesce(device, '-') || '/' || field, ' ') FROM (SELECT * FROM series ORDER BY topic, field)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        series, "plant/d7/pump/state plant/d7/pump/temp x/-/hum x/-/temp y/-/v",
+        "one row per series; the new reading of x/temp joined its old series"
+    );
+    let temps: String = c
+        .query_row(
+            "SELECT group_concat(value, ',') FROM (SELECT value FROM readings WHERE topic = 'x' AND field = 'temp' ORDER BY id)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(temps, "5.0,6.0");
+    // The declared types Metabase reads from the view are the table's.
+    let types: String = c
+        .query_row(
+            "SELECT group_concat(name || ':' || type, ',') FROM pragma_table_info('readings')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        types,
+        "id:INTEGER,message_id:INTEGER,ts:DATETIME,topic:TEXT,device:TEXT,field:TEXT,value:REAL,text:TEXT,ts_source:TEXT"
+    );
 }
 
 #[test]
@@ -1257,6 +1363,16 @@ fn an_sqlite_batch_that_fails_midway_leaves_nothing_behind_and_commits_whole_on_
             with_readings(msg("boom", br#"{"v": 5}"#)),
             with_readings(msg("c", br#"{"v": 6}"#)),
         ]);
+        let err = s.write(batch.clone()).await.err().unwrap().to_string();
+        assert!(err.contains("refused"), "{err}");
+        c.execute_batch("DROP TRIGGER refuse").unwrap();
+        // Refused again later in the transaction, after it created the series of `b` and `w`:
+        // the writer must not reuse those rolled-back series ids on the retry.
+        c.execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON series_points WHEN NEW.value = 5
+             BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+        )
+        .unwrap();
         let err = s.write(batch.clone()).await.err().unwrap().to_string();
         assert!(err.contains("refused"), "{err}");
         c.execute_batch("DROP TRIGGER refuse").unwrap();

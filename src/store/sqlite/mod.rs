@@ -8,6 +8,7 @@ mod durable;
 mod read;
 mod rows;
 mod schema;
+mod series;
 mod write;
 
 use std::{
@@ -149,6 +150,7 @@ fn writer_thread(
     // back and it commits (`Store::queue_depth`).
     let mut failed: Option<Arc<Vec<Message>>> = None;
     let mut held: VecDeque<(Arc<Vec<Message>>, WriteReply)> = VecDeque::new();
+    let mut series = series::Series::default();
     while let Some(cmd) = rx.blocking_recv() {
         // After a failed fsync nothing is written again (not even statistics or retention), and
         // nothing waits: every command is refused at once. Holding writes behind a failed batch
@@ -187,7 +189,7 @@ fn writer_thread(
                     };
                     let result = match syncer.as_ref().and_then(durable::Syncer::broken) {
                         Some(why) => Err(StoreError::Write(why.to_string())),
-                        None => write::write_batch(&mut conn, &batch)
+                        None => write::write_batch(&mut conn, &mut series, &batch)
                             .map_err(|e| StoreError::Write(e.to_string())),
                     };
                     if result.is_err() {

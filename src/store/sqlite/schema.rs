@@ -6,7 +6,7 @@ use rusqlite::{Connection, OptionalExtension};
 use crate::store::{dedup::Hash, delivery_marks};
 
 /// The newest schema this build knows.
-pub const VERSION: i64 = 6;
+pub const VERSION: i64 = 7;
 
 const V1: &str = r#"
 CREATE TABLE messages (
@@ -135,6 +135,41 @@ CREATE TABLE readings_latest (
     ts     DATETIME NOT NULL,
     PRIMARY KEY (topic, device, field)
 ) WITHOUT ROWID;
+"#;
+
+/// Version 7: readings stored by series (`store::sqlite::series`). Each reading keeps its
+/// series' id instead of the topic, device and field texts. `readings` stays, as a view with the
+/// same columns and declared types, so Metabase questions and SQL written against it still work.
+/// The readings move with their ids; the two indexes are built once, after the copy.
+const V7: &str = r#"
+CREATE TABLE series (
+    id     INTEGER PRIMARY KEY,
+    topic  TEXT NOT NULL,
+    device TEXT,
+    field  TEXT NOT NULL
+);
+CREATE UNIQUE INDEX series_key ON series (topic, field, coalesce(device, ''));
+CREATE TABLE series_points (
+    id         INTEGER PRIMARY KEY,
+    message_id INTEGER NOT NULL,
+    series_id  INTEGER NOT NULL,
+    ts         DATETIME NOT NULL,
+    value      REAL,
+    text       TEXT,
+    ts_source  TEXT NOT NULL
+);
+INSERT INTO series (topic, device, field) SELECT DISTINCT topic, nullif(device, ''), field FROM readings;
+INSERT INTO series_points (id, message_id, series_id, ts, value, text, ts_source)
+SELECT r.id, r.message_id, s.id, r.ts, r.value, r.text, r.ts_source
+FROM readings r JOIN series s
+  ON s.topic = r.topic AND s.field = r.field AND coalesce(s.device, '') = coalesce(r.device, '');
+DROP TABLE readings;
+CREATE INDEX series_points_ts ON series_points (ts);
+CREATE INDEX series_points_series_ts ON series_points (series_id, ts);
+CREATE VIEW readings AS
+SELECT p.id AS id, p.message_id AS message_id, p.ts AS ts, s.topic AS topic, s.device AS device,
+       s.field AS field, p.value AS value, p.text AS text, p.ts_source AS ts_source
+FROM series_points p JOIN series s ON s.id = p.series_id;
 "#;
 
 /// One series' newest stored reading, while `fill_latest` reads them.
@@ -315,6 +350,9 @@ pub fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
     if found < 6 {
         tx.execute_batch(V6)?;
         fill_latest(&tx)?;
+    }
+    if found < 7 {
+        tx.execute_batch(V7)?;
     }
     tx.pragma_update(None, "user_version", VERSION)?;
     tx.commit()?;

@@ -5,7 +5,7 @@ use std::{collections::HashSet, rc::Rc};
 
 use rusqlite::{params, CachedStatement, Connection, OptionalExtension, TransactionBehavior};
 
-use super::rows;
+use super::{rows, series::Series};
 use crate::{
     message::{Message, Origin},
     store::{
@@ -97,7 +97,7 @@ fn write_marks(tx: &Connection, rows: Vec<(&str, Vec<(u16, Hash)>)>) -> rusqlite
 const MESSAGE_COLUMNS: &str =
     "received_at, topic, payload, payload_raw, payload_size, qos, retain, content_type, user_properties, source";
 /// The same for a reading.
-const READING_COLUMNS: &str = "message_id, ts, topic, device, field, value, text, ts_source";
+const READING_COLUMNS: &str = "message_id, series_id, ts, value, text, ts_source";
 
 /// A message to store, with what its row holds beyond the message itself.
 struct MessageRow<'a> {
@@ -111,7 +111,22 @@ struct MessageRow<'a> {
     source: &'static str,
 }
 
-pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result<Vec<Outcome>> {
+/// Writes `batch` in one transaction. `series` remembers the series ids across batches.
+pub fn write_batch(
+    conn: &mut Connection,
+    series: &mut Series,
+    batch: &[Message],
+) -> rusqlite::Result<Vec<Outcome>> {
+    let result = write_in_transaction(conn, series, batch);
+    series.settle(result.is_ok());
+    result
+}
+
+fn write_in_transaction(
+    conn: &mut Connection,
+    series: &mut Series,
+    batch: &[Message],
+) -> rusqlite::Result<Vec<Outcome>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut topics = TopicTally::default();
@@ -205,7 +220,10 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
             } else {
                 crate::time::to_sql_text(d.ts).into()
             };
-            reading_rows.extend(d.readings.iter().map(|r| (id, ts.clone(), m, d, r)));
+            for r in &d.readings {
+                let series = series.id(&tx, &m.topic, d.device.as_deref(), &r.field)?;
+                reading_rows.push((id, ts.clone(), series, d, r));
+            }
             if let Some(note) = &d.note {
                 insert_note.execute(params![id, note])?;
             }
@@ -213,23 +231,21 @@ pub fn write_batch(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result
         }
         rows::insert(
             &tx,
-            "readings",
+            "series_points",
             READING_COLUMNS,
             reading_rows.len(),
             |st, i, p| {
-                let (id, ts, m, d, r) = &reading_rows[i];
+                let (id, ts, series, d, r) = &reading_rows[i];
                 let (value, text) = match &r.value {
                     crate::readings::Value::Number(v) => (Some(*v), None),
                     crate::readings::Value::Text(t) => (None, Some(t.as_str())),
                 };
                 st.raw_bind_parameter(p, id)?;
-                st.raw_bind_parameter(p + 1, &**ts)?;
-                st.raw_bind_parameter(p + 2, &m.topic)?;
-                st.raw_bind_parameter(p + 3, &d.device)?;
-                st.raw_bind_parameter(p + 4, &r.field)?;
-                st.raw_bind_parameter(p + 5, value)?;
-                st.raw_bind_parameter(p + 6, text)?;
-                st.raw_bind_parameter(p + 7, d.ts_source.as_str())
+                st.raw_bind_parameter(p + 1, series)?;
+                st.raw_bind_parameter(p + 2, &**ts)?;
+                st.raw_bind_parameter(p + 3, value)?;
+                st.raw_bind_parameter(p + 4, text)?;
+                st.raw_bind_parameter(p + 5, d.ts_source.as_str())
             },
         )?;
         write_marks(&tx, delivery_marks::new_rows(batch, &verdicts, &hashes))?;
@@ -387,7 +403,7 @@ pub fn retain(
     if let Some(d) = policy.readings {
         let c = cutoff(d);
         n += tx.execute(
-            &format!("DELETE FROM readings WHERE id IN (SELECT id FROM readings WHERE ts < ?1 ORDER BY ts LIMIT {chunk})"),
+            &format!("DELETE FROM series_points WHERE id IN (SELECT id FROM series_points WHERE ts < ?1 ORDER BY ts LIMIT {chunk})"),
             [&c],
         )? as u64;
         // A series silent for longer than readings are kept has no current value either.
