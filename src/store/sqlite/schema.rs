@@ -352,6 +352,16 @@ pub fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
         fill_latest(&tx)?;
     }
     if found < 7 {
+        if found >= 2 {
+            // The one step that rewrites every reading: say so, since it takes a while.
+            let readings: i64 = tx.query_row("SELECT count(*) FROM readings", [], |r| r.get(0))?;
+            if readings > 0 {
+                tracing::info!(
+                    readings,
+                    "upgrading the database to schema 7: moving the stored readings to the series layout, once (about a minute per 10 million readings); nothing is written until it is done, and the broker keeps the messages meanwhile"
+                );
+            }
+        }
         tx.execute_batch(V7)?;
     }
     tx.pragma_update(None, "user_version", VERSION)?;
