@@ -228,22 +228,50 @@ pub fn readings(
     conn: &Connection,
     q: &crate::store::ReadingsQuery,
 ) -> rusqlite::Result<Vec<crate::store::Point>> {
-    use crate::store::{Point, Resolution};
+    use crate::store::Point;
+    let (sql, args) = readings_sql(q);
+    let mut st = conn.prepare_cached(&sql)?;
+    let rows = st.query_map(params_from_iter(args), |r| {
+        let ts: String = r.get(0)?;
+        Ok(Point {
+            ts: time::from_sql_text(&ts).unwrap_or_default(),
+            topic: r.get(1)?,
+            device: r.get(2)?,
+            field: r.get(3)?,
+            count: r.get(4)?,
+            min: r.get(5)?,
+            max: r.get(6)?,
+            avg: r.get(7)?,
+            last: r.get(8)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// The SQL of a readings query and its arguments. Raw readings naming a topic or a device start
+/// from those few `series` rows and read each one's points through the `(series_id, ts)` index
+/// (`CROSS JOIN` fixes that order); SQLite's planner has no statistics to know that `series` is
+/// small, and through the `readings` view it walks the `(ts)` index over every series instead.
+fn readings_sql(q: &crate::store::ReadingsQuery) -> (String, Vec<Value>) {
+    use crate::store::Resolution;
+    const RAW: &str = "SELECT ts, topic, device, field, 1, value, value, value, value";
+    let by_series = q.topic.is_some() || q.device.is_some();
     let (from, ts_col) = match q.resolution {
-        Resolution::Raw => (
-            "SELECT ts, topic, device, field, 1, value, value, value, value FROM readings WHERE value IS NOT NULL",
+        Resolution::Raw if by_series => (
+            format!("{RAW} FROM series s CROSS JOIN series_points p ON p.series_id = s.id WHERE value IS NOT NULL"),
             "ts",
         ),
+        Resolution::Raw => (format!("{RAW} FROM readings WHERE value IS NOT NULL"), "ts"),
         Resolution::Minute => (
-            "SELECT bucket, topic, nullif(device, ''), field, count, min, max, avg, last FROM readings_1m WHERE 1=1",
+            "SELECT bucket, topic, nullif(device, ''), field, count, min, max, avg, last FROM readings_1m WHERE 1=1".into(),
             "bucket",
         ),
         Resolution::Hour => (
-            "SELECT bucket, topic, nullif(device, ''), field, count, min, max, avg, last FROM readings_1h WHERE 1=1",
+            "SELECT bucket, topic, nullif(device, ''), field, count, min, max, avg, last FROM readings_1h WHERE 1=1".into(),
             "bucket",
         ),
     };
-    let mut sql = from.to_string();
+    let mut sql = from;
     let mut args: Vec<Value> = Vec::new();
     if let Some(t) = &q.topic {
         sql.push_str(" AND topic = ?");
@@ -266,22 +294,7 @@ pub fn readings(
         args.push(Value::Text(time::to_sql_text(u)));
     }
     sql.push_str(&format!(" ORDER BY {ts_col} LIMIT {}", q.limit));
-    let mut st = conn.prepare_cached(&sql)?;
-    let rows = st.query_map(params_from_iter(args), |r| {
-        let ts: String = r.get(0)?;
-        Ok(Point {
-            ts: time::from_sql_text(&ts).unwrap_or_default(),
-            topic: r.get(1)?,
-            device: r.get(2)?,
-            field: r.get(3)?,
-            count: r.get(4)?,
-            min: r.get(5)?,
-            max: r.get(6)?,
-            avg: r.get(7)?,
-            last: r.get(8)?,
-        })
-    })?;
-    rows.collect()
+    (sql, args)
 }
 
 #[cfg(test)]
@@ -330,6 +343,72 @@ mod tests {
             .query_map(params_from_iter(args), |r| r.get::<_, String>(3))
             .unwrap();
         rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
+    }
+
+    /// Raw readings of a device or topic go through its series, whatever the time range; the
+    /// same query without them goes through `readings`. Both answer the same points.
+    #[test]
+    fn raw_readings_of_a_device_or_topic_are_read_series_by_series() {
+        use crate::store::{ReadingsQuery, Resolution};
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Connection::open(dir.path().join("r.db")).unwrap();
+        crate::store::sqlite::schema::migrate(&mut c).unwrap();
+        let tx = c.transaction().unwrap();
+        for d in 0..20 {
+            for f in ["temp", "hum"] {
+                tx.execute(
+                    "INSERT INTO series (topic, device, field) VALUES (?1, ?2, ?3)",
+                    rusqlite::params![format!("site/d{d}"), format!("d{d}"), f],
+                )
+                .unwrap();
+            }
+        }
+        for i in 0..4000i64 {
+            let ts = time::to_sql_text(
+                time::from_sql_text("2026-12-06 00:00:00.000").unwrap() + chrono::Duration::seconds(i),
+            );
+            tx.execute(
+                "INSERT INTO series_points (message_id, series_id, ts, value, ts_source) VALUES (?1, ?2, ?3, ?4, 'payload')",
+                rusqlite::params![i, i % 40 + 1, ts, i as f64],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+        let q = |topic: Option<&str>, device: Option<&str>| ReadingsQuery {
+            topic: topic.map(Into::into),
+            device: device.map(Into::into),
+            field: Some("temp".into()),
+            since: Some(time::from_sql_text("2026-12-06 00:10:00.000").unwrap()),
+            until: None,
+            resolution: Resolution::Raw,
+            limit: 5000,
+        };
+        let plan = |q: &ReadingsQuery| -> String {
+            let (sql, args) = readings_sql(q);
+            let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let rows = st
+                .query_map(params_from_iter(args), |r| r.get::<_, String>(3))
+                .unwrap();
+            rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
+        };
+        for (topic, device) in [(None, Some("d7")), (Some("site/d7"), None)] {
+            let p = plan(&q(topic, device));
+            assert!(
+                p.starts_with("SCAN s") || p.starts_with("SEARCH s"),
+                "series first: {p}"
+            );
+            assert!(p.contains("INDEX series_points_series_ts"), "{p}");
+            let pts = readings(&c, &q(topic, device)).unwrap();
+            // d7's temp is series 15: points 14, 54, 94, … from 00:10 (i >= 600) on.
+            let want: Vec<f64> = (600..4000).filter(|i| i % 40 == 14).map(|i| i as f64).collect();
+            assert_eq!(pts.iter().map(|p| p.last).collect::<Vec<_>>(), want);
+            assert!(pts
+                .iter()
+                .all(|p| p.device.as_deref() == Some("d7") && p.field == "temp"));
+        }
+        let all = readings(&c, &q(None, None)).unwrap();
+        assert_eq!(all.len(), (600..4000).filter(|i| i % 2 == 0).count());
+        assert!(plan(&q(None, None)).contains("series_points_ts"));
     }
 
     #[test]
