@@ -335,9 +335,8 @@ mod tests {
         }
     }
 
-    fn plan(c: &Connection, q: &MessageQuery) -> String {
-        let (sql, mut args, ..) = messages_sql(c, q).unwrap();
-        args.push(Value::Integer(0));
+    /// SQLite's plan for `sql`, its steps joined by `; `.
+    fn explain(c: &Connection, sql: &str, args: Vec<Value>) -> String {
         let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
         let rows = st
             .query_map(params_from_iter(args), |r| r.get::<_, String>(3))
@@ -345,8 +344,14 @@ mod tests {
         rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
     }
 
-    /// Raw readings of a device or topic go through its series, whatever the time range; the
-    /// same query without them goes through `readings`. Both answer the same points.
+    fn plan(c: &Connection, q: &MessageQuery) -> String {
+        let (sql, mut args, ..) = messages_sql(c, q).unwrap();
+        args.push(Value::Integer(0));
+        explain(c, &sql, args)
+    }
+
+    /// Raw readings of a device or topic go through its series, whatever the time range, and
+    /// answer exactly its points; the same query without them goes through the `(ts)` index.
     #[test]
     fn raw_readings_of_a_device_or_topic_are_read_series_by_series() {
         use crate::store::{ReadingsQuery, Resolution};
@@ -385,11 +390,7 @@ mod tests {
         };
         let plan = |q: &ReadingsQuery| -> String {
             let (sql, args) = readings_sql(q);
-            let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-            let rows = st
-                .query_map(params_from_iter(args), |r| r.get::<_, String>(3))
-                .unwrap();
-            rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
+            explain(&c, &sql, args)
         };
         for (topic, device) in [(None, Some("d7")), (Some("site/d7"), None)] {
             let p = plan(&q(topic, device));

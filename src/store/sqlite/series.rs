@@ -4,8 +4,8 @@
 //!
 //! Why: with the texts in every reading and in the series index, SQLite compared long shared
 //! topic prefixes on every index insert and wrote each text again per reading; an integer key
-//! took a sixth of the writer's CPU a message off (docs/performance.md). `readings` stays, as a
-//! view with the same columns.
+//! took a fifth of the write transaction's instructions off (docs/performance.md). `readings`
+//! stays, as a view with the same columns.
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -59,8 +59,10 @@ impl Series {
 
     /// Ends a batch: the series it created are kept if it committed, forgotten if not.
     pub fn settle(&mut self, committed: bool) {
-        for key in self.fresh.drain(..) {
-            if !committed {
+        if committed {
+            self.fresh.clear();
+        } else {
+            for key in self.fresh.drain(..) {
                 self.ids.remove(&key);
             }
         }
