@@ -11,8 +11,25 @@ use super::{Report, Tally};
 use crate::config::BrokerUrl;
 
 pub struct Collector {
-    rx: mpsc::UnboundedReceiver<(u64, u64)>,
+    rx: mpsc::UnboundedReceiver<Seen>,
     _task: tokio::task::JoinHandle<()>,
+}
+
+/// What the receiving side saw.
+#[derive(Debug, PartialEq)]
+pub(super) enum Seen {
+    /// A bench message: its sequence number and microseconds since it was sent.
+    Message(u64, u64),
+    /// The live stream skipped this many committed messages because this client fell behind
+    /// (its `lagged` event). They are stored; only their events are gone.
+    Skipped(u64),
+}
+
+/// What one run of the receiving side gives: the report of what it saw, and how many messages
+/// the live stream skipped.
+pub(super) struct Outcome {
+    pub report: Report,
+    pub skipped: u64,
 }
 
 /// (sequence number, microseconds since it was sent) from a bench payload.
@@ -49,17 +66,8 @@ impl Collector {
                 buf.extend_from_slice(&chunk);
                 while let Some(i) = buf.windows(2).position(|w| w == b"\n\n") {
                     let block: Vec<u8> = buf.drain(..i + 2).collect();
-                    for line in block.split(|b| *b == b'\n') {
-                        if let Some(data) = line.strip_prefix(b"data:") {
-                            let v: Option<serde_json::Value> = serde_json::from_slice(data).ok();
-                            if let Some(p) = v
-                                .as_ref()
-                                .and_then(|v| v["payload"].as_str())
-                                .and_then(|p| parse(p.as_bytes()))
-                            {
-                                let _ = tx.send(p);
-                            }
-                        }
+                    if let Some(seen) = event(&block) {
+                        let _ = tx.send(seen);
                     }
                 }
             }
@@ -100,8 +108,8 @@ impl Collector {
                         }
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        if let Some(x) = parse(&p.payload) {
-                            let _ = tx.send(x);
+                        if let Some((seq, us)) = parse(&p.payload) {
+                            let _ = tx.send(Seen::Message(seq, us));
                         }
                     }
                     Ok(_) => {}
@@ -113,25 +121,31 @@ impl Collector {
         Ok(Collector { rx, _task: task })
     }
 
-    /// Collects until every sequence number arrived, or nothing new came for `idle`.
+    /// Collects until every sequence number arrived or was skipped, or nothing new came for
+    /// `idle`.
     pub async fn wait(
         mut self,
         total: u64,
         bar: &indicatif::ProgressBar,
         idle: Duration,
         started: super::Start,
-    ) -> Report {
+    ) -> Outcome {
         let mut tally = Tally::new(total);
         let mut lat: Vec<u64> = Vec::with_capacity(total as usize);
         let mut last = started.at;
-        while tally.unique < total {
+        let mut skipped = 0;
+        while tally.unique + skipped < total {
             match tokio::time::timeout(idle, self.rx.recv()).await {
-                Ok(Some((seq, us))) => {
+                Ok(Some(Seen::Message(seq, us))) => {
                     last = Instant::now();
                     if tally.add(seq) {
                         lat.push(us);
                         bar.inc(1);
                     }
+                }
+                Ok(Some(Seen::Skipped(n))) => {
+                    skipped += n;
+                    bar.inc(n);
                 }
                 _ => break,
             }
@@ -147,9 +161,50 @@ impl Collector {
             let i = ((lat.len() as f64 - 1.0) * p).round() as usize;
             lat[i] as f64 / 1000.0
         };
-        Report {
+        let report = Report {
             load_cpu_us_per_msg: load_cpu,
             ..tally.report(seconds, Some([pct(0.5), pct(0.9), pct(0.99), pct(1.0)]))
+        };
+        Outcome { report, skipped }
+    }
+}
+
+/// One server-sent event of tidegate's live stream: a bench message, a `lagged` notice, or
+/// nothing of ours.
+fn event(block: &[u8]) -> Option<Seen> {
+    let mut lagged = false;
+    for line in block.split(|b| *b == b'\n') {
+        if line == b"event: lagged" {
+            lagged = true;
+        } else if let Some(data) = line.strip_prefix(b"data:") {
+            if lagged {
+                let n = std::str::from_utf8(data).ok()?.trim().parse().ok()?;
+                return Some(Seen::Skipped(n));
+            }
+            let v: serde_json::Value = serde_json::from_slice(data).ok()?;
+            let (seq, us) = parse(v["payload"].as_str()?.as_bytes())?;
+            return Some(Seen::Message(seq, us));
         }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{event, Seen};
+
+    #[test]
+    fn a_lagged_notice_counts_the_skipped_messages_and_a_message_its_sequence() {
+        assert_eq!(event(b"event: lagged\ndata: 1234\n\n"), Some(Seen::Skipped(1234)));
+        let Some(Seen::Message(seq, _)) =
+            event(br#"data: {"topic":"bench/x","payload":"{\"seq\":7,\"sent_us\":1,\"pad\":\"x\"}"}"#)
+        else {
+            panic!("a bench message was not recognised");
+        };
+        assert_eq!(seq, 7);
+        // Keep-alive comments and other payloads are nothing of ours.
+        assert_eq!(event(b":\n\n"), None);
+        assert_eq!(event(br#"data: {"topic":"t","payload":"21.5"}"#), None);
+        assert_eq!(event(b"event: lagged\ndata: many\n\n"), None);
     }
 }

@@ -1,6 +1,7 @@
 //! The receiving side of `tidegate bench --no-stream`: throughput without a live-stream client.
 //! It polls tidegate's committed-message counter, then reads the bench topic's rows back through
-//! the API for loss and duplicates. A row does not say when it was committed, so there is no
+//! the API for loss and duplicates (which the stream mode also does when the live stream skipped
+//! messages). A row does not say when it was committed, so there is no
 //! latency here; it must never follow the stream (that is the cost this mode leaves out).
 
 use std::time::{Duration, Instant};
@@ -116,22 +117,28 @@ impl Counter {
         let seconds = (last - started.at).as_secs_f64().max(1e-6);
         super::window_closed(bar, seen.committed - base.committed, seconds);
         // The counter counts all of tidegate's traffic: rows of ours may still be on their way.
-        let (mut best, mut grew) = (0, Instant::now());
-        let tally = loop {
-            let tally = self.read_back(topic, total).await?;
-            if tally.unique > best {
-                (best, grew) = (tally.unique, Instant::now());
-            }
-            if tally.unique >= total || grew.elapsed() >= idle {
-                break tally;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        };
+        let tally = self.stored(topic, total, idle).await?;
         Ok(Report {
             tidegate_cpu_us_per_msg: tidegate_cpu,
             load_cpu_us_per_msg: load_cpu,
             ..tally.report(seconds, None)
         })
+    }
+
+    /// The sequence numbers among `topic`'s stored rows, read again until all `total` are there
+    /// or none came for `idle`.
+    pub async fn stored(&self, topic: &str, total: u64, idle: Duration) -> anyhow::Result<Tally> {
+        let (mut best, mut grew) = (0, Instant::now());
+        loop {
+            let tally = self.read_back(topic, total).await?;
+            if tally.unique > best {
+                (best, grew) = (tally.unique, Instant::now());
+            }
+            if tally.unique >= total || grew.elapsed() >= idle {
+                return Ok(tally);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     /// The sequence numbers among `topic`'s stored rows.

@@ -88,6 +88,26 @@ pub struct Report {
     /// connections, and with `--null` the subscriber too. On a machine shared with the broker
     /// and tidegate, it shows where the cores went.
     pub load_cpu_us_per_msg: Option<f64>,
+    /// Committed messages whose live-stream events this client missed because it fell behind
+    /// (the stream's `lagged` notices). When there are any, `received`, `lost` and `duplicates`
+    /// come from the stored rows.
+    pub skipped_by_stream: u64,
+}
+
+impl Report {
+    /// This report, with loss and duplicates from `stored` (the rows) because the live stream
+    /// skipped `skipped` events. Throughput counts the stored messages over the same window.
+    fn with_stored(self, stored: &Tally, skipped: u64) -> Report {
+        let rows = stored.report(self.seconds, None);
+        Report {
+            received: rows.received,
+            lost: rows.lost,
+            duplicates: rows.duplicates,
+            msg_per_s: rows.msg_per_s,
+            skipped_by_stream: skipped,
+            ..self
+        }
+    }
 }
 
 /// When the measured window opened: the wall clock, and this process's CPU time.
@@ -163,11 +183,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let api = args.api.clone().unwrap_or_default();
     let token = args.api_token.as_deref();
     let receiver = if args.null {
-        Receiver::Events(collect::Collector::null(&broker, &topic, args.qos).await?)
+        Receiver::Events(collect::Collector::null(&broker, &topic, args.qos).await?, None)
     } else if args.no_stream {
         Receiver::Rows(count::Counter::new(&api, token).await?)
     } else {
-        Receiver::Events(collect::Collector::stream(&api, token, &topic).await?)
+        Receiver::Events(
+            collect::Collector::stream(&api, token, &topic).await?,
+            Some(count::Counter::new(&api, token).await?),
+        )
     };
     let bar = indicatif::ProgressBar::new(total);
     if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
@@ -181,7 +204,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let publishing = tokio::spawn(publisher(broker.clone(), topic.clone()));
     let idle = Duration::from_secs(15);
     let report = match receiver {
-        Receiver::Events(c) => c.wait(total, &bar, idle, started).await,
+        Receiver::Events(c, rows) => {
+            let seen = c.wait(total, &bar, idle, started).await;
+            match rows {
+                // A client that falls behind misses events, not rows: count those.
+                Some(rows) if seen.skipped > 0 => {
+                    let stored = rows.stored(&topic, total, idle).await?;
+                    seen.report.with_stored(&stored, seen.skipped)
+                }
+                _ => seen.report,
+            }
+        }
         Receiver::Rows(c) => c.wait(&topic, total, &bar, idle, started).await?,
     };
     publishing.await.context("publisher")??;
@@ -198,6 +231,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             report.seconds,
             report.msg_per_s,
         );
+        if report.skipped_by_stream > 0 {
+            println!(
+                "the live stream skipped {} events because this client fell behind: loss and \
+                 duplicates are counted from the stored rows, latency from the events received",
+                report.skipped_by_stream
+            );
+        }
         let ms = |v: Option<f64>| v.map_or_else(|| "—".to_string(), |v| format!("{v:.1}"));
         println!(
             "latency (publish→{}) ms: p50 {}  p90 {}  p99 {}  max {}",
@@ -266,14 +306,16 @@ impl Tally {
             latency_ms_max: max,
             tidegate_cpu_us_per_msg: None,
             load_cpu_us_per_msg: None,
+            skipped_by_stream: 0,
         }
     }
 }
 
 /// What tells the bench a message came out the other side.
 enum Receiver {
-    /// One event per message: the live stream or the null subscriber.
-    Events(collect::Collector),
+    /// One event per message: the live stream (with the rows, for what it skips) or the null
+    /// subscriber.
+    Events(collect::Collector, Option<count::Counter>),
     /// tidegate's committed counter, then its stored rows.
     Rows(count::Counter),
 }
@@ -284,4 +326,38 @@ pub(crate) fn now_us() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tally;
+
+    #[test]
+    fn events_the_stream_skipped_are_counted_from_the_rows_not_as_lost() {
+        let mut streamed = Tally::new(10);
+        for seq in 0..6 {
+            streamed.add(seq);
+        }
+        let from_stream = streamed.report(2.0, Some([1.0, 2.0, 3.0, 4.0]));
+        assert_eq!(from_stream.lost, 4, "the events alone");
+        let mut rows = Tally::new(10);
+        for seq in (0..10).chain([3]) {
+            rows.add(seq);
+        }
+        let r = from_stream.with_stored(&rows, 4);
+        assert_eq!((r.received, r.lost, r.duplicates), (10, 0, 1));
+        assert_eq!(r.skipped_by_stream, 4);
+        assert_eq!(r.msg_per_s, 5.0, "ten stored messages in two seconds");
+        assert_eq!(
+            r.latency_ms_p99,
+            Some(3.0),
+            "latency stays that of the events received"
+        );
+        // A message missing from the rows is lost, whatever the stream said.
+        let mut short = Tally::new(10);
+        for seq in 0..9 {
+            short.add(seq);
+        }
+        assert_eq!(streamed.report(2.0, None).with_stored(&short, 4).lost, 1);
+    }
 }
