@@ -27,6 +27,7 @@ pub async fn run_until(
     stop: impl std::future::Future<Output = ()>,
     bound: Option<oneshot::Sender<std::net::SocketAddr>>,
 ) -> anyhow::Result<()> {
+    let hangup = crate::reload::Hangup::listen();
     let store: Arc<dyn Store> = match (&settings.store, &settings.remote) {
         (Some(s), _) => store::open(s).await.context("opening the database")?,
         (None, Some(r)) => Arc::new(RemoteStore::new(r)?),
@@ -87,7 +88,11 @@ pub async fn run_until(
         replace_retention,
         source.as_ref().map(MqttSource::resubscriber),
     ));
-    let hangup = tokio::spawn(crate::reload::on_hangup(reloader.clone(), stop_rx.clone()));
+    let hangup = tokio::spawn(crate::reload::on_hangup(
+        hangup,
+        reloader.clone(),
+        stop_rx.clone(),
+    ));
 
     let stats_task = tokio::spawn(crate::pipeline::stats::run(
         stats.clone(),

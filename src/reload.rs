@@ -125,13 +125,35 @@ impl Reloader {
     }
 }
 
+/// SIGHUP, listened for from the moment it is called. Call it first: until then SIGHUP's default
+/// action ends the process, and opening the store (a migration, a database that is slow to
+/// answer) can take minutes, during which `systemctl reload` or a log rotation would stop
+/// tidegate halfway. A SIGHUP that arrives before the reloader runs is kept and applied then.
+pub struct Hangup {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangup {
+    pub fn listen() -> Hangup {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let signal = signal(SignalKind::hangup())
+                .inspect_err(|e| tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with POST /api/v1/reload"))
+                .ok();
+            Hangup { signal }
+        }
+        #[cfg(not(unix))]
+        Hangup {}
+    }
+}
+
 /// Reloads on every SIGHUP until `stop` fires (`systemctl reload` sends it).
-pub async fn on_hangup(reloader: Arc<Reloader>, mut stop: watch::Receiver<bool>) {
+pub async fn on_hangup(hangup: Hangup, reloader: Arc<Reloader>, mut stop: watch::Receiver<bool>) {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            tracing::warn!("cannot listen for SIGHUP; reload with POST /api/v1/reload");
+        let Some(mut hup) = hangup.signal else {
             return;
         };
         while !*stop.borrow() {
@@ -146,7 +168,7 @@ pub async fn on_hangup(reloader: Arc<Reloader>, mut stop: watch::Receiver<bool>)
     }
     #[cfg(not(unix))]
     {
-        drop(reloader);
+        drop((hangup, reloader));
         let _ = stop.wait_for(|s| *s).await;
     }
 }

@@ -315,3 +315,43 @@ fn mapping_test_prints_rows_without_a_database() {
         "it created files"
     );
 }
+
+#[test]
+fn a_sighup_while_the_store_opens_is_applied_once_running_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("busy.db");
+    // A new file held by another writer: tidegate's first migration waits for it (up to 5 s).
+    let holder = db::open(&path);
+    holder.pragma_update(None, "journal_mode", "WAL").unwrap();
+    holder
+        .execute_batch("CREATE TABLE other (x); BEGIN IMMEDIATE; INSERT INTO other VALUES (1);")
+        .unwrap();
+    let mut t = Tidegate::start(&["serve", "--db", path.to_str().unwrap()], dir.path());
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        t.exited().is_none(),
+        "tidegate stopped before the SIGHUP:\n{}",
+        t.log_text()
+    );
+    assert!(
+        !t.log_text().contains("API listening"),
+        "the store opened despite the lock"
+    );
+    // `systemctl reload` or a log rotation, while the store is still opening.
+    t.hangup();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        t.exited(),
+        None,
+        "SIGHUP stopped tidegate while it opened the store:\n{}",
+        t.log_text()
+    );
+    holder.execute_batch("COMMIT").unwrap();
+    let _ = t.api();
+    assert!(
+        t.wait_log("SIGHUP: reading the config file again", Duration::from_secs(10)),
+        "the early SIGHUP was not applied once running:\n{}",
+        t.log_text()
+    );
+    assert!(t.term().success());
+}

@@ -134,6 +134,18 @@ impl Tidegate {
         settled.unwrap_or_else(|| panic!("metrics do not balance:\n{last}"))
     }
 
+    /// The exit status if the process has ended, `None` while it runs.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().unwrap())
+    }
+
+    /// Sends SIGHUP (a reload).
+    pub fn hangup(&self) {
+        let _ = Command::new("kill")
+            .args(["-HUP", &self.pid().to_string()])
+            .status();
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
