@@ -78,7 +78,10 @@ pub async fn run_until(
     ));
 
     let source = match &settings.mqtt {
-        Some(m) => Some(MqttSource::start(m.clone(), tx.clone()).context("setting up TLS for the broker")?),
+        Some(m) => Some(
+            MqttSource::start(m.clone(), tx.clone(), fault_rx.clone())
+                .context("setting up TLS for the broker")?,
+        ),
         None => None,
     };
 

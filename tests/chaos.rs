@@ -433,7 +433,9 @@ fn a_full_filesystem_stops_acks_then_recovers_when_space_is_freed() {
         dbp.to_str().unwrap(),
         "f/#",
         "chaos-full",
-        &["--readings", "off"],
+        // The outage below lasts longer than this: tidegate's own stop must not read as a silent
+        // session.
+        &["--readings", "off", "--stale-after", "1s"],
         dir.path(),
     );
     let api = t.api();
@@ -458,6 +460,12 @@ fn a_full_filesystem_stops_acks_then_recovers_when_space_is_freed() {
     assert_eq!(ready.status().as_u16(), 503);
     let body = ready.text().unwrap();
     assert!(body.contains("full"), "{body}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !t.log_text().contains("while connected (--stale-after)"),
+        "the watchdog took the store's outage for a silent session:\n{}",
+        t.log_text()
+    );
     std::fs::remove_file(&filler).unwrap();
     let freed = Instant::now();
     assert!(

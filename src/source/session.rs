@@ -67,7 +67,13 @@ fn jittered(d: Duration) -> Duration {
 impl MqttSource {
     /// Starts the session loop. Fails only for local problems (TLS files); network problems are
     /// retried forever.
-    pub fn start(settings: MqttSettings, tx: pipeline::Sender) -> Result<Self, TlsError> {
+    /// `store_fault` is the writer's: while it names a fault, tidegate is holding deliveries
+    /// back itself, and the stale-session watchdog waits instead of calling the session silent.
+    pub fn start(
+        settings: MqttSettings,
+        tx: pipeline::Sender,
+        store_fault: watch::Receiver<Option<String>>,
+    ) -> Result<Self, TlsError> {
         let (client, eventloop) = client::build(&settings)?;
         let intake: Intake = Arc::new(std::sync::Mutex::new(Some(tx)));
         let gate = AckGate::new(client.clone());
@@ -88,6 +94,7 @@ impl MqttSource {
                         subscription: subscription.clone(),
                         heartbeat,
                         status: status_tx.clone(),
+                        store_fault,
                     }
                     .run(),
                 )

@@ -2,7 +2,9 @@
 //! nothing — the broker dropped the subscription, or kept a session without it — is the silent
 //! stall MQTT consumers are known for (telegraf#16038, #13922). When nothing has arrived for the
 //! configured time, it subscribes again, once, and reports the source not ready until a message
-//! arrives. It must never touch a delivery or an acknowledgement.
+//! arrives. While the store is failing, tidegate itself holds deliveries back (no
+//! acknowledgements, a full queue), so that quiet is not counted. It must never touch a delivery
+//! or an acknowledgement.
 
 use std::{
     sync::{
@@ -31,6 +33,12 @@ impl Heartbeat {
         self.last.store(at_ms, Ordering::Relaxed);
         self.stale.load(Ordering::Relaxed) && self.stale.swap(false, Ordering::Relaxed)
     }
+
+    /// Quiet that tidegate caused itself, up to `at_ms`: the clock starts again from there, and a
+    /// stale spell stays as it was.
+    fn hold(&self, at_ms: i64) {
+        self.last.store(at_ms, Ordering::Relaxed);
+    }
 }
 
 pub struct Watchdog {
@@ -39,6 +47,8 @@ pub struct Watchdog {
     pub subscription: Arc<Subscription>,
     pub heartbeat: Arc<Heartbeat>,
     pub status: Arc<watch::Sender<SourceStatus>>,
+    /// The writer's fault, if any (`pipeline::writer`).
+    pub store_fault: watch::Receiver<Option<String>>,
 }
 
 impl Watchdog {
@@ -48,6 +58,10 @@ impl Watchdog {
         let after_ms = self.after.as_millis() as i64;
         loop {
             tokio::time::sleep(every).await;
+            if self.store_fault.borrow().is_some() {
+                self.heartbeat.hold(crate::time::now().timestamp_millis());
+                continue;
+            }
             let connected = self.status.borrow().connected;
             if !connected || self.heartbeat.stale.load(Ordering::Relaxed) {
                 continue;
