@@ -1,8 +1,8 @@
 //! The receiving side of `tidegate bench --no-stream`: throughput without a live-stream client.
 //! It polls tidegate's committed-message counter, then reads the bench topic's rows back through
 //! the API for loss and duplicates (which the stream mode also does when the live stream skipped
-//! messages). A row does not say when it was committed, so there is no
-//! latency here; it must never follow the stream (that is the cost this mode leaves out).
+//! messages). A row does not say when it was committed, so there is no latency here; it must
+//! never follow the stream (that is the cost this mode leaves out).
 
 use std::time::{Duration, Instant};
 

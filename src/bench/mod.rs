@@ -88,9 +88,9 @@ pub struct Report {
     /// connections, and with `--null` the subscriber too. On a machine shared with the broker
     /// and tidegate, it shows where the cores went.
     pub load_cpu_us_per_msg: Option<f64>,
-    /// Committed messages whose live-stream events this client missed because it fell behind
-    /// (the stream's `lagged` notices). When there are any, `received`, `lost` and `duplicates`
-    /// come from the stored rows.
+    /// Live-stream events this client missed because it fell behind, as the stream's `lagged`
+    /// notices count them (every topic's, not only the bench's). When there are any,
+    /// `received`, `lost` and `duplicates` come from the stored rows.
     pub skipped_by_stream: u64,
 }
 
