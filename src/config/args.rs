@@ -101,6 +101,7 @@ pub struct RunArgs {
 
     /// When connected and no message has arrived for this long, subscribe again and report not
     /// ready until one does (e.g. 10m; default: off). For topics that are never quiet that long.
+    /// Time while the store is failing does not count.
     #[arg(long, env = "TIDEGATE_STALE_AFTER")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stale_after: Option<Span>,
