@@ -183,14 +183,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let api = args.api.clone().unwrap_or_default();
     let token = args.api_token.as_deref();
     let receiver = if args.null {
-        Receiver::Events(collect::Collector::null(&broker, &topic, args.qos).await?, None)
+        Receiver::Events(collect::Collector::null(&broker, &topic, args.qos).await?)
     } else if args.no_stream {
         Receiver::Rows(count::Counter::new(&api, token).await?)
     } else {
-        Receiver::Events(
-            collect::Collector::stream(&api, token, &topic).await?,
-            Some(count::Counter::new(&api, token).await?),
-        )
+        Receiver::Events(collect::Collector::stream(&api, token, &topic).await?)
     };
     let bar = indicatif::ProgressBar::new(total);
     if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
@@ -204,15 +201,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let publishing = tokio::spawn(publisher(broker.clone(), topic.clone()));
     let idle = Duration::from_secs(15);
     let report = match receiver {
-        Receiver::Events(c, rows) => {
+        Receiver::Events(c) => {
             let seen = c.wait(total, &bar, idle, started).await;
-            match rows {
-                // A client that falls behind misses events, not rows: count those.
-                Some(rows) if seen.skipped > 0 => {
-                    let stored = rows.stored(&topic, total, idle).await?;
-                    seen.report.with_stored(&stored, seen.skipped)
-                }
-                _ => seen.report,
+            // Only the live stream skips: a client that falls behind misses events, not rows.
+            if seen.skipped > 0 {
+                let rows = count::Counter::new(&api, token).await?;
+                let stored = rows.stored(&topic, total, idle).await?;
+                seen.report.with_stored(&stored, seen.skipped)
+            } else {
+                seen.report
             }
         }
         Receiver::Rows(c) => c.wait(&topic, total, &bar, idle, started).await?,
@@ -313,9 +310,8 @@ impl Tally {
 
 /// What tells the bench a message came out the other side.
 enum Receiver {
-    /// One event per message: the live stream (with the rows, for what it skips) or the null
-    /// subscriber.
-    Events(collect::Collector, Option<count::Counter>),
+    /// One event per message: the live stream or the null subscriber.
+    Events(collect::Collector),
     /// tidegate's committed counter, then its stored rows.
     Rows(count::Counter),
 }
