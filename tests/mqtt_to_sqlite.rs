@@ -568,9 +568,7 @@ fn a_reload_changes_topics_and_mappings_on_the_same_session_and_refuses_a_bad_fi
 
         // SIGHUP does the same as the route.
         write("topics = [\"c/#\"]\n");
-        let _ = std::process::Command::new("kill")
-            .args(["-HUP", &t.pid().to_string()])
-            .status();
+        t.hangup();
         assert!(
             support::wait_for(Duration::from_secs(10), || (subacks() == 3).then_some(())).is_some(),
             "MQTT {version}: no SUBACK for c/# after SIGHUP:\n{}",
@@ -628,9 +626,7 @@ fn a_reload_while_the_broker_is_away_takes_effect_when_it_is_back() {
         t.log_text()
     );
     std::fs::write(&conf, "topics = [\"e/#\"]\n").unwrap();
-    let _ = std::process::Command::new("kill")
-        .args(["-HUP", &t.pid().to_string()])
-        .status();
+    t.hangup();
     assert!(
         t.wait_log("config reloaded", Duration::from_secs(10)),
         "{}",
