@@ -322,18 +322,19 @@ fn a_payload_time_without_an_offset_is_local_time_in_the_configured_zone_in_both
             )
         })
         .collect();
-    // A device on Brasília time (UTC-3) writing its clock without an offset, and one that says
-    // its offset.
+    // A device on Brasília time (UTC-3) writing its clock without an offset, one that says its
+    // offset, and one that writes it as C's `strftime("%z")` does and counts unix microseconds.
     broker.publish_lines(
         "casa/esp32/sala",
         1,
         &[
             r#"{"ts":"2026-12-06 10:00:00","temp":21.5,"at":"2026-12-06 09:59:00"}"#.into(),
             r#"{"ts":"2026-12-06T10:00:00Z","temp":22.5,"at":1796551200}"#.into(),
+            r#"{"ts":"2026-12-06T09:00:00-0300","temp":23.5,"at":1796551200000000}"#.into(),
         ],
     );
-    db::wait_count(&sqlite, "SELECT count(*) FROM sala", 2, Duration::from_secs(15));
-    db::pg_wait_count(&plain_pg, "SELECT count(*) FROM sala", 2, Duration::from_secs(15));
+    db::wait_count(&sqlite, "SELECT count(*) FROM sala", 3, Duration::from_secs(15));
+    db::pg_wait_count(&plain_pg, "SELECT count(*) FROM sala", 3, Duration::from_secs(15));
 
     let c = db::open(&sqlite);
     let sqlite_rows: Vec<String> = c
@@ -351,6 +352,7 @@ fn a_payload_time_without_an_offset_is_local_time_in_the_configured_zone_in_both
         [
             "2026-12-06 13:00:00.000 payload 2026-12-06 12:59:00.000",
             "2026-12-06 10:00:00.000 payload 2026-12-06 10:00:00.000",
+            "2026-12-06 12:00:00.000 payload 2026-12-06 10:00:00.000",
         ]
     );
     let pg_rows = pg::psql(
@@ -359,5 +361,8 @@ fn a_payload_time_without_an_offset_is_local_time_in_the_configured_zone_in_both
         "SELECT string_agg(to_char(r.ts AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || ' ' || to_char(s.measured_at AT TIME ZONE 'UTC', 'HH24:MI'), ',' ORDER BY r.value)
          FROM readings r JOIN sala s USING (message_id) WHERE r.field = 'temp'",
     );
-    assert_eq!(pg_rows, "2026-12-06 13:00:00 12:59,2026-12-06 10:00:00 10:00");
+    assert_eq!(
+        pg_rows,
+        "2026-12-06 13:00:00 12:59,2026-12-06 10:00:00 10:00,2026-12-06 12:00:00 10:00"
+    );
 }

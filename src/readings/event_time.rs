@@ -1,7 +1,9 @@
-//! The event time a payload carries: RFC 3339 with any offset, `YYYY-MM-DD HH:MM:SS` without one
-//! (the devices' local time in `--time-zone`, UTC by default), unix seconds or milliseconds (told
-//! apart by magnitude), as numbers or strings. Converted to UTC. Times far from the receive time
-//! are not trusted. It must never store a time without knowing its zone.
+//! The event time a payload carries: RFC 3339 with any offset, ISO 8601 offsets without a colon
+//! (`+0000`, `-03`, as C's `strftime("%z")` writes them), `YYYY-MM-DD HH:MM[:SS]` without one
+//! (the devices' local time in `--time-zone`, UTC by default), unix seconds, milliseconds,
+//! microseconds or nanoseconds (told apart by magnitude), as numbers or strings. Converted to
+//! UTC. Times far from the receive time are not trusted. It must never store a time without
+//! knowing its zone.
 
 use chrono::{DateTime, LocalResult, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
@@ -27,8 +29,10 @@ impl TimeSource {
     }
 }
 
-/// Below this, a number is seconds; above, milliseconds (1e11 s is the year 5138, 1e11 ms 1973).
-const MS_THRESHOLD: f64 = 1e11;
+/// A unix time's unit, by its magnitude: each unit starts where the one before it would be past
+/// the year 5000 (1e11 s is the year 5138, 1e11 ms is 1973), so any time after 1973 is read
+/// right whatever unit the device counts in.
+const UNITS: [(f64, f64); 3] = [(1e17, 1e-6), (1e14, 1e-3), (1e11, 1.0)];
 
 /// `v` as a time in UTC; a time written without an offset is local time in `zone`.
 pub fn parse_time(v: &Value, zone: Tz) -> Result<DateTime<Utc>, String> {
@@ -36,7 +40,10 @@ pub fn parse_time(v: &Value, zone: Tz) -> Result<DateTime<Utc>, String> {
         if !n.is_finite() || n < 0.0 {
             return Err(format!("time {n} is not a unix time"));
         }
-        let ms = if n >= MS_THRESHOLD { n } else { n * 1000.0 };
+        let ms = UNITS
+            .iter()
+            .find(|(from, _)| n >= *from)
+            .map_or(n * 1000.0, |(_, to_ms)| n * to_ms);
         if ms > 8.0e15 {
             return Err(format!("time {n} is out of range"));
         }
@@ -54,7 +61,18 @@ pub fn parse_time(v: &Value, zone: Tz) -> Result<DateTime<Utc>, String> {
             if let Ok(d) = DateTime::parse_from_rfc3339(t) {
                 return Ok(d.with_timezone(&Utc));
             }
-            for fmt in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
+            // `%#z` takes `+hhmm`, `+hh:mm` and `+hh`.
+            for fmt in ["%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%.f%#z"] {
+                if let Ok(d) = DateTime::parse_from_str(t, fmt) {
+                    return Ok(d.with_timezone(&Utc));
+                }
+            }
+            for fmt in [
+                "%Y-%m-%d %H:%M:%S%.f",
+                "%Y-%m-%dT%H:%M:%S%.f",
+                "%Y-%m-%d %H:%M",
+                "%Y-%m-%dT%H:%M",
+            ] {
                 if let Ok(n) = NaiveDateTime::parse_from_str(t, fmt) {
                     return match zone.from_local_datetime(&n) {
                         LocalResult::Single(t) => Ok(t.with_timezone(&Utc)),
@@ -118,8 +136,18 @@ mod tests {
             json!("2026-11-25 10:00:00"),
             json!(1795600800),
             json!(1795600800000u64),
+            json!(1795600800000000u64),
+            json!(1795600800000000000u64),
             json!("1795600800"),
+            json!("1795600800000000"),
             json!(1795600800.0),
+            json!("2026-11-25T10:00:00+0000"),
+            json!("2026-11-25T10:00:00.000+0000"),
+            json!("2026-11-25T07:00:00-0300"),
+            json!("2026-11-25T07:00:00-03"),
+            json!("2026-11-25 13:00:00+03"),
+            json!("2026-11-25T10:00"),
+            json!("2026-11-25 10:00"),
         ] {
             assert_eq!(parse_time(&v, Tz::UTC).unwrap(), want, "{v}");
         }
@@ -127,7 +155,19 @@ mod tests {
             parse_time(&json!(1795600800.5), Tz::UTC).unwrap(),
             utc("2026-11-25T10:00:00.500Z")
         );
-        for bad in [json!("yesterday"), json!(-5), json!(true), json!(1e300)] {
+        assert_eq!(
+            parse_time(&json!(1795600800123456u64), Tz::UTC).unwrap(),
+            utc("2026-11-25T10:00:00.123Z"),
+            "microseconds keep their milliseconds"
+        );
+        for bad in [
+            json!("yesterday"),
+            json!(-5),
+            json!(true),
+            json!(1e300),
+            json!("2026-11-25T10:00:00+25"),
+            json!("2026-11-25T10"),
+        ] {
             assert!(parse_time(&bad, Tz::UTC).is_err(), "{bad}");
         }
     }

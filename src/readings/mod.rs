@@ -88,17 +88,26 @@ pub fn derive(
     }
     let json: serde_json::Value = match serde_json::from_slice(payload) {
         Ok(v) => v,
-        Err(e) if e.to_string().contains("recursion limit") => {
+        Err(e) => {
+            // JSON that serde_json cannot hold: say why there are no readings. Anything else
+            // is not JSON, and a raw message needs no note.
+            let why = e.to_string();
+            let note = if why.contains("recursion limit") {
+                "JSON nested too deeply to read; stored raw only"
+            } else if why.contains("number out of range") {
+                "JSON with a number beyond a 64-bit float (about ±1.8e308); stored raw only"
+            } else {
+                return None;
+            };
             return Some(Derived {
                 ts: received_at,
                 ts_source: TimeSource::Received,
                 device: device::from_topic(&cfg.device, topic),
                 readings: Vec::new(),
-                note: Some("JSON nested too deeply to read; stored raw only".into()),
+                note: Some(note.into()),
                 mapped: Vec::new(),
-            })
+            });
         }
-        Err(_) => return None,
     };
     let mut note = None;
     let (ts, ts_source) = match event_time::find(&json, &cfg.time_fields, cfg.time_zone) {
@@ -260,5 +269,19 @@ mod tests {
         let nine = format!("{}1{}", "{\"a\":".repeat(9), "}".repeat(9));
         let d = derive(&ReadingsConfig::default(), "t", nine.as_bytes(), now()).unwrap();
         assert!(d.readings.is_empty() && d.note.unwrap().contains("deeper"));
+    }
+
+    #[test]
+    fn a_number_beyond_a_float_is_noted_not_called_not_json() {
+        let d = derive(
+            &ReadingsConfig::default(),
+            "t",
+            br#"{"temp":21.5,"big":1e400}"#,
+            now(),
+        )
+        .expect("JSON, though unreadable, is noted");
+        assert!(d.readings.is_empty(), "{:?}", d.readings);
+        assert!(d.note.unwrap().contains("64-bit float"));
+        assert!(derive(&ReadingsConfig::default(), "t", b"{temp: 1}", now()).is_none());
     }
 }
