@@ -1,6 +1,7 @@
 //! JSON → (field, value) pairs. Nested objects become dotted names (`a.b`), arrays `a[0]`;
-//! numbers, numeric strings ("21.4") and booleans (0/1) are numbers; other strings are text;
-//! nulls are skipped. Depth and field count are bounded.
+//! numbers, numeric strings ("21.4") and booleans (0/1) are numbers; other strings are text,
+//! among them codes written with digits ("000013", "0042", a 20-digit SIM id), which a number
+//! would change; nulls are skipped. Depth and field count are bounded.
 
 use serde_json::Value as Json;
 
@@ -20,10 +21,22 @@ pub enum FlattenError {
     TooManyFields(usize),
 }
 
+/// Most digits an integer can have and still be held exactly by an `f64` (2^53 has 16).
+const EXACT_DIGITS: usize = 15;
+
 /// A string that is a number the way a sensor would write it (`"21.4"`, `" 55 "`, `"-1e3"`).
+/// Not a code made of digits: a leading zero before another digit (as JSON itself forbids in a
+/// number: `"007"`, a network id `"000013"`), or an integer longer than a float holds exactly
+/// (a SIM card's 20-digit ICCID would come back rounded).
 fn numeric(s: &str) -> Option<f64> {
     let t = s.trim();
     if t.is_empty() || t.len() > 64 {
+        return None;
+    }
+    let unsigned = t.trim_start_matches(['-', '+']).as_bytes();
+    let zero_padded = unsigned.len() > 1 && unsigned[0] == b'0' && unsigned[1].is_ascii_digit();
+    let long_integer = unsigned.len() > EXACT_DIGITS && unsigned.iter().all(u8::is_ascii_digit);
+    if zero_padded || long_integer {
         return None;
     }
     // Rust accepts "inf"/"nan"/"infinity"; a sensor's status string is not a number.
@@ -151,6 +164,32 @@ mod tests {
             [("[0]".into(), Number(1.0)), ("[1].t".into(), Number(2.0))]
         );
         assert_eq!(f(r#""21.4""#), [("value".into(), Number(21.4))]);
+    }
+
+    #[test]
+    fn codes_made_of_digits_stay_text() {
+        use Value::*;
+        assert_eq!(
+            f(r#"{"a":"0","b":"0.5","c":"-0.25","d":"123456789012345","e":"1e3","f":"+7"}"#),
+            [
+                ("a".into(), Number(0.0)),
+                ("b".into(), Number(0.5)),
+                ("c".into(), Number(-0.25)),
+                ("d".into(), Number(123_456_789_012_345.0)),
+                ("e".into(), Number(1000.0)),
+                ("f".into(), Number(7.0)),
+            ]
+        );
+        assert_eq!(
+            f(r#"{"a":"007","b":"000013","c":"-01","d":"89014103211118510720","e":"0000000000000000"}"#),
+            [
+                ("a".into(), Text("007".into())),
+                ("b".into(), Text("000013".into())),
+                ("c".into(), Text("-01".into())),
+                ("d".into(), Text("89014103211118510720".into())),
+                ("e".into(), Text("0000000000000000".into())),
+            ]
+        );
     }
 
     #[test]
