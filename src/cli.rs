@@ -66,9 +66,10 @@ pub enum ConfigCommand {
 pub enum MappingCommand {
     /// Print the readings and mapping rows a message would produce, without touching a database.
     Test {
-        /// The TOML config file with the `[[mapping]]` tables.
+        /// The TOML config file with the `[[mapping]]` tables and readings rules (default: none,
+        /// the default rules).
         #[arg(long)]
-        config: std::path::PathBuf,
+        config: Option<std::path::PathBuf>,
         #[arg(long)]
         topic: String,
         #[arg(long)]

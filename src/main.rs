@@ -35,7 +35,7 @@ fn main() -> ExitCode {
             topic,
             payload,
         }) => {
-            return match tidegate::readings::preview::from_config_file(&config, &topic, &payload) {
+            return match tidegate::readings::preview::from_config_file(config.as_deref(), &topic, &payload) {
                 Ok(preview) => {
                     println!("{}", serde_json::to_string_pretty(&preview).unwrap_or_default());
                     ExitCode::SUCCESS

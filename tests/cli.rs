@@ -309,6 +309,28 @@ fn mapping_test_prints_rows_without_a_database() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let refused = v["mappings"][0]["rejected"].as_str().unwrap_or_default();
     assert!(refused.contains("temperature_c"), "{out}");
+    // Without a file: the default readings rules, and no mapping.
+    let (s, out) = run_to_end(
+        &[
+            "mapping",
+            "test",
+            "--topic",
+            "sensors/s3/telemetry",
+            "--payload",
+            r#"{"device":"s3","temp":"21.4"}"#,
+        ],
+        &[],
+        dir.path(),
+    );
+    assert!(s.success(), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["device"], "s3", "{out}");
+    assert_eq!(
+        v["readings"],
+        serde_json::json!([{"field": "temp", "value": 21.4}]),
+        "{out}"
+    );
+    assert_eq!(v["mappings"], serde_json::json!([]), "{out}");
     assert_eq!(
         std::fs::read_dir(dir.path()).unwrap().count(),
         1,

@@ -153,16 +153,16 @@ fn json(v: SqlValue) -> serde_json::Value {
 }
 
 /// `tidegate mapping test`: the preview of one message on `topic` with the readings, mappings
-/// and payload limit of the config file at `config`.
+/// and payload limit of the config file at `config`, or the defaults without one.
 pub fn from_config_file(
-    config: &std::path::Path,
+    config: Option<&std::path::Path>,
     topic: &str,
     payload: &str,
 ) -> Result<Preview, crate::config::ConfigError> {
     use crate::config::{Mode, RunArgs, Settings};
     crate::config::validate_topic_name(topic).map_err(|e| crate::config::ConfigError::new("topic", e))?;
     let args = RunArgs {
-        config: Some(config.to_path_buf()),
+        config: config.map(std::path::Path::to_path_buf),
         broker: Some("mqtt://preview.invalid".into()),
         listen: Some("off".into()),
         ..Default::default()
