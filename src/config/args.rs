@@ -171,12 +171,14 @@ pub struct RunArgs {
     pub readings: Option<String>,
 
     /// Where the device name comes from: a topic pattern such as `sensors/{device}/#`, or
-    /// `payload.FIELD`. Default: a top-level `device` or `device_id` field.
+    /// `payload.FIELD` (`payload.a.b` for a nested field). Default: a top-level `device` or
+    /// `device_id` field.
     #[arg(long, env = "TIDEGATE_DEVICE_FROM")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_from: Option<String>,
 
-    /// Payload field holding the event time (repeatable; default ts, timestamp, time).
+    /// Payload field holding the event time (repeatable; default ts, timestamp, time; `a.b` for a
+    /// nested field).
     #[arg(long = "time-field", env = "TIDEGATE_TIME_FIELDS", value_delimiter = ',')]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub time_fields: Option<Vec<String>>,

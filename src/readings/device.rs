@@ -10,7 +10,7 @@ pub enum DeviceRule {
     Default,
     /// Topic levels; `{device}` captures one level, `+` matches one, `#` the rest.
     Topic(Vec<String>),
-    /// A top-level payload field.
+    /// A payload field: a top-level key, or a dotted path (`end_device_ids.device_id`).
     Field(String),
 }
 
@@ -82,7 +82,7 @@ fn as_name(v: &Value) -> Option<String> {
 pub fn find(rule: &DeviceRule, topic: &str, json: &Value) -> Option<String> {
     match rule {
         DeviceRule::Topic(_) => from_topic(rule, topic),
-        DeviceRule::Field(f) => json.get(f).and_then(as_name),
+        DeviceRule::Field(f) => super::field(json, f).and_then(as_name),
         DeviceRule::Default => json
             .get("device")
             .or_else(|| json.get("device_id"))

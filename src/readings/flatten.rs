@@ -49,6 +49,23 @@ fn numeric(s: &str) -> Option<f64> {
     t.parse::<f64>().ok().filter(|v| v.is_finite())
 }
 
+/// The value a field name points at: a top-level key as written, else a dotted path through
+/// nested objects (`params.ts`), the names `flatten` gives nested fields.
+pub fn field<'a>(json: &'a Json, name: &str) -> Option<&'a Json> {
+    json.get(name).or_else(|| {
+        name.contains('.')
+            .then(|| name.split('.').try_fold(json, |v, key| v.get(key)))
+            .flatten()
+    })
+}
+
+/// Whether the reading named `reading` is the field `name` or inside it.
+pub fn within(reading: &str, name: &str) -> bool {
+    reading
+        .strip_prefix(name)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+}
+
 /// Takes the parsed payload by value: names and text move into the readings instead of being
 /// copied. `skip_top` names top-level fields that are not readings (event time, device).
 pub fn flatten(
@@ -190,6 +207,18 @@ mod tests {
                 ("e".into(), Text("0000000000000000".into())),
             ]
         );
+    }
+
+    #[test]
+    fn a_field_is_a_top_level_key_or_a_dotted_path() {
+        let j: Json = serde_json::from_str(r#"{"a.b":1,"p":{"ts":2,"q":{"r":3}},"l":[4]}"#).unwrap();
+        assert_eq!(field(&j, "a.b"), Some(&Json::from(1)));
+        assert_eq!(field(&j, "p.ts"), Some(&Json::from(2)));
+        assert_eq!(field(&j, "p.q.r"), Some(&Json::from(3)));
+        assert_eq!(field(&j, "p.x"), None);
+        assert_eq!(field(&j, "l.0"), None);
+        assert!(within("p.ts", "p.ts") && within("p.q.r", "p.q") && within("l[0]", "l"));
+        assert!(!within("p.tsx", "p.ts") && !within("p", "p.ts"));
     }
 
     #[test]

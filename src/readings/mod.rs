@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 
 pub use device::DeviceRule;
 pub use event_time::{parse_time, TimeSource};
-pub use flatten::{flatten, FlattenError, Value};
+pub use flatten::{field, flatten, FlattenError, Value};
 
 /// How readings are extracted.
 #[derive(Debug, Clone, PartialEq)]
@@ -137,13 +137,21 @@ pub fn derive(
     // takes it apart instead of copying its names and text.
     let mappings: Vec<_> = cfg.mappings.iter().filter(|m| m.matches(topic)).collect();
     let kept = (!mappings.is_empty()).then(|| json.clone());
-    let readings = match flatten(json, cfg.max_depth, cfg.max_fields, skip) {
+    let mut readings = match flatten(json, cfg.max_depth, cfg.max_fields, skip) {
         Ok(r) => r,
         Err(e) => {
             note = Some(format!("{e}; stored raw only"));
             Vec::new()
         }
     };
+    // Time and device fields named by a dotted path are nested: flattening reached them.
+    let nested: Vec<&str> = (cfg.time_fields.iter().map(String::as_str))
+        .chain(cfg.device.payload_field())
+        .filter(|f| f.contains('.'))
+        .collect();
+    if !nested.is_empty() {
+        readings.retain(|r| !nested.iter().any(|n| flatten::within(&r.field, n)));
+    }
     let mapped = kept.map_or_else(Vec::new, |json| {
         mappings
             .into_iter()
@@ -269,6 +277,22 @@ mod tests {
         let nine = format!("{}1{}", "{\"a\":".repeat(9), "}".repeat(9));
         let d = derive(&ReadingsConfig::default(), "t", nine.as_bytes(), now()).unwrap();
         assert!(d.readings.is_empty() && d.note.unwrap().contains("deeper"));
+    }
+
+    #[test]
+    fn time_and_device_fields_can_be_nested_and_are_not_readings() {
+        let cfg = ReadingsConfig {
+            time_fields: vec!["params.ts".into()],
+            device: DeviceRule::parse("payload.src.id").unwrap(),
+            ..Default::default()
+        };
+        let payload = br#"{"src":{"id":"plug-1"},"params":{"ts":1795600800,"power":12.5}}"#;
+        let d = derive(&cfg, "t", payload, now()).unwrap();
+        assert_eq!(d.ts_source, TimeSource::Payload, "{:?}", d.note);
+        assert_eq!(d.ts.timestamp(), 1_795_600_800);
+        assert_eq!(d.device.as_deref(), Some("plug-1"));
+        let fields: Vec<&str> = d.readings.iter().map(|r| r.field.as_str()).collect();
+        assert_eq!(fields, ["params.power"]);
     }
 
     #[test]
