@@ -33,17 +33,17 @@ fn numeric(s: &str) -> Option<f64> {
     if t.is_empty() || t.len() > 64 {
         return None;
     }
-    let unsigned = t.trim_start_matches(['-', '+']).as_bytes();
-    let zero_padded = unsigned.len() > 1 && unsigned[0] == b'0' && unsigned[1].is_ascii_digit();
-    let long_integer = unsigned.len() > EXACT_DIGITS && unsigned.iter().all(u8::is_ascii_digit);
-    if zero_padded || long_integer {
-        return None;
-    }
     // Rust accepts "inf"/"nan"/"infinity"; a sensor's status string is not a number.
     if !t
         .bytes()
         .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'))
     {
+        return None;
+    }
+    let unsigned = t.trim_start_matches(['-', '+']).as_bytes();
+    let zero_padded = unsigned.len() > 1 && unsigned[0] == b'0' && unsigned[1].is_ascii_digit();
+    let long_integer = unsigned.len() > EXACT_DIGITS && unsigned.iter().all(u8::is_ascii_digit);
+    if zero_padded || long_integer {
         return None;
     }
     t.parse::<f64>().ok().filter(|v| v.is_finite())
@@ -52,11 +52,15 @@ fn numeric(s: &str) -> Option<f64> {
 /// The value a field name points at: a top-level key as written, else a dotted path through
 /// nested objects (`params.ts`), the names `flatten` gives nested fields.
 pub fn field<'a>(json: &'a Json, name: &str) -> Option<&'a Json> {
-    json.get(name).or_else(|| {
-        name.contains('.')
-            .then(|| name.split('.').try_fold(json, |v, key| v.get(key)))
-            .flatten()
-    })
+    json.get(name).or_else(|| nested(json, name))
+}
+
+/// The value at the dotted path `name` (`params.ts`), when `name` is one.
+pub fn nested<'a>(json: &'a Json, name: &str) -> Option<&'a Json> {
+    if !name.contains('.') {
+        return None;
+    }
+    name.split('.').try_fold(json, |v, key| v.get(key))
 }
 
 /// Whether the reading named `reading` is the field `name` or inside it.
