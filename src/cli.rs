@@ -72,6 +72,8 @@ pub enum MappingCommand {
         config: Option<std::path::PathBuf>,
         #[arg(long)]
         topic: String,
+        /// The payload, or `-` to read it from standard input (a long one, say a LoRaWAN uplink
+        /// saved to a file).
         #[arg(long)]
         payload: String,
     },

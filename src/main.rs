@@ -35,6 +35,16 @@ fn main() -> ExitCode {
             topic,
             payload,
         }) => {
+            let payload = if payload == "-" {
+                let mut read = Vec::new();
+                if let Err(e) = std::io::Read::read_to_end(&mut std::io::stdin(), &mut read) {
+                    eprintln!("error: cannot read the payload from standard input: {e}");
+                    return ExitCode::from(2);
+                }
+                read
+            } else {
+                payload.into_bytes()
+            };
             return match tidegate::readings::preview::from_config_file(config.as_deref(), &topic, &payload) {
                 Ok(preview) => {
                     println!("{}", serde_json::to_string_pretty(&preview).unwrap_or_default());

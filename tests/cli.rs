@@ -331,6 +331,21 @@ fn mapping_test_prints_rows_without_a_database() {
         "{out}"
     );
     assert_eq!(v["mappings"], serde_json::json!([]), "{out}");
+    // `--payload -` reads it from standard input.
+    let mut child = std::process::Command::new(support::tidegate::bin())
+        .args(["mapping", "test", "--topic", "a/b", "--payload", "-"])
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), br#"{"temp": 7}"#).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["readings"],
+        serde_json::json!([{"field": "temp", "value": 7.0}])
+    );
     assert_eq!(
         std::fs::read_dir(dir.path()).unwrap().count(),
         1,

@@ -157,7 +157,7 @@ fn json(v: SqlValue) -> serde_json::Value {
 pub fn from_config_file(
     config: Option<&std::path::Path>,
     topic: &str,
-    payload: &str,
+    payload: &[u8],
 ) -> Result<Preview, crate::config::ConfigError> {
     use crate::config::{Mode, RunArgs, Settings};
     crate::config::validate_topic_name(topic).map_err(|e| crate::config::ConfigError::new("topic", e))?;
@@ -170,7 +170,7 @@ pub fn from_config_file(
     let settings = Settings::resolve(Mode::Run, args)?;
     let m = Message::new(
         topic.into(),
-        bytes::Bytes::copy_from_slice(payload.as_bytes()),
+        bytes::Bytes::copy_from_slice(payload),
         1,
         false,
         crate::message::Origin::Http,
