@@ -40,6 +40,16 @@ fn bad_settings_exit_2_with_one_line_naming_the_setting() {
             &["run", "--broker", "mqtt://h", "--config", "/no/such.toml"],
             "config",
         ),
+        (
+            &[
+                "run",
+                "--broker",
+                "mqtt://h",
+                "--readings-root",
+                "uplink..decoded",
+            ],
+            "readings-root",
+        ),
         (&["run"], "broker"),
     ];
     for (args, setting) in cases {

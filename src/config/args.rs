@@ -200,6 +200,14 @@ pub struct RunArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub readings_max_fields: Option<usize>,
 
+    /// The part of a payload readings come from, as a dotted path (e.g.
+    /// `uplink_message.decoded_payload` for The Things Network): where a payload has it, its
+    /// fields are the readings, named from there; other payloads give readings as usual. Event
+    /// time and device are still found in the whole payload. Default: the whole payload.
+    #[arg(long, env = "TIDEGATE_READINGS_ROOT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub readings_root: Option<String>,
+
     /// Delete raw messages older than this (e.g. 30d; default: keep).
     #[arg(long, env = "TIDEGATE_RETAIN_RAW")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -296,6 +304,7 @@ impl RunArgs {
             time_zone: self.time_zone.or(other.time_zone),
             readings_max_depth: self.readings_max_depth.or(other.readings_max_depth),
             readings_max_fields: self.readings_max_fields.or(other.readings_max_fields),
+            readings_root: self.readings_root.or(other.readings_root),
             retain_raw: self.retain_raw.or(other.retain_raw),
             retain_readings: self.retain_readings.or(other.retain_readings),
             retain_rollups: self.retain_rollups.or(other.retain_rollups),

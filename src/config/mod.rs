@@ -636,6 +636,16 @@ fn resolve_readings(a: &RunArgs) -> Result<crate::readings::ReadingsConfig, Conf
         }
         r.max_fields = n;
     }
+    if let Some(root) = &a.readings_root {
+        let root = root.trim();
+        if root.is_empty() || root.split('.').any(str::is_empty) {
+            return Err(ConfigError::new(
+                "readings-root",
+                format!("`{root}` is not a dotted path to a payload field, such as uplink_message.decoded_payload"),
+            ));
+        }
+        r.root = Some(root.to_string());
+    }
     Ok(r)
 }
 

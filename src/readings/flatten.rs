@@ -63,6 +63,13 @@ pub fn nested<'a>(json: &'a Json, name: &str) -> Option<&'a Json> {
     name.split('.').try_fold(json, |v, key| v.get(key))
 }
 
+/// Takes the value at the dotted path `path` out of `json`, leaving null; `None` when the
+/// payload has no such field or it is null.
+pub fn take(json: &mut Json, path: &str) -> Option<Json> {
+    let spot = path.split('.').try_fold(json, |v, key| v.get_mut(key))?;
+    (!spot.is_null()).then(|| spot.take())
+}
+
 /// Whether the reading named `reading` is the field `name` or inside it.
 pub fn within(reading: &str, name: &str) -> bool {
     reading

@@ -28,6 +28,8 @@ pub struct ReadingsConfig {
     pub time_zone: chrono_tz::Tz,
     /// Wide tables filled from JSON paths (`[[mapping]]` in the config file).
     pub mappings: Vec<std::sync::Arc<mapping::Mapping>>,
+    /// The part of a payload readings come from when it has it (`--readings-root`).
+    pub root: Option<String>,
 }
 
 impl Default for ReadingsConfig {
@@ -40,6 +42,7 @@ impl Default for ReadingsConfig {
             time_fields: vec!["ts".into(), "timestamp".into(), "time".into()],
             time_zone: chrono_tz::Tz::UTC,
             mappings: Vec::new(),
+            root: None,
         }
     }
 }
@@ -86,7 +89,7 @@ pub fn derive(
     if !matches!(first, b'{' | b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f') {
         return None;
     }
-    let json: serde_json::Value = match serde_json::from_slice(payload) {
+    let mut json: serde_json::Value = match serde_json::from_slice(payload) {
         Ok(v) => v,
         Err(e) => {
             // JSON that serde_json cannot hold: say why there are no readings. Anything else
@@ -125,18 +128,25 @@ pub fn derive(
         None => (received_at, TimeSource::Received),
     };
     let device = device::find(&cfg.device, topic, &json);
-    let skip = |k: &str| {
-        cfg.time_fields.iter().any(|f| f == k)
-            || match &cfg.device {
-                DeviceRule::Field(f) => f == k,
-                DeviceRule::Default => k == "device" || k == "device_id",
-                DeviceRule::Topic(_) => false,
-            }
-    };
     // Without a mapping for this topic the payload is not needed after flattening, which then
     // takes it apart instead of copying its names and text.
     let mappings: Vec<_> = cfg.mappings.iter().filter(|m| m.matches(topic)).collect();
     let kept = (!mappings.is_empty()).then(|| json.clone());
+    // Readings from the configured part of the payload when it has one; its names start there,
+    // and the time and device fields, found in the whole payload, are not in it.
+    let (json, whole) = match cfg.root.as_deref().and_then(|p| flatten::take(&mut json, p)) {
+        Some(part) => (part, false),
+        None => (json, true),
+    };
+    let skip = |k: &str| {
+        whole
+            && (cfg.time_fields.iter().any(|f| f == k)
+                || match &cfg.device {
+                    DeviceRule::Field(f) => f == k,
+                    DeviceRule::Default => k == "device" || k == "device_id",
+                    DeviceRule::Topic(_) => false,
+                })
+    };
     let mut readings = match flatten(json, cfg.max_depth, cfg.max_fields, skip) {
         Ok(r) => r,
         Err(e) => {
@@ -147,7 +157,7 @@ pub fn derive(
     // Time and device fields named by a dotted path are nested: flattening reached them.
     let nested: Vec<&str> = (cfg.time_fields.iter().map(String::as_str))
         .chain(cfg.device.payload_field())
-        .filter(|f| f.contains('.'))
+        .filter(|f| whole && f.contains('.'))
         .collect();
     if !nested.is_empty() {
         readings.retain(|r| !nested.iter().any(|n| flatten::within(&r.field, n)));
@@ -293,6 +303,41 @@ mod tests {
         assert_eq!(d.device.as_deref(), Some("plug-1"));
         let fields: Vec<&str> = d.readings.iter().map(|r| r.field.as_str()).collect();
         assert_eq!(fields, ["params.power"]);
+    }
+
+    #[test]
+    fn readings_come_from_the_root_when_the_payload_has_it() {
+        let cfg = ReadingsConfig {
+            root: Some("up.decoded".into()),
+            time_fields: vec!["received_at".into()],
+            device: DeviceRule::parse("payload.ids.device_id").unwrap(),
+            ..Default::default()
+        };
+        let uplink = br#"{"ids":{"device_id":"n1"},"received_at":"2026-11-25T10:00:00Z",
+                          "up":{"f_cnt":7,"decoded":{"temp":21.5,"ts":3,"device":"x"}}}"#;
+        let d = derive(&cfg, "t", uplink, now()).unwrap();
+        let got: Vec<(&str, &Value)> = d.readings.iter().map(|r| (r.field.as_str(), &r.value)).collect();
+        assert_eq!(
+            got,
+            [
+                ("device", &Value::Text("x".into())),
+                ("temp", &Value::Number(21.5)),
+                ("ts", &Value::Number(3.0))
+            ],
+            "only the root's fields, named from it, none skipped"
+        );
+        assert_eq!(d.device.as_deref(), Some("n1"));
+        assert_eq!(d.ts_source, TimeSource::Payload);
+        // A payload without the root: readings as usual, the time field skipped.
+        let d = derive(
+            &cfg,
+            "t",
+            br#"{"temp":20,"received_at":"2026-11-25T10:00:00Z"}"#,
+            now(),
+        )
+        .unwrap();
+        let fields: Vec<&str> = d.readings.iter().map(|r| r.field.as_str()).collect();
+        assert_eq!(fields, ["temp"]);
     }
 
     #[test]
