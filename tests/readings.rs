@@ -366,3 +366,72 @@ fn a_payload_time_without_an_offset_is_local_time_in_the_configured_zone_in_both
         "2026-12-06 13:00:00 12:59,2026-12-06 10:00:00 10:00,2026-12-06 12:00:00 10:00"
     );
 }
+
+#[test]
+fn a_readings_root_takes_readings_from_the_decoded_part_of_an_uplink() {
+    let broker = Mosquitto::start(BrokerOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = dir.path().join("root.db");
+    let _t = Tidegate::run_subscribed(
+        &broker.url(),
+        sqlite.to_str().unwrap(),
+        "v3/#",
+        "root-0",
+        &[
+            "--readings-root",
+            "uplink_message.decoded_payload",
+            "--device-from",
+            "v3/+/devices/{device}/up",
+            "--time-field",
+            "received_at",
+        ],
+        dir.path(),
+    );
+    broker.publish_lines(
+        "v3/app@ttn/devices/node-1/up",
+        1,
+        &[r#"{"received_at":"2026-12-06T10:00:00Z","uplink_message":{"f_cnt":7,"rx_metadata":[{"rssi":-90}],"decoded_payload":{"temperature":21.5,"humidity":"48"}}}"#.into()],
+    );
+    // Another source without the root: readings as usual.
+    broker.publish_lines("v3/plain", 1, &[r#"{"temperature":19}"#.into()]);
+    db::wait_count(
+        &sqlite,
+        "SELECT count(*) FROM messages",
+        2,
+        Duration::from_secs(15),
+    );
+    let c = db::open(&sqlite);
+    let rows: Vec<(String, Option<String>, String, f64)> = c
+        .prepare("SELECT topic, device, field, value FROM readings ORDER BY topic, field")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (
+                "v3/app@ttn/devices/node-1/up".into(),
+                Some("node-1".into()),
+                "humidity".into(),
+                48.0
+            ),
+            (
+                "v3/app@ttn/devices/node-1/up".into(),
+                Some("node-1".into()),
+                "temperature".into(),
+                21.5
+            ),
+            ("v3/plain".into(), None, "temperature".into(), 19.0),
+        ]
+    );
+    let hourly: (String, i64, f64) = c
+        .query_row(
+            "SELECT bucket, count, avg FROM readings_1h WHERE device = 'node-1' AND field = 'temperature'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(hourly, ("2026-12-06 10:00:00.000".into(), 1, 21.5));
+}
