@@ -82,7 +82,7 @@ fn as_name(v: &Value) -> Option<String> {
 pub fn find(rule: &DeviceRule, topic: &str, json: &Value) -> Option<String> {
     match rule {
         DeviceRule::Topic(_) => from_topic(rule, topic),
-        DeviceRule::Field(f) => super::field(json, f).and_then(as_name),
+        DeviceRule::Field(f) => super::flatten::field(json, f).and_then(as_name),
         DeviceRule::Default => json
             .get("device")
             .or_else(|| json.get("device_id"))

@@ -96,10 +96,10 @@ pub fn parse_time(v: &Value, zone: Tz) -> Result<DateTime<Utc>, String> {
 /// The first of `fields` present in an object payload (a top-level key, or a dotted path such as
 /// `params.ts`), parsed.
 pub fn find(json: &Value, fields: &[String], zone: Tz) -> Option<Result<DateTime<Utc>, String>> {
-    let obj = json.as_object()?;
+    json.as_object()?;
     fields
         .iter()
-        .find_map(|f| obj.get(f).or_else(|| super::flatten::nested(json, f)))
+        .find_map(|f| super::flatten::field(json, f))
         .map(|v| parse_time(v, zone))
 }
 

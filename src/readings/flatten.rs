@@ -56,7 +56,7 @@ pub fn field<'a>(json: &'a Json, name: &str) -> Option<&'a Json> {
 }
 
 /// The value at the dotted path `name` (`params.ts`), when `name` is one.
-pub fn nested<'a>(json: &'a Json, name: &str) -> Option<&'a Json> {
+fn nested<'a>(json: &'a Json, name: &str) -> Option<&'a Json> {
     if !name.contains('.') {
         return None;
     }

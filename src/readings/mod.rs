@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 
 pub use device::DeviceRule;
 pub use event_time::{parse_time, TimeSource};
-pub use flatten::{field, flatten, FlattenError, Value};
+pub use flatten::{flatten, FlattenError, Value};
 
 /// How readings are extracted.
 #[derive(Debug, Clone, PartialEq)]
