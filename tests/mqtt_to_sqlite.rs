@@ -162,13 +162,48 @@ fn identical_payloads_published_separately_are_all_stored() {
     assert_eq!(db::count(&case.db(), MSGS), 300);
 }
 
+/// `--batch-delay` spaces commits (each writes every page it touches whole) without delaying a
+/// message after a quiet spell, and without outwaiting a broker that stops sending once its
+/// in-flight window waits for acknowledgements.
 #[test]
-fn with_a_batch_delay_a_lone_message_is_still_committed() {
-    // Nothing else arrives, so only the linger's end can send the batch to the store.
+fn a_batch_delay_spaces_commits_yet_never_delays_a_lone_message_or_a_full_window() {
     let case = Case::new(BrokerOptions::default());
-    let _t = case.start("linger", &["--batch-delay", "300ms"]);
-    case.broker.publish_lines("t/lone", 1, &db::seq_lines(0, 1));
-    assert_eq!(db::wait_count(&case.db(), MSGS, 1, Duration::from_secs(10)), 1);
+    // MQTT 3.1.1 announces no window: tidegate takes the broker's as 20.
+    let _t = case.start("linger", &["--batch-delay", "10s", "--mqtt-version", "3.1.1"]);
+    let lines = db::seq_lines(0, 22);
+    let committed = |n: i64, within: Duration| db::wait_count(&case.db(), MSGS, n, within);
+
+    case.broker.publish_lines("t/linger", 1, &lines[..1]);
+    assert_eq!(
+        committed(1, Duration::from_secs(5)),
+        1,
+        "after a quiet spell a message goes at once"
+    );
+
+    case.broker.publish_lines("t/linger", 1, &lines[1..2]);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        db::count(&case.db(), MSGS),
+        1,
+        "right after a commit the next one waits for the delay"
+    );
+
+    // With these 19 the batch owes 20 acknowledgements: it goes without waiting out the delay.
+    let sent = std::time::Instant::now();
+    case.broker.publish_lines("t/linger", 1, &lines[2..21]);
+    assert_eq!(committed(21, Duration::from_secs(5)), 21);
+    assert!(sent.elapsed() < Duration::from_secs(6), "{:?}", sent.elapsed());
+
+    // And after that commit, a message waits for the delay again, then goes.
+    case.broker.publish_lines("t/linger", 1, &lines[21..]);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(db::count(&case.db(), MSGS), 21);
+    assert_eq!(committed(22, Duration::from_secs(20)), 22);
+    let (missing, dup) = db::exactly_once(&case.db(), "t/linger", 22);
+    assert!(
+        missing.is_empty() && dup.is_empty(),
+        "missing {missing:?} duplicated {dup:?}"
+    );
 }
 
 #[test]

@@ -41,6 +41,19 @@ pub enum MqttVersion {
     V311,
 }
 
+impl MqttVersion {
+    /// How many deliveries the broker may send before it waits for tidegate's acknowledgements.
+    /// MQTT 5: the Receive Maximum tidegate announces. MQTT 3.1.1 has no way to announce one,
+    /// and brokers keep their own: 20 is Mosquitto's and VerneMQ's default, and the smallest
+    /// common one.
+    pub fn ack_window(self) -> usize {
+        match self {
+            MqttVersion::V5 => usize::from(crate::source::RECEIVE_MAXIMUM),
+            MqttVersion::V311 => 20,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SqliteSync {
     Full,
@@ -127,6 +140,10 @@ pub struct MqttSettings {
 pub struct PipelineSettings {
     pub batch_size: usize,
     pub batch_delay: Duration,
+    /// Broker deliveries a batch may owe an acknowledgement before it goes without waiting out
+    /// `batch_delay`: the broker's in-flight window (`MqttVersion::ack_window`), unbounded
+    /// without MQTT.
+    pub ack_window: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -300,7 +317,7 @@ impl Settings {
                 "must be between 1 byte and 256MiB",
             ));
         }
-        let pipeline = resolve_pipeline(&a)?;
+        let mut pipeline = resolve_pipeline(&a)?;
         let store = match mode {
             Mode::Run | Mode::Serve => Some(resolve_store(&a)?),
             Mode::Subscribe => None,
@@ -324,6 +341,9 @@ impl Settings {
             }
             Mode::Serve => None,
         };
+        if let Some(m) = &mqtt {
+            pipeline.ack_window = m.version.ack_window();
+        }
         let spool = match &a.spool {
             None => None,
             Some(dir) => {
@@ -664,6 +684,7 @@ fn resolve_pipeline(a: &RunArgs) -> Result<PipelineSettings, ConfigError> {
     Ok(PipelineSettings {
         batch_size,
         batch_delay,
+        ack_window: usize::MAX,
     })
 }
 

@@ -69,6 +69,8 @@ impl Ingest {
 pub struct Batch {
     messages: Vec<Message>,
     acks: Vec<(Ack, Range<usize>)>,
+    /// Broker deliveries among them, each waiting for its PUBACK.
+    owed: usize,
 }
 
 impl Batch {
@@ -81,11 +83,17 @@ impl Batch {
             Messages::Many(v) if start == 0 => self.messages = v,
             Messages::Many(v) => self.messages.extend(v),
         }
+        self.owed += usize::from(matches!(ingest.ack, Ack::Mqtt(_)));
         self.acks.push((ingest.ack, start..self.messages.len()));
     }
 
     pub fn len(&self) -> usize {
         self.messages.len()
+    }
+
+    /// How many broker deliveries wait for this batch's commit to be acknowledged.
+    pub fn owed(&self) -> usize {
+        self.owed
     }
 
     pub fn is_empty(&self) -> bool {

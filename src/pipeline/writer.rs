@@ -66,7 +66,7 @@ impl Writer {
             live,
             stats,
         });
-        let mut batcher = Batcher::new(settings.batch_size, settings.batch_delay);
+        let mut batcher = Batcher::new(settings.batch_size, settings.batch_delay, settings.ack_window);
         let mut in_flight = FuturesOrdered::new();
         let mut open = true;
         loop {

@@ -10,4 +10,5 @@ mod subscription;
 mod tls;
 mod watchdog;
 
+pub use client::RECEIVE_MAXIMUM;
 pub use session::{MqttSource, Resubscriber, SourceStatus};
