@@ -228,8 +228,9 @@ pub struct RunArgs {
     #[serde(rename = "mapping", skip_serializing_if = "Option::is_none")]
     pub mappings: Option<Vec<crate::readings::mapping::MappingSpec>>,
 
-    /// How long a batch may wait for more messages before it is committed (default 0ms: commit
-    /// as soon as the writer is free; batches grow by themselves under load).
+    /// Commit at most once per this long (default 0ms: as soon as the writer is free; batches
+    /// grow by themselves under load). A message after a quiet spell that long is committed at
+    /// once. `1s` on an SD card or eMMC: each commit writes ~50 KiB (docs/deploy.md).
     #[arg(long, env = "TIDEGATE_BATCH_DELAY")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batch_delay: Option<Span>,
