@@ -58,6 +58,18 @@ pub async fn run_until(
         }
     };
     tracing::info!(store = %store.describe(), "store ready");
+    if let Some(crate::config::StoreSettings {
+        db: crate::config::DbUrl::Sqlite(path),
+        ..
+    }) = &settings.store
+    {
+        if settings.pipeline.batch_delay.is_zero() && store::sqlite::medium::on_sd_card(path) {
+            tracing::warn!(
+                db = %path.display(),
+                "the database is on an SD card or eMMC, and each message is committed as soon as it arrives: every commit writes about 50 KiB, so a steady 100 msg/s writes about 500 GB a day and wears the card out. Set --batch-delay 1s (TIDEGATE_BATCH_DELAY=1s) to commit at most once a second (docs/deploy.md, \"Disk writes\")"
+            );
+        }
+    }
     let writer = tokio::spawn(
         Writer {
             store: store.clone(),

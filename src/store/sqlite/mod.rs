@@ -5,6 +5,7 @@
 
 mod checkpoint;
 mod durable;
+pub mod medium;
 mod read;
 mod rows;
 mod schema;
