@@ -91,8 +91,13 @@ pub async fn run_until(
 
     let source = match &settings.mqtt {
         Some(m) => Some(
-            MqttSource::start(m.clone(), tx.clone(), fault_rx.clone())
-                .context("setting up TLS for the broker")?,
+            MqttSource::start(
+                m.clone(),
+                tx.clone(),
+                fault_rx.clone(),
+                crate::source::Memory::new(store.clone(), &m.client_id),
+            )
+            .context("setting up TLS for the broker")?,
         ),
         None => None,
     };

@@ -431,8 +431,12 @@ fn retained_message_is_stored_once_across_restarts() {
     assert_eq!(db::payloads(&case.db(), "t/status"), ["online", "offline"]);
 }
 
+/// A broker keeps a session's subscriptions with it, so a filter dropped from `--topic` would go
+/// on delivering (telegraf#9703 ignored the change altogether). tidegate records the filters it
+/// subscribes to in the store and, on the next run with the same client id, unsubscribes those
+/// it no longer asks for; a subscription it has no record of is stored from and named instead.
 #[test]
-fn a_changed_topic_takes_effect_on_a_kept_session_and_the_old_filter_is_named() {
+fn a_changed_topic_takes_effect_on_a_kept_session_and_the_dropped_filter_is_ended() {
     for version in ["5", "3.1.1"] {
         let case = Case::new(BrokerOptions::default());
         let (url, db) = (case.broker.url(), case.db());
@@ -447,44 +451,93 @@ fn a_changed_topic_takes_effect_on_a_kept_session_and_the_old_filter_is_named() 
             );
             t
         };
+        let count = |topic: &str| db::payloads(&db, topic).len();
         case.broker.publish_bytes("keep/status", b"up", &["-r"]);
         let mut first = run("keep/#,old/#");
         db::wait_count(&db, MSGS, 1, Duration::from_secs(10));
         assert!(first.term().success());
-        // Same client id, so the broker keeps the session and its subscriptions to keep/# and
-        // old/#; this run asks for keep/# and new/# (telegraf#9703: the change was ignored).
-        let second = run("keep/#,new/#");
-        assert!(second.log_text().contains("kept our session"), "MQTT {version}");
-        case.broker.publish_lines("new/a", 1, &db::seq_lines(0, 50));
+        // Queued for the kept session while tidegate is stopped: delivered, never dropped.
         case.broker.publish_lines("old/a", 1, &db::seq_lines(0, 5));
-        assert_eq!(
-            db::wait_count(&db, MSGS, 56, Duration::from_secs(20)),
-            56,
-            "MQTT {version}: {}",
-            second.log_text()
+
+        let mut second = run("keep/#,new/#");
+        let log = second.log_text();
+        assert!(log.contains("kept our session"), "MQTT {version}: {log}");
+        assert!(
+            log.contains("unsubscribing them") && log.contains("old/#") && !log.contains("\"keep/#\"]"),
+            "MQTT {version}: {log}"
+        );
+        case.broker.publish_lines("old/a", 1, &db::seq_lines(5, 10));
+        case.broker.publish_lines("new/a", 1, &db::seq_lines(0, 50));
+        db::wait_count(
+            &db,
+            "SELECT count(*) FROM messages WHERE topic = 'new/a'",
+            50,
+            Duration::from_secs(20),
         );
         let (missing, dup) = db::exactly_once(&db, "new/a", 50);
         assert!(
             missing.is_empty() && dup.is_empty(),
             "MQTT {version}: new topic missing {missing:?} dup {dup:?}"
         );
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(
+            db::payloads(&db, "old/a"),
+            db::seq_lines(0, 5),
+            "MQTT {version}: what was queued on the dropped filter is stored, and nothing after its end:\n{}",
+            second.log_text()
+        );
         assert_eq!(
             db::payloads(&db, "keep/status"),
             ["up"],
             "MQTT {version}: a resubscribed filter's retained message, twice"
         );
-        assert_eq!(
-            db::payloads(&db, "old/a").len(),
-            5,
-            "MQTT {version}: the old filter's messages are stored, not dropped"
+        assert!(
+            !second.log_text().contains("none of --topic matches"),
+            "MQTT {version}"
         );
-        let log = second.log_text();
+        assert!(second.term().success());
+
+        // A subscription made outside tidegate on its session: no record names it, so its
+        // messages are stored and the operator is told, once, how to end it.
+        let mut sub = std::process::Command::new("mosquitto_sub");
+        sub.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &case.broker.port.to_string(),
+            "-i",
+            "moved",
+            "-c",
+            "-q",
+            "1",
+            "-t",
+            "stray/#",
+            "-E",
+        ]);
+        if version == "5" {
+            sub.args(["-V", "mqttv5", "-x", "3600"]);
+        }
+        assert!(sub.status().unwrap().success());
+        let third = run("keep/#,new/#");
+        case.broker.publish_lines("stray/a", 1, &db::seq_lines(0, 2));
+        db::wait_count(
+            &db,
+            "SELECT count(*) FROM messages WHERE topic = 'stray/a'",
+            2,
+            Duration::from_secs(20),
+        );
+        assert_eq!(count("stray/a"), 2, "MQTT {version}");
+        let log = third.log_text();
         assert_eq!(
             log.matches("none of --topic matches").count(),
             1,
             "MQTT {version}: said once:\n{log}"
         );
-        assert!(log.contains("old/a") && log.contains("-U 'OLD/FILTER'"), "{log}");
+        assert!(
+            log.contains("stray/a") && log.contains("-U 'OLD/FILTER'"),
+            "{log}"
+        );
+        assert_eq!(count("old/a"), 5, "MQTT {version}");
     }
 }
 

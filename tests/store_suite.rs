@@ -516,6 +516,37 @@ fn every_store_keeps_the_newest_reading_of_each_series() {
 /// for the same minute adds up (PostgreSQL refused every flush until session 22: a parameter
 /// used both as a count and in a division had no single type).
 #[test]
+fn every_store_records_the_topic_filters_of_each_client_id_and_keeps_them_across_a_reopen() {
+    let v = |f: &[&str]| f.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    for (name, settings, _dir) in stores() {
+        rt().block_on(async {
+            let s = store::open(&settings).await.unwrap();
+            assert_eq!(
+                s.subscriptions("a").await.unwrap(),
+                None,
+                "{name}: nothing recorded yet"
+            );
+            s.record_subscriptions("a", &v(&["x/#", "$share/g/y/+"]))
+                .await
+                .unwrap();
+            s.record_subscriptions("b", &v(&[])).await.unwrap();
+            s.record_subscriptions("a", &v(&["x/#", "z/'quoted\"/#"]))
+                .await
+                .unwrap();
+            drop(s);
+            let s = store::open(&settings).await.unwrap();
+            assert_eq!(
+                s.subscriptions("a").await.unwrap(),
+                Some(v(&["x/#", "z/'quoted\"/#"])),
+                "{name}: the last record replaces the one before"
+            );
+            assert_eq!(s.subscriptions("b").await.unwrap(), Some(v(&[])), "{name}");
+            assert_eq!(s.subscriptions("c").await.unwrap(), None, "{name}");
+        });
+    }
+}
+
+#[test]
 fn every_store_keeps_pipeline_statistics_and_adds_them_up() {
     use tidegate::pipeline::stats::StatsRow;
     for (name, settings, _dir) in stores() {

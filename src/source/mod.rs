@@ -4,6 +4,7 @@
 
 pub mod ack;
 mod client;
+mod memory;
 mod session;
 mod strays;
 mod subscription;
@@ -11,4 +12,5 @@ mod tls;
 mod watchdog;
 
 pub use client::RECEIVE_MAXIMUM;
+pub use memory::Memory;
 pub use session::{MqttSource, Resubscriber, SourceStatus};

@@ -20,6 +20,7 @@ use tokio::{
 use super::{
     ack::{AckGate, MqttAck},
     client::{self, Client, Event},
+    memory::Memory,
     strays::Strays,
     subscription::{Change, Subscription},
     tls::TlsError,
@@ -54,6 +55,7 @@ pub struct MqttSource {
     watchdog: Option<JoinHandle<()>>,
     status: watch::Receiver<SourceStatus>,
     subscription: Arc<Subscription>,
+    memory: Memory,
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -73,6 +75,7 @@ impl MqttSource {
         settings: MqttSettings,
         tx: pipeline::Sender,
         store_fault: watch::Receiver<Option<String>>,
+        memory: Memory,
     ) -> Result<Self, TlsError> {
         let (client, eventloop) = client::build(&settings)?;
         let intake: Intake = Arc::new(std::sync::Mutex::new(Some(tx)));
@@ -117,6 +120,7 @@ impl MqttSource {
             status_tx,
             heartbeat,
             subscription.clone(),
+            memory.clone(),
         ));
         Ok(MqttSource {
             client,
@@ -128,6 +132,7 @@ impl MqttSource {
             watchdog,
             status,
             subscription,
+            memory,
         })
     }
 
@@ -136,6 +141,7 @@ impl MqttSource {
         Resubscriber {
             client: self.client.clone(),
             subscription: self.subscription.clone(),
+            memory: self.memory.clone(),
         }
     }
 
@@ -174,6 +180,7 @@ impl MqttSource {
 pub struct Resubscriber {
     client: Client,
     subscription: Arc<Subscription>,
+    memory: Memory,
 }
 
 impl Resubscriber {
@@ -184,6 +191,7 @@ impl Resubscriber {
         let change = self.subscription.replace(&self.client, topics, qos);
         if !change.is_empty() {
             tracing::info!(subscribe = ?change.subscribed, unsubscribe = ?change.unsubscribed, qos, "changing the subscription");
+            self.memory.record(self.subscription.filters().0);
         }
         change
     }
@@ -201,7 +209,17 @@ async fn session_loop(
     status: Arc<watch::Sender<SourceStatus>>,
     heartbeat: Option<Arc<Heartbeat>>,
     sub: Arc<Subscription>,
+    memory: Memory,
 ) {
+    if let Some(earlier) = memory.earlier().await {
+        let stale = sub.end_earlier(earlier);
+        if !stale.is_empty() {
+            tracing::info!(
+                filters = ?stale,
+                "an earlier run with this client id subscribed to topic filters this run does not ask for; unsubscribing them, since a session the broker kept still holds them"
+            );
+        }
+    }
     let mut generation = gate.generation();
     let mut backoff = BACKOFF_MIN;
     let mut ever_connected = false;
@@ -268,6 +286,9 @@ async fn session_loop(
                 }
                 // Also after a reload's change that the lost connection may have swallowed.
                 sub.on_connect(&client, !session_present || !ever_connected);
+                if !ever_connected {
+                    memory.record(sub.filters().0);
+                }
                 ever_connected = true;
             }
             Ok(Event::Publish(message, token)) => {

@@ -113,6 +113,23 @@ impl Subscription {
         change
     }
 
+    /// Takes the filters an earlier run with this client id subscribed to: those this run does
+    /// not ask for are unsubscribed with the next subscription, like filters a reload removed
+    /// (a session the broker kept still holds them). Returns them.
+    pub fn end_earlier(&self, earlier: Vec<String>) -> Vec<String> {
+        let mut st = self.state();
+        let stale: Vec<String> = earlier
+            .into_iter()
+            .filter(|f| !st.topics.contains(f) && !st.removed.contains(f))
+            .collect();
+        if !stale.is_empty() {
+            st.removed.extend(stale.iter().cloned());
+            st.resend = true;
+            self.generation.fetch_add(1, Ordering::Relaxed);
+        }
+        stale
+    }
+
     /// On a new connection: subscribes every filter when `all` (the first connection of the run,
     /// or the broker lost the session), or when a change since the last connection may not have
     /// reached the broker.
@@ -146,6 +163,26 @@ mod tests {
 
     fn v(s: &[&str]) -> Vec<String> {
         s.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn an_earlier_runs_filters_this_run_does_not_ask_for_are_ended() {
+        let sub = Subscription::new(v(&["a/#", "$share/g/b/#"]), 1);
+        assert!(sub.end_earlier(v(&["a/#", "$share/g/b/#"])).is_empty());
+        assert_eq!(sub.generation(), 0, "the same filters: nothing to do");
+        assert_eq!(sub.end_earlier(v(&["a/#", "old/#", "b/#"])), v(&["old/#", "b/#"]));
+        assert_eq!(
+            sub.filters(),
+            (v(&["a/#", "$share/g/b/#"]), 1),
+            "this run's filters stay"
+        );
+        assert_eq!(
+            sub.asked_for(),
+            v(&["a/#", "$share/g/b/#", "old/#", "b/#"]),
+            "the kept session may still deliver on them"
+        );
+        assert!(sub.state().resend, "unsubscribed with the next subscription");
+        assert!(sub.end_earlier(v(&["old/#"])).is_empty(), "already ending");
     }
 
     #[test]

@@ -133,6 +133,18 @@ pub trait Store: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// The topic filters `client_id` last subscribed to, as `record_subscriptions` left them;
+    /// `None` when none were recorded (a new client id, or a store that keeps no record).
+    async fn subscriptions(&self, _client_id: &str) -> Result<Option<Vec<String>>, StoreError> {
+        Ok(None)
+    }
+
+    /// Records the topic filters `client_id` subscribes to, replacing the last record, so that
+    /// a later run can unsubscribe those it no longer asks for from a session the broker kept.
+    async fn record_subscriptions(&self, _client_id: &str, _filters: &[String]) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// A short description for logs, without secrets.
     fn describe(&self) -> String;
 }

@@ -203,6 +203,14 @@ impl Store for SpoolStore {
         self.inner.write_stats(rows).await
     }
 
+    async fn subscriptions(&self, client_id: &str) -> Result<Option<Vec<String>>, StoreError> {
+        self.inner.subscriptions(client_id).await
+    }
+
+    async fn record_subscriptions(&self, client_id: &str, filters: &[String]) -> Result<(), StoreError> {
+        self.inner.record_subscriptions(client_id, filters).await
+    }
+
     fn describe(&self) -> String {
         format!(
             "{} (spooled through {})",

@@ -451,6 +451,31 @@ impl Store for PgStore {
         Ok(row.map(|r| r.get(0)))
     }
 
+    async fn subscriptions(&self, client_id: &str) -> Result<Option<Vec<String>>, StoreError> {
+        let client = self.client(StoreError::Query).await?;
+        let row = client
+            .query_opt(
+                "SELECT filters FROM mqtt_subscriptions WHERE client_id = $1",
+                &[&client_id],
+            )
+            .await
+            .map_err(|e| StoreError::Query(describe_pg(&e)))?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn record_subscriptions(&self, client_id: &str, filters: &[String]) -> Result<(), StoreError> {
+        let client = self.client(StoreError::Write).await?;
+        client
+            .execute(
+                "INSERT INTO mqtt_subscriptions (client_id, filters, recorded_at) VALUES ($1, $2, now())
+                 ON CONFLICT (client_id) DO UPDATE SET filters = excluded.filters, recorded_at = excluded.recorded_at",
+                &[&client_id, &filters],
+            )
+            .await
+            .map_err(|e| StoreError::Write(describe_pg(&e)))?;
+        Ok(())
+    }
+
     async fn messages(&self, q: MessageQuery) -> Result<Vec<StoredMessage>, StoreError> {
         let client = self.client(StoreError::Query).await?;
         read::messages(&client, &q)

@@ -225,8 +225,18 @@ FROM newest n CROSS JOIN LATERAL (
 ) r;
 "#;
 
+/// Version 11: the topic filters each MQTT client id last subscribed to
+/// (`Store::record_subscriptions`).
+const V11: &str = r#"
+CREATE TABLE mqtt_subscriptions (
+    client_id   text PRIMARY KEY,
+    filters     text[] NOT NULL,
+    recorded_at timestamptz NOT NULL
+);
+"#;
+
 /// Every migration, oldest first; a new schema version is one more entry.
-const MIGRATIONS: [&str; 10] = [V1, V2, V3, V4, V5, V6, V7, V8, V9, V10];
+const MIGRATIONS: [&str; 11] = [V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11];
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {

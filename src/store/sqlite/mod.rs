@@ -10,6 +10,7 @@ mod read;
 mod rows;
 mod schema;
 mod series;
+mod subscriptions;
 mod write;
 
 use std::{
@@ -38,6 +39,7 @@ enum Command {
         oneshot::Sender<Result<u64, StoreError>>,
     ),
     Stats(StatsRows, oneshot::Sender<Result<(), StoreError>>),
+    Subscriptions(String, Vec<String>, oneshot::Sender<Result<(), StoreError>>),
 }
 
 type StatsRows =
@@ -170,7 +172,7 @@ fn writer_thread(
                 Command::Retain(_, _, reply) => {
                     let _ = reply.send(Err(refused()));
                 }
-                Command::Stats(_, reply) => {
+                Command::Stats(_, reply) | Command::Subscriptions(_, _, reply) => {
                     let _ = reply.send(Err(refused()));
                 }
             }
@@ -217,6 +219,11 @@ fn writer_thread(
             Command::Stats(rows, reply) => {
                 let result =
                     write::write_stats(&mut conn, &rows).map_err(|e| StoreError::Write(e.to_string()));
+                let _ = reply.send(result);
+            }
+            Command::Subscriptions(client_id, filters, reply) => {
+                let result = subscriptions::record(&conn, &client_id, &filters)
+                    .map_err(|e| StoreError::Write(e.to_string()));
                 let _ = reply.send(result);
             }
         }
@@ -267,6 +274,27 @@ impl Store for SqliteStore {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Stats(rows.clone(), reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn subscriptions(&self, client_id: &str) -> Result<Option<Vec<String>>, StoreError> {
+        let (readers, client_id) = (self.readers.clone(), client_id.to_string());
+        let json = tokio::task::spawn_blocking({
+            let client_id = client_id.clone();
+            move || readers.with(|c| subscriptions::read(c, &client_id))
+        })
+        .await
+        .map_err(|_| StoreError::Closed)??;
+        json.map(|j| subscriptions::parse(&client_id, &j).map_err(StoreError::Query))
+            .transpose()
+    }
+
+    async fn record_subscriptions(&self, client_id: &str, filters: &[String]) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Subscriptions(client_id.into(), filters.to_vec(), reply))
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?

@@ -6,7 +6,7 @@ use rusqlite::{Connection, OptionalExtension};
 use crate::store::{dedup::Hash, delivery_marks};
 
 /// The newest schema this build knows.
-pub const VERSION: i64 = 7;
+pub const VERSION: i64 = 8;
 
 const V1: &str = r#"
 CREATE TABLE messages (
@@ -170,6 +170,16 @@ CREATE VIEW readings AS
 SELECT p.id AS id, p.message_id AS message_id, p.ts AS ts, s.topic AS topic, s.device AS device,
        s.field AS field, p.value AS value, p.text AS text, p.ts_source AS ts_source
 FROM series_points p JOIN series s ON s.id = p.series_id;
+"#;
+
+/// Version 8: the topic filters each MQTT client id last subscribed to
+/// (`store::sqlite::subscriptions`), as a JSON array.
+const V8: &str = r#"
+CREATE TABLE mqtt_subscriptions (
+    client_id   TEXT PRIMARY KEY,
+    filters     TEXT NOT NULL,
+    recorded_at DATETIME NOT NULL
+) WITHOUT ROWID;
 "#;
 
 /// One series' newest stored reading, while `fill_latest` reads them.
@@ -363,6 +373,9 @@ pub fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
             }
         }
         tx.execute_batch(V7)?;
+    }
+    if found < 8 {
+        tx.execute_batch(V8)?;
     }
     tx.pragma_update(None, "user_version", VERSION)?;
     tx.commit()?;
