@@ -690,6 +690,7 @@ fn a_postgres_database_at_schema_5_is_upgraded_in_place() {
            DROP INDEX messages_received_at; CREATE INDEX messages_received_at ON messages (received_at);
            DROP TABLE commit_tokens;
            DROP TABLE readings_latest;
+           DROP TABLE mqtt_subscriptions;
            DELETE FROM tidegate_schema WHERE version >= 6;"#
         ),
     );
@@ -912,6 +913,7 @@ fn back_to_schema_6(c: &rusqlite::Connection) {
          ALTER TABLE readings_v6 RENAME TO readings;
          CREATE INDEX readings_ts ON readings (ts);
          CREATE INDEX readings_topic_field_ts ON readings (topic, field, ts);
+         DROP TABLE mqtt_subscriptions;
          PRAGMA user_version = 6;",
     )
     .unwrap();
