@@ -696,6 +696,21 @@ fn a_reload_changes_topics_and_mappings_on_the_same_session_and_refuses_a_bad_fi
             "MQTT {version}"
         );
         t.assert_metrics_balance();
+        // The record the next run unsubscribes from follows the reloads.
+        assert_eq!(
+            support::wait_for(Duration::from_secs(10), || {
+                let filters: String = db::open(&db)
+                    .query_row(
+                        "SELECT filters FROM mqtt_subscriptions WHERE client_id = 'reloaded'",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .ok()?;
+                (filters == r#"["c/#"]"#).then_some(filters)
+            }),
+            Some(r#"["c/#"]"#.to_string()),
+            "MQTT {version}"
+        );
     }
 }
 

@@ -7,6 +7,8 @@
 
 use std::{sync::Arc, time::Duration};
 
+use tokio::sync::watch;
+
 use crate::store::Store;
 
 /// How long the start waits for the store's answer before connecting without it.
@@ -16,13 +18,30 @@ const READ_WITHIN: Duration = Duration::from_secs(3);
 pub struct Memory {
     store: Arc<dyn Store>,
     client_id: Arc<str>,
+    /// The filters to record next. One task writes them, so the last change is the one kept.
+    latest: Arc<watch::Sender<Option<Vec<String>>>>,
 }
 
 impl Memory {
+    /// Starts the task that records; it ends when the last copy is dropped.
     pub fn new(store: Arc<dyn Store>, client_id: &str) -> Self {
+        let (latest, mut changed) = watch::channel(None::<Vec<String>>);
+        let client_id: Arc<str> = client_id.into();
+        let (writer, id) = (store.clone(), client_id.clone());
+        tokio::spawn(async move {
+            while changed.changed().await.is_ok() {
+                let Some(filters) = changed.borrow_and_update().clone() else {
+                    continue;
+                };
+                if let Err(e) = writer.record_subscriptions(&id, &filters).await {
+                    tracing::warn!(error = %e, "cannot record this run's topic filters; the next run may not unsubscribe those it drops");
+                }
+            }
+        });
         Memory {
             store,
-            client_id: client_id.into(),
+            client_id,
+            latest: Arc::new(latest),
         }
     }
 
@@ -42,13 +61,9 @@ impl Memory {
         }
     }
 
-    /// Records `filters` as this client id's, in the background.
+    /// Records `filters` as this client id's, in the background; a later call wins over an
+    /// earlier one not yet written.
     pub fn record(&self, filters: Vec<String>) {
-        let this = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = this.store.record_subscriptions(&this.client_id, &filters).await {
-                tracing::warn!(error = %e, "cannot record this run's topic filters; the next run may not unsubscribe those it drops");
-            }
-        });
+        self.latest.send_replace(Some(filters));
     }
 }
