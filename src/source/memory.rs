@@ -19,20 +19,19 @@ pub struct Memory {
     store: Arc<dyn Store>,
     client_id: Arc<str>,
     /// The filters to record next. One task writes them, so the last change is the one kept.
-    latest: Arc<watch::Sender<Option<Vec<String>>>>,
+    latest: Arc<watch::Sender<Vec<String>>>,
 }
 
 impl Memory {
     /// Starts the task that records; it ends when the last copy is dropped.
     pub fn new(store: Arc<dyn Store>, client_id: &str) -> Self {
-        let (latest, mut changed) = watch::channel(None::<Vec<String>>);
+        // The initial value is never written: only a `record` marks the channel changed.
+        let (latest, mut changed) = watch::channel(Vec::<String>::new());
         let client_id: Arc<str> = client_id.into();
         let (writer, id) = (store.clone(), client_id.clone());
         tokio::spawn(async move {
             while changed.changed().await.is_ok() {
-                let Some(filters) = changed.borrow_and_update().clone() else {
-                    continue;
-                };
+                let filters = changed.borrow_and_update().clone();
                 if let Err(e) = writer.record_subscriptions(&id, &filters).await {
                     tracing::warn!(error = %e, "cannot record this run's topic filters; the next run may not unsubscribe those it drops");
                 }
@@ -64,6 +63,6 @@ impl Memory {
     /// Records `filters` as this client id's, in the background; a later call wins over an
     /// earlier one not yet written.
     pub fn record(&self, filters: Vec<String>) {
-        self.latest.send_replace(Some(filters));
+        self.latest.send_replace(filters);
     }
 }
