@@ -838,12 +838,7 @@ fn every_store_keeps_delivery_marks_per_batch_and_prunes_past_the_packet_id_spac
 /// `readings_latest` (schema 6) is built from the readings already stored.
 #[test]
 fn an_sqlite_database_at_schema_4_keeps_its_delivery_marks() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("v4.db");
-    let settings = StoreSettings {
-        db: DbUrl::Sqlite(path.clone()),
-        sqlite_sync: SqliteSync::Full,
-    };
+    let (_dir, path, settings) = sqlite_file("v4.db");
     rt().block_on(async {
         let s = store::open(&settings).await.unwrap();
         write(&s, vec![with_readings(msg("x", br#"{"temp":5}"#))]).await;
@@ -899,6 +894,90 @@ fn an_sqlite_database_at_schema_4_keeps_its_delivery_marks() {
     assert_eq!(old, 0);
 }
 
+/// A new SQLite file of that name in a directory of its own (kept while the `TempDir` lives), and
+/// the settings that open it.
+fn sqlite_file(name: &str) -> (tempfile::TempDir, std::path::PathBuf, StoreSettings) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    let settings = StoreSettings {
+        db: DbUrl::Sqlite(path.clone()),
+        sqlite_sync: SqliteSync::Full,
+    };
+    (dir, path, settings)
+}
+
+/// How SQLite plans a `readings` question filtered by device over a time range, as Metabase asks
+/// it.
+fn device_plan(c: &rusqlite::Connection) -> String {
+    c.prepare("EXPLAIN QUERY PLAN SELECT ts, value FROM readings WHERE device = 'pump' AND field = 'temp' AND ts >= '2026-01-01 00:00:00.000'")
+        .unwrap()
+        .query_map([], |r| r.get::<_, String>(3))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+/// Schema 9 indexes the series' devices, so that a `readings` question filtered by device starts
+/// from that device's series instead of walking every reading in the time range: a schema-8
+/// file gets the index in place, with its readings unchanged.
+#[test]
+fn an_sqlite_database_at_schema_8_gets_the_device_index_and_device_questions_start_from_it() {
+    let (_dir, path, settings) = sqlite_file("v8.db");
+    rt().block_on(async {
+        let s = store::open(&settings).await.unwrap();
+        write(
+            &s,
+            vec![with_readings(msg(
+                "plant/d1",
+                br#"{"device":"pump","temp":5,"hum":40}"#,
+            ))],
+        )
+        .await;
+    });
+    let every = "SELECT group_concat(id || '|' || ts || '|' || topic || '|' || device || '|' || field || '|' || value, ';')
+                 FROM (SELECT * FROM readings ORDER BY id)";
+    let before = text_rows(&settings, every);
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        let fresh = device_plan(&c);
+        assert!(
+            fresh.contains("INDEX series_device"),
+            "a new file has it: {fresh}"
+        );
+        c.execute_batch("DROP INDEX series_device; PRAGMA user_version = 8;")
+            .unwrap();
+        let old = device_plan(&c);
+        assert!(
+            !old.contains("series_device") && old.contains("INDEX series_points_ts"),
+            "schema 8 walks the time index: {old}"
+        );
+    }
+    rt().block_on(async {
+        let s = store::open(&settings).await.unwrap();
+        write(
+            &s,
+            vec![with_readings(msg("plant/d1", br#"{"device":"pump","temp":6}"#))],
+        )
+        .await;
+    });
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let v: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+    assert_eq!(v, tidegate::store::sqlite::SCHEMA_VERSION);
+    let plan = device_plan(&c);
+    assert!(
+        plan.starts_with("SEARCH s USING INDEX series_device")
+            && plan.contains("INDEX series_points_series_ts"),
+        "the device's series first, then their points: {plan}"
+    );
+    let after = text_rows(&settings, every);
+    assert!(
+        after.starts_with(&before) && after.len() > before.len(),
+        "{before} → {after}"
+    );
+    assert!(after.ends_with("|plant/d1|pump|temp|6.0"), "{after}");
+}
+
 /// Turns the current SQLite schema's readings back into schema 6's one table, as a tidegate of
 /// that version left them.
 fn back_to_schema_6(c: &rusqlite::Connection) {
@@ -923,12 +1002,7 @@ fn back_to_schema_6(c: &rusqlite::Connection) {
 /// and values, `readings` reads the same as before, and new readings join the same series.
 #[test]
 fn an_sqlite_database_at_schema_6_moves_its_readings_to_series_unchanged() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("v6.db");
-    let settings = StoreSettings {
-        db: DbUrl::Sqlite(path.clone()),
-        sqlite_sync: SqliteSync::Full,
-    };
+    let (_dir, path, settings) = sqlite_file("v6.db");
     let device = with_readings(msg(
         "plant/d7",
         br#"{"device":"pump","temp":5,"state":"on","ts":"2026-11-25T10:00:00Z"}"#,
@@ -982,6 +1056,7 @@ fn an_sqlite_database_at_schema_6_moves_its_readings_to_series_unchanged() {
         series, "plant/d7/pump/state plant/d7/pump/temp x/-/hum x/-/temp y/-/v",
         "one row per series; the new reading of x/temp joined its old series"
     );
+    assert!(device_plan(&c).contains("INDEX series_device"));
     let temps: String = c
         .query_row(
             "SELECT group_concat(value, ',') FROM (SELECT value FROM readings WHERE topic = 'x' AND field = 'temp' ORDER BY id)",
@@ -1371,12 +1446,7 @@ fn a_message_postgresql_refuses_is_rejected_alone_and_the_rest_of_its_batch_is_s
 
 #[test]
 fn an_sqlite_batch_that_fails_midway_leaves_nothing_behind_and_commits_whole_on_retry() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("fail.db");
-    let settings = StoreSettings {
-        db: DbUrl::Sqlite(path.clone()),
-        sqlite_sync: SqliteSync::Full,
-    };
+    let (_dir, path, settings) = sqlite_file("fail.db");
     rt().block_on(async {
         let s = store::open(&settings).await.unwrap();
         let first = write(&s, vec![with_readings(msg("a", br#"{"v": 1}"#))]).await;

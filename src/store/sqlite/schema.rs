@@ -6,7 +6,7 @@ use rusqlite::{Connection, OptionalExtension};
 use crate::store::{dedup::Hash, delivery_marks};
 
 /// The newest schema this build knows.
-pub const VERSION: i64 = 8;
+pub const VERSION: i64 = 9;
 
 const V1: &str = r#"
 CREATE TABLE messages (
@@ -180,6 +180,17 @@ CREATE TABLE mqtt_subscriptions (
     filters     TEXT NOT NULL,
     recorded_at DATETIME NOT NULL
 ) WITHOUT ROWID;
+"#;
+
+/// Version 9: an index on the series' devices. A `readings` question filtered by device
+/// (Metabase's usual one) then starts from that device's few series and reads their points
+/// through the series index. Without it, and without planner statistics (tidegate gathers none:
+/// docs/metabase.md), SQLite walked the time index and joined every reading in the range to its
+/// series. On 10 million readings: a week of one device's field 356 → 24 ms,
+/// `DISTINCT device` (Metabase's field values) 3.4 → 0.49 s (docs/performance.md, session 28).
+/// `series` has a row per series, so the index costs the write path nothing.
+const V9: &str = r#"
+CREATE INDEX series_device ON series (device);
 "#;
 
 /// One series' newest stored reading, while `fill_latest` reads them.
@@ -376,6 +387,9 @@ pub fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
     }
     if found < 8 {
         tx.execute_batch(V8)?;
+    }
+    if found < 9 {
+        tx.execute_batch(V9)?;
     }
     tx.pragma_update(None, "user_version", VERSION)?;
     tx.commit()?;
