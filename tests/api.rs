@@ -470,6 +470,7 @@ fn a_token_guards_every_route_but_healthz() {
         "/metrics",
         "/api/v1/messages",
         "/api/v1/topics",
+        "/api/v1/subscriptions/some-client",
         "/api/v1/openapi.json",
     ] {
         let url = format!("{base}{path}");
@@ -976,4 +977,147 @@ fn split_deployment_survives_kill9_of_serve_exactly_once() {
         dup.len(),
         &dup[..dup.len().min(10)]
     );
+}
+
+/// The record of a client id's topic filters, which `tidegate subscribe` keeps here: written,
+/// read back (a client id with a slash included), replaced, and refused with a clear error when
+/// it is not one MQTT allows.
+#[test]
+fn subscription_records_are_kept_per_client_id_and_bad_ones_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = serve(dir.path(), &[]);
+    let base = t.api();
+    let c = client();
+    let url = |id: &str| format!("{base}/api/v1/subscriptions/{}", urlencode(id));
+    let put = |id: &str, body: &str| {
+        let r = c
+            .put(url(id))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .unwrap();
+        let s = r.status();
+        (s, r.json().unwrap_or(Value::Null))
+    };
+    assert_eq!(
+        get(&c, &url("site/sub-1")),
+        (
+            StatusCode::OK,
+            json!({"client_id": "site/sub-1", "filters": null})
+        ),
+        "no record yet"
+    );
+    let (s, _) = put("site/sub-1", r#"{"filters": ["a/#", "$share/g/b/+"]}"#);
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = put("sub-2", r#"{"filters": ["c"]}"#);
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(
+        get(&c, &url("site/sub-1")).1,
+        json!({"client_id": "site/sub-1", "filters": ["a/#", "$share/g/b/+"]})
+    );
+    let (s, _) = put("site/sub-1", r#"{"filters": ["d/#"]}"#);
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(
+        get(&c, &url("site/sub-1")).1["filters"],
+        json!(["d/#"]),
+        "replaced"
+    );
+    assert_eq!(
+        get(&c, &url("sub-2")).1["filters"],
+        json!(["c"]),
+        "each client id its own"
+    );
+
+    let (s, e) = put("sub-2", "not json");
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(e["error"].as_str().unwrap().contains("\"filters\""), "{e}");
+    let (s, e) = put("sub-2", r#"{"filters": ["x"], "extra": 1}"#);
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("extra"), "{e}");
+    let (s, e) = put("sub-2", r#"{"filters": ["ok", ""]}"#);
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(e["detail"]["index"], 1, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("empty"), "{e}");
+    let (s, e) = put("sub-2", r#"{"filters": ["a\u0000b"]}"#);
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(e["error"].as_str().unwrap().contains("NUL"), "{e}");
+    assert_eq!(
+        get(&c, &url("sub-2")).1["filters"],
+        json!(["c"]),
+        "nothing refused was kept"
+    );
+
+    let spec = get(&c, &format!("{base}/api/v1/openapi.json")).1;
+    let path = &spec["paths"]["/api/v1/subscriptions/{client_id}"];
+    assert!(path["get"].is_object() && path["put"].is_object(), "{path}");
+}
+
+/// `tidegate subscribe` has no database: the tidegate it forwards to keeps its record of topic
+/// filters, so a `subscribe` restarted with another `--topic` on a session the broker kept ends
+/// the filter it dropped (telegraf#9703), and what was queued on it meanwhile is still stored.
+#[test]
+fn a_subscribe_restarted_with_another_topic_ends_the_dropped_filter_through_the_api() {
+    let broker = Mosquitto::start(BrokerOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let dbp = dir.path().join("api.db");
+    let server = serve(dir.path(), &[]);
+    let api = server.api();
+    let url = broker.url();
+    let subscribe = |topic: &str| {
+        Tidegate::subscribed(
+            &[
+                "subscribe",
+                "--broker",
+                &url,
+                "--topic",
+                topic,
+                "--api",
+                &api,
+                "--client-id",
+                "moved-sub",
+            ],
+            dir.path(),
+        )
+    };
+    let mut first = subscribe("old/#");
+    broker.publish_lines("old/a", 1, &db::seq_lines(0, 5));
+    db::wait_count(&dbp, "SELECT count(*) FROM messages", 5, Duration::from_secs(15));
+    assert!(first.term().success());
+    let c = client();
+    assert_eq!(
+        get(&c, &format!("{api}/api/v1/subscriptions/moved-sub")).1["filters"],
+        json!(["old/#"]),
+        "recorded through the API:\n{}",
+        first.log_text()
+    );
+    // Queued for the kept session while nothing is connected.
+    broker.publish_lines("old/a", 1, &db::seq_lines(5, 10));
+
+    let mut second = subscribe("new/#");
+    let log = second.log_text();
+    assert!(
+        log.contains("kept our session") && log.contains("unsubscribing them") && log.contains("old/#"),
+        "{log}"
+    );
+    broker.publish_lines("old/a", 1, &db::seq_lines(10, 15));
+    broker.publish_lines("new/a", 1, &db::seq_lines(0, 20));
+    db::wait_count(
+        &dbp,
+        "SELECT count(*) FROM messages WHERE topic = 'new/a'",
+        20,
+        Duration::from_secs(20),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        db::payloads(&dbp, "old/a"),
+        db::seq_lines(0, 10),
+        "what was queued on the dropped filter is stored, and nothing after its end:\n{}",
+        second.log_text()
+    );
+    assert_eq!(
+        get(&c, &format!("{api}/api/v1/subscriptions/moved-sub")).1["filters"],
+        json!(["new/#"])
+    );
+    assert!(!second.log_text().contains("none of --topic matches"));
+    assert!(second.term().success());
 }

@@ -14,6 +14,7 @@ mod query;
 mod readings;
 mod reload;
 mod stream;
+mod subscriptions;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -67,6 +68,10 @@ pub fn router(state: AppState, max_body: usize, rate_limit: Option<std::num::Non
         .routes(routes!(readings::get_readings))
         .routes(routes!(preview::post_preview))
         .routes(routes!(reload::post_reload))
+        .routes(routes!(
+            subscriptions::get_subscriptions,
+            subscriptions::put_subscriptions
+        ))
         .routes(routes!(stream::get_stream))
         .routes(routes!(page::index))
         .routes(routes!(health::healthz))

@@ -38,6 +38,49 @@ impl RemoteStore {
         })
     }
 
+    /// The API's address of `client_id`'s subscription record (the id percent-encoded).
+    fn subscriptions_url(&self, client_id: &str) -> Result<reqwest::Url, StoreError> {
+        let mut url =
+            reqwest::Url::parse(&self.url).map_err(|e| StoreError::Query(format!("{}: {e}", self.url)))?;
+        url.path_segments_mut()
+            .map_err(|()| StoreError::Query(format!("{} cannot take a path", self.url)))?
+            .pop_if_empty()
+            .extend(["api", "v1", "subscriptions", client_id]);
+        Ok(url)
+    }
+
+    fn authorized(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => req.bearer_auth(t.expose()),
+            None => req,
+        }
+    }
+
+    /// Sends `req` with the token: the answer when it is a success, else what went wrong.
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, String> {
+        let resp = self
+            .authorized(req)
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach the API at {}: {}", self.url, e.without_url()))?;
+        if resp.status().is_success() {
+            Ok(resp)
+        } else {
+            Err(self.refused(resp).await)
+        }
+    }
+
+    /// The error of an answer that is not a success, with the start of its body.
+    async fn refused(&self, resp: reqwest::Response) -> String {
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        format!(
+            "the API at {} answered {status}: {}",
+            self.url,
+            text.chars().take(300).collect::<String>()
+        )
+    }
+
     fn body(batch: &[Message], retry: bool) -> Vec<u8> {
         use base64::Engine;
         let mut out = Vec::with_capacity(batch.len() * 200);
@@ -92,14 +135,12 @@ impl Store for RemoteStore {
             let f = self.failed.lock().unwrap_or_else(|p| p.into_inner());
             f.as_ref().is_some_and(|b| Arc::ptr_eq(b, &batch))
         };
-        let mut req = self
-            .http
-            .post(format!("{}/api/v1/messages", self.url))
-            .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
-            .body(Self::body(&batch, retry));
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t.expose());
-        }
+        let req = self.authorized(
+            self.http
+                .post(format!("{}/api/v1/messages", self.url))
+                .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
+                .body(Self::body(&batch, retry)),
+        );
         let result = match req.send().await {
             Ok(resp) if resp.status() == reqwest::StatusCode::CREATED => {
                 let v: serde_json::Value = resp.json().await.unwrap_or_default();
@@ -110,15 +151,7 @@ impl Store for RemoteStore {
                 outcomes.resize(batch.len(), Outcome::Stored { id: 0 });
                 Ok(Committed::new(outcomes))
             }
-            Ok(resp) => {
-                let status = resp.status();
-                let text = resp.text().await.unwrap_or_default();
-                Err(StoreError::Write(format!(
-                    "the API at {} answered {status}: {}",
-                    self.url,
-                    text.chars().take(300).collect::<String>()
-                )))
-            }
+            Ok(resp) => Err(StoreError::Write(self.refused(resp).await)),
             Err(e) => Err(StoreError::Write(format!(
                 "cannot reach the API at {}: {}",
                 self.url,
@@ -140,6 +173,32 @@ impl Store for RemoteStore {
         Err(StoreError::Query(
             "`subscribe` stores nothing itself; query the API it forwards to".into(),
         ))
+    }
+
+    /// Kept by the tidegate this process forwards to, which has the database.
+    async fn subscriptions(&self, client_id: &str) -> Result<Option<Vec<String>>, StoreError> {
+        #[derive(serde::Deserialize)]
+        struct Record {
+            filters: Option<Vec<String>>,
+        }
+        let url = self.subscriptions_url(client_id)?;
+        let resp = self.send(self.http.get(url)).await.map_err(StoreError::Query)?;
+        let record: Record = resp.json().await.map_err(|e| {
+            StoreError::Query(format!(
+                "the API at {} answered something else than a subscription record: {}",
+                self.url,
+                e.without_url()
+            ))
+        })?;
+        Ok(record.filters)
+    }
+
+    async fn record_subscriptions(&self, client_id: &str, filters: &[String]) -> Result<(), StoreError> {
+        let url = self.subscriptions_url(client_id)?;
+        self.send(self.http.put(url).json(&json!({ "filters": filters })))
+            .await
+            .map_err(StoreError::Write)?;
+        Ok(())
     }
 
     fn describe(&self) -> String {
