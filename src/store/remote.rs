@@ -185,7 +185,7 @@ impl Store for RemoteStore {
         let resp = self.send(self.http.get(url)).await.map_err(StoreError::Query)?;
         let record: Record = resp.json().await.map_err(|e| {
             StoreError::Query(format!(
-                "the API at {} answered something else than a subscription record: {}",
+                "the API at {} answered something other than a subscription record: {}",
                 self.url,
                 e.without_url()
             ))
