@@ -135,13 +135,12 @@ impl Store for RemoteStore {
             let f = self.failed.lock().unwrap_or_else(|p| p.into_inner());
             f.as_ref().is_some_and(|b| Arc::ptr_eq(b, &batch))
         };
-        let req = self.authorized(
-            self.http
-                .post(format!("{}/api/v1/messages", self.url))
-                .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
-                .body(Self::body(&batch, retry)),
-        );
-        let result = match req.send().await {
+        let req = self
+            .http
+            .post(format!("{}/api/v1/messages", self.url))
+            .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
+            .body(Self::body(&batch, retry));
+        let result = match self.send(req).await {
             Ok(resp) if resp.status() == reqwest::StatusCode::CREATED => {
                 let v: serde_json::Value = resp.json().await.unwrap_or_default();
                 let count = |k: &str| v.get(k).and_then(|n| n.as_u64()).unwrap_or(0) as usize;
@@ -151,12 +150,9 @@ impl Store for RemoteStore {
                 outcomes.resize(batch.len(), Outcome::Stored { id: 0 });
                 Ok(Committed::new(outcomes))
             }
+            // Committed means 201; any other answer, success or not, is not a commit.
             Ok(resp) => Err(StoreError::Write(self.refused(resp).await)),
-            Err(e) => Err(StoreError::Write(format!(
-                "cannot reach the API at {}: {}",
-                self.url,
-                e.without_url()
-            ))),
+            Err(e) => Err(StoreError::Write(e)),
         };
         let mut f = self.failed.lock().unwrap_or_else(|p| p.into_inner());
         *f = result.is_err().then(|| batch.clone());
