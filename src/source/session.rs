@@ -355,6 +355,14 @@ async fn session_loop(
             }
             Ok(Event::DisconnectSent) => {
                 tracing::info!("disconnected from the broker");
+                // The broker closes the connection once it reads our DISCONNECT. Reading until it
+                // does lets our socket close with nothing unread: a socket closed with unread
+                // data sends a reset, and the broker then drops what it had not read yet, the
+                // last acknowledgements among it (redelivered, and recognised, next run).
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    while eventloop.poll(&session, s.max_payload).await.is_ok() {}
+                })
+                .await;
                 return;
             }
             Ok(Event::Other) => {}

@@ -138,11 +138,21 @@ impl Mosquitto {
             child: None,
             conf: conf_path,
         };
+        // A port from `free_port` is free only until it is let go: a test running beside this
+        // one can bind it before Mosquitto does, and Mosquitto then exits. Other ports, then.
+        for _ in 1..5 {
+            if m.try_spawn() {
+                return m;
+            }
+            m.move_to_other_ports();
+        }
         m.spawn();
         m
     }
 
-    fn spawn(&mut self) {
+    /// Starts Mosquitto and waits until it listens; false when it exited first (its log says
+    /// why) or did not listen in time.
+    fn try_spawn(&mut self) -> bool {
         let child = Command::new("mosquitto")
             .arg("-c")
             .arg(&self.conf)
@@ -153,9 +163,47 @@ impl Mosquitto {
         self.child = Some(child);
         let port = self.port;
         let up = super::wait_for(Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+            let exited = self
+                .child
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+            if exited {
+                return Some(false);
+            }
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .ok()
+                .map(|_| true)
         });
-        assert!(up.is_some(), "mosquitto did not start on port {port}");
+        if up != Some(true) {
+            self.kill9();
+        }
+        up == Some(true)
+    }
+
+    fn spawn(&mut self) {
+        assert!(
+            self.try_spawn(),
+            "mosquitto did not start on port {}; its log:\n{}",
+            self.port,
+            std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+        );
+    }
+
+    /// Rewrites the config with new listener ports, after one was taken.
+    fn move_to_other_ports(&mut self) {
+        let mut conf = std::fs::read_to_string(&self.conf).unwrap();
+        let port = super::free_port();
+        conf = conf.replace(&format!("listener {} ", self.port), &format!("listener {port} "));
+        self.port = port;
+        if self.ws_port != 0 {
+            let ws_port = super::free_port();
+            conf = conf.replace(
+                &format!("listener {} ", self.ws_port),
+                &format!("listener {ws_port} "),
+            );
+            self.ws_port = ws_port;
+        }
+        std::fs::write(&self.conf, conf).unwrap();
     }
 
     pub fn url(&self) -> String {
