@@ -221,28 +221,31 @@ fn the_systemd_unit_verifies_without_warnings() {
     assert!(text.trim().is_empty(), "systemd-analyze printed: {text}");
 }
 
-#[test]
-fn json_logs_are_one_object_per_line_with_stable_fields() {
+/// The log of a run that subscribes and stops cleanly; `first` goes before the subcommand. The
+/// log goes to a file, as it would under systemd or with `2> tidegate.log`.
+fn log_of_a_short_run(first: &[&str], client_id: &str) -> String {
     let broker = Mosquitto::start(BrokerOptions::default());
     let dir = tempfile::tempdir().unwrap();
-    let dbp = dir.path().join("j.db");
+    let dbp = dir.path().join("l.db");
     let url = broker.url();
-    let mut t = Tidegate::subscribed(
-        &[
-            "--log-format",
-            "json",
-            "run",
-            "--broker",
-            &url,
-            "--db",
-            dbp.to_str().unwrap(),
-            "--client-id",
-            "json-logs",
-        ],
-        dir.path(),
-    );
+    let mut args = first.to_vec();
+    args.extend([
+        "run",
+        "--broker",
+        &url,
+        "--db",
+        dbp.to_str().unwrap(),
+        "--client-id",
+        client_id,
+    ]);
+    let mut t = Tidegate::subscribed(&args, dir.path());
     assert!(t.term().success());
-    let text = t.log_text();
+    t.log_text()
+}
+
+#[test]
+fn json_logs_are_one_object_per_line_with_stable_fields() {
+    let text = log_of_a_short_run(&["--log-format", "json"], "json-logs");
     let mut seen = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let v: serde_json::Value =
@@ -255,6 +258,13 @@ fn json_logs_are_one_object_per_line_with_stable_fields() {
     for m in ["connecting to the broker", "subscribed", "stopped cleanly"] {
         assert!(seen.iter().any(|s| s.contains(m)), "{m} not logged: {seen:?}");
     }
+}
+
+#[test]
+fn text_logs_written_to_a_file_carry_no_colour_codes() {
+    let text = log_of_a_short_run(&[], "text-logs");
+    assert!(!text.contains('\u{1b}'), "escape codes in a log file: {text:?}");
+    assert!(text.contains("store=sqlite://"), "fields not as written: {text}");
 }
 
 #[test]

@@ -107,9 +107,7 @@ impl Tidegate {
             let text = text.get(self.log_start..).unwrap_or("");
             let at = text.rfind("API listening on http://")?;
             let rest = &text[at + "API listening on ".len()..];
-            let end = rest
-                .find(|c: char| c.is_whitespace() || c == '\x1b')
-                .unwrap_or(rest.len());
+            let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
             Some(rest[..end].to_string())
         });
         found.unwrap_or_else(|| panic!("no API address in the log:\n{}", self.log_text()))
