@@ -215,6 +215,27 @@ fn v5_qos(q: u8) -> v5::mqttbytes::QoS {
 #[error("{0}")]
 pub struct ConnectionError(pub String);
 
+/// What the broker announced in its CONNACK that bears on tidegate, as `name=value` pairs for
+/// the log: only what it sent (an absent property is MQTT's default), `none` when nothing.
+fn connack_detail(p: Option<&v5::mqttbytes::v5::ConnAckProperties>) -> String {
+    let Some(p) = p else { return "none".into() };
+    let parts: Vec<String> = [
+        p.receive_max.map(|v| format!("receive_maximum={v}")),
+        p.max_packet_size.map(|v| format!("max_packet_size={v}")),
+        p.session_expiry_interval.map(|v| format!("session_expiry={v}s")),
+        p.shared_subscription_available
+            .map(|v| format!("shared_subscriptions={}", if v == 0 { "no" } else { "yes" })),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(" ")
+    }
+}
+
 impl EventLoop {
     pub async fn poll(
         &mut self,
@@ -227,15 +248,7 @@ impl EventLoop {
                 match e.poll().await.map_err(|e| ConnectionError(describe_v5(&e)))? {
                     E::Incoming(Packet::ConnAck(ca)) => Ok(Event::ConnAck {
                         session_present: ca.session_present,
-                        detail: ca
-                            .properties
-                            .map(|p| {
-                                format!(
-                                    "receive_maximum={:?} max_packet_size={:?} session_expiry={:?} shared_subscriptions={:?}",
-                                    p.receive_max, p.max_packet_size, p.session_expiry_interval, p.shared_subscription_available
-                                )
-                            })
-                            .unwrap_or_default(),
+                        detail: connack_detail(ca.properties.as_ref()),
                     }),
                     // The event is ours: its payload and properties move into the message
                     // rather than being copied (and the copies' reference counts dropped).
@@ -259,7 +272,10 @@ impl EventLoop {
                             m.user_properties = props.user_properties;
                         }
                         let token = (p.qos != v5::mqttbytes::QoS::AtMostOnce).then_some({
-                            AckToken::V5 { pkid: p.pkid, qos: p.qos }
+                            AckToken::V5 {
+                                pkid: p.pkid,
+                                qos: p.qos,
+                            }
                         });
                         Ok(Event::Publish(m, token))
                     }
@@ -271,7 +287,9 @@ impl EventLoop {
                             .map(|c| format!("{c:?}"))
                             .collect(),
                     }),
-                    E::Incoming(Packet::Disconnect(d)) => Ok(Event::Disconnected(format!("{:?}", d.reason_code))),
+                    E::Incoming(Packet::Disconnect(d)) => {
+                        Ok(Event::Disconnected(format!("{:?}", d.reason_code)))
+                    }
                     E::Outgoing(rumqttc::Outgoing::Disconnect) => Ok(Event::DisconnectSent),
                     _ => Ok(Event::Other),
                 }
@@ -281,7 +299,7 @@ impl EventLoop {
                 match e.poll().await.map_err(|e| ConnectionError(describe_v4(&e)))? {
                     E::Incoming(Packet::ConnAck(ca)) => Ok(Event::ConnAck {
                         session_present: ca.session_present,
-                        detail: String::new(),
+                        detail: connack_detail(None),
                     }),
                     E::Incoming(Packet::Publish(p)) => {
                         let m = Message::new(
@@ -347,5 +365,42 @@ fn describe_v4(e: &rumqttc::ConnectionError) -> String {
             format!("TLS failed: {t} (is the broker's CA trusted? see --ca-file)")
         }
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connack_detail_names_only_what_the_broker_announced() {
+        assert_eq!(connack_detail(None), "none");
+        let mut p = v5::mqttbytes::v5::ConnAckProperties {
+            session_expiry_interval: None,
+            receive_max: None,
+            max_qos: None,
+            retain_available: None,
+            max_packet_size: None,
+            assigned_client_identifier: None,
+            topic_alias_max: None,
+            reason_string: None,
+            user_properties: Vec::new(),
+            wildcard_subscription_available: None,
+            subscription_identifiers_available: None,
+            shared_subscription_available: None,
+            server_keep_alive: None,
+            response_information: None,
+            server_reference: None,
+            authentication_method: None,
+            authentication_data: None,
+        };
+        assert_eq!(connack_detail(Some(&p)), "none");
+        p.receive_max = Some(20);
+        p.session_expiry_interval = Some(3600);
+        p.shared_subscription_available = Some(0);
+        assert_eq!(
+            connack_detail(Some(&p)),
+            "receive_maximum=20 session_expiry=3600s shared_subscriptions=no"
+        );
     }
 }
