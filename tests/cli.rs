@@ -261,10 +261,17 @@ fn json_logs_are_one_object_per_line_with_stable_fields() {
 }
 
 #[test]
-fn text_logs_written_to_a_file_carry_no_colour_codes() {
+fn text_logs_in_a_file_are_plain_with_values_as_users_write_them() {
     let text = log_of_a_short_run(&[], "text-logs");
     assert!(!text.contains('\u{1b}'), "escape codes in a log file: {text:?}");
     assert!(text.contains("store=sqlite://"), "fields not as written: {text}");
+    // Values as a user writes them, not as Rust prints its types.
+    assert!(
+        text.lines()
+            .any(|l| l.contains("connecting to the broker") && l.ends_with(" version=5")),
+        "{text}"
+    );
+    assert!(!text.contains("Some("), "{text}");
 }
 
 #[test]

@@ -41,6 +41,16 @@ pub enum MqttVersion {
     V311,
 }
 
+/// As `--mqtt-version` takes it, for logs.
+impl std::fmt::Display for MqttVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MqttVersion::V5 => "5",
+            MqttVersion::V311 => "3.1.1",
+        })
+    }
+}
+
 impl MqttVersion {
     /// How many deliveries the broker may send before it waits for tidegate's acknowledgements.
     /// MQTT 5: the Receive Maximum tidegate announces. MQTT 3.1.1 has no way to announce one,

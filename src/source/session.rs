@@ -106,7 +106,7 @@ impl MqttSource {
             broker = %settings.broker,
             client_id = %settings.client_id,
             topics = ?settings.topics,
-            version = ?settings.version,
+            version = %settings.version,
             "connecting to the broker"
         );
         let task = tokio::spawn(session_loop(
