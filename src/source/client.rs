@@ -218,13 +218,30 @@ pub struct ConnectionError(pub String);
 /// What the broker announced in its CONNACK that bears on tidegate, as `name=value` pairs for
 /// the log: only what it sent (an absent property is MQTT's default), `none` when nothing.
 fn connack_detail(p: Option<&v5::mqttbytes::v5::ConnAckProperties>) -> String {
-    let Some(p) = p else { return "none".into() };
+    p.map_or_else(
+        || "none".into(),
+        |p| {
+            announced(
+                p.receive_max,
+                p.max_packet_size,
+                p.session_expiry_interval,
+                p.shared_subscription_available,
+            )
+        },
+    )
+}
+
+fn announced(
+    receive_max: Option<u16>,
+    max_packet_size: Option<u32>,
+    session_expiry: Option<u32>,
+    shared_subscriptions: Option<u8>,
+) -> String {
     let parts: Vec<String> = [
-        p.receive_max.map(|v| format!("receive_maximum={v}")),
-        p.max_packet_size.map(|v| format!("max_packet_size={v}")),
-        p.session_expiry_interval.map(|v| format!("session_expiry={v}s")),
-        p.shared_subscription_available
-            .map(|v| format!("shared_subscriptions={}", if v == 0 { "no" } else { "yes" })),
+        receive_max.map(|v| format!("receive_maximum={v}")),
+        max_packet_size.map(|v| format!("max_packet_size={v}")),
+        session_expiry.map(|v| format!("session_expiry={v}s")),
+        shared_subscriptions.map(|v| format!("shared_subscriptions={}", if v == 0 { "no" } else { "yes" })),
     ]
     .into_iter()
     .flatten()
@@ -375,32 +392,14 @@ mod tests {
     #[test]
     fn the_connack_detail_names_only_what_the_broker_announced() {
         assert_eq!(connack_detail(None), "none");
-        let mut p = v5::mqttbytes::v5::ConnAckProperties {
-            session_expiry_interval: None,
-            receive_max: None,
-            max_qos: None,
-            retain_available: None,
-            max_packet_size: None,
-            assigned_client_identifier: None,
-            topic_alias_max: None,
-            reason_string: None,
-            user_properties: Vec::new(),
-            wildcard_subscription_available: None,
-            subscription_identifiers_available: None,
-            shared_subscription_available: None,
-            server_keep_alive: None,
-            response_information: None,
-            server_reference: None,
-            authentication_method: None,
-            authentication_data: None,
-        };
-        assert_eq!(connack_detail(Some(&p)), "none");
-        p.receive_max = Some(20);
-        p.session_expiry_interval = Some(3600);
-        p.shared_subscription_available = Some(0);
+        assert_eq!(announced(None, None, None, None), "none");
         assert_eq!(
-            connack_detail(Some(&p)),
+            announced(Some(20), None, Some(3600), Some(0)),
             "receive_maximum=20 session_expiry=3600s shared_subscriptions=no"
+        );
+        assert_eq!(
+            announced(None, Some(1024), None, Some(1)),
+            "max_packet_size=1024 shared_subscriptions=yes"
         );
     }
 }
