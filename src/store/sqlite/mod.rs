@@ -82,8 +82,9 @@ impl SqliteStore {
         };
         conn.pragma_update(None, "synchronous", sync_level)
             .map_err(|e| open_err(e.to_string()))?;
-        // A 16 MiB page cache keeps the hot index pages of the append-only tables in memory.
-        conn.pragma_update(None, "cache_size", -16_384)
+        // An 8 MiB page cache: 16 MiB took 9–11 MiB more peak memory and measured no faster,
+        // with 3 series or with 3,000 and 12,000 (docs/performance.md, session 29).
+        conn.pragma_update(None, "cache_size", -8_192)
             .map_err(|e| open_err(e.to_string()))?;
         // A long reader (a Metabase dashboard) keeps the WAL from restarting, so it grows past
         // the 4 MiB autocheckpoint; once it does restart, trim it back instead of keeping the peak.
