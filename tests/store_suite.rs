@@ -909,7 +909,12 @@ fn sqlite_file(name: &str) -> (tempfile::TempDir, std::path::PathBuf, StoreSetti
 /// How SQLite plans a `readings` question filtered by device over a time range, as Metabase asks
 /// it.
 fn device_plan(c: &rusqlite::Connection) -> String {
-    c.prepare("EXPLAIN QUERY PLAN SELECT ts, value FROM readings WHERE device = 'pump' AND field = 'temp' AND ts >= '2026-01-01 00:00:00.000'")
+    plan(c, "SELECT ts, value FROM readings WHERE device = 'pump' AND field = 'temp' AND ts >= '2026-01-01 00:00:00.000'")
+}
+
+/// How SQLite plans `sql`, its steps joined by ` | `.
+fn plan(c: &rusqlite::Connection, sql: &str) -> String {
+    c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
         .unwrap()
         .query_map([], |r| r.get::<_, String>(3))
         .unwrap()
@@ -976,6 +981,117 @@ fn an_sqlite_database_at_schema_8_gets_the_device_index_and_device_questions_sta
         "{before} → {after}"
     );
     assert!(after.ends_with("|plant/d1|pump|temp|6.0"), "{after}");
+}
+
+/// The columns of a rollup table's key, in order.
+fn rollup_key(c: &rusqlite::Connection, table: &str) -> String {
+    c.query_row(
+        &format!(
+            "SELECT group_concat(name, ',') FROM (SELECT name FROM pragma_index_xinfo(
+                (SELECT name FROM pragma_index_list('{table}') WHERE origin = 'pk')) WHERE key ORDER BY seqno)"
+        ),
+        [],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+/// Schema 10 keys the rollups by bucket first, so that a batch's upserts land together at the
+/// end of each table instead of on a page per series: a schema-9 file is re-keyed in place, its
+/// rollups unchanged, and later readings add to the buckets it already had.
+#[test]
+fn an_sqlite_database_at_schema_9_gets_its_rollups_keyed_by_bucket_and_keeps_them() {
+    let (_dir, path, settings) = sqlite_file("v9.db");
+    let at = |device: &str, ts: &str, temp: i32| {
+        with_readings(msg(
+            "plant/d1",
+            format!(r#"{{"device":"{device}","ts":"{ts}","temp":{temp}}}"#).as_bytes(),
+        ))
+    };
+    rt().block_on(async {
+        let s = store::open(&settings).await.unwrap();
+        write(
+            &s,
+            vec![
+                at("pump", "2026-01-01T00:00:10Z", 5),
+                at("pump", "2026-01-01T00:01:10Z", 7),
+                at("fan", "2026-01-01T00:01:20Z", 1),
+            ],
+        )
+        .await;
+    });
+    let rollups = |t: &str| {
+        format!(
+            "SELECT group_concat(bucket || '|' || device || '|' || field || '|' || count || '|' || sum || '|' || last, ';')
+             FROM (SELECT * FROM {t} ORDER BY bucket, device, field)"
+        )
+    };
+    let before = text_rows(&settings, &rollups("readings_1m"));
+    let hour_before = text_rows(&settings, &rollups("readings_1h"));
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        assert_eq!(rollup_key(&c, "readings_1m"), "bucket,topic,device,field");
+        // Schema 9's layout, as a tidegate of that version left it.
+        for t in ["readings_1m", "readings_1h"] {
+            c.execute_batch(&format!(
+                "CREATE TABLE {t}_v9 (topic TEXT NOT NULL, device TEXT NOT NULL, field TEXT NOT NULL, bucket DATETIME NOT NULL,
+                                      count INTEGER NOT NULL, min REAL NOT NULL, max REAL NOT NULL, sum REAL NOT NULL,
+                                      avg REAL NOT NULL, last REAL NOT NULL, last_ts DATETIME NOT NULL,
+                                      PRIMARY KEY (topic, device, field, bucket)) WITHOUT ROWID;
+                 INSERT INTO {t}_v9 SELECT topic, device, field, bucket, count, min, max, sum, avg, last, last_ts FROM {t};
+                 DROP TABLE {t};
+                 ALTER TABLE {t}_v9 RENAME TO {t};
+                 CREATE INDEX {t}_bucket ON {t} (bucket);
+                 CREATE INDEX {t}_device_field ON {t} (device, field, bucket);"
+            ))
+            .unwrap();
+        }
+        c.execute_batch("PRAGMA user_version = 9;").unwrap();
+        assert_eq!(rollup_key(&c, "readings_1m"), "topic,device,field,bucket");
+    }
+    assert_eq!(text_rows(&settings, &rollups("readings_1m")), before);
+    rt().block_on(async {
+        let s = store::open(&settings).await.unwrap();
+        write(&s, vec![at("pump", "2026-01-01T00:01:40Z", 9)]).await;
+    });
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let v: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+    assert_eq!(v, tidegate::store::sqlite::SCHEMA_VERSION);
+    for t in ["readings_1m", "readings_1h"] {
+        assert_eq!(rollup_key(&c, t), "bucket,topic,device,field", "{t}");
+        let indexes: String = c
+            .query_row(
+                &format!("SELECT group_concat(name, ',') FROM (SELECT name FROM pragma_index_list('{t}') WHERE origin = 'c' ORDER BY name)"),
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(indexes, format!("{t}_device_field,{t}_series"));
+    }
+    assert_eq!(
+        before,
+        "2026-01-01 00:00:00.000|pump|temp|1|5.0|5.0;2026-01-01 00:01:00.000|fan|temp|1|1.0|1.0;2026-01-01 00:01:00.000|pump|temp|1|7.0|7.0"
+    );
+    assert_eq!(
+        text_rows(&settings, &rollups("readings_1m")),
+        "2026-01-01 00:00:00.000|pump|temp|1|5.0|5.0;2026-01-01 00:01:00.000|fan|temp|1|1.0|1.0;2026-01-01 00:01:00.000|pump|temp|2|16.0|9.0"
+    );
+    assert_eq!(
+        hour_before,
+        "2026-01-01 00:00:00.000|fan|temp|1|1.0|1.0;2026-01-01 00:00:00.000|pump|temp|2|12.0|7.0"
+    );
+    assert_eq!(
+        text_rows(&settings, &rollups("readings_1h")),
+        "2026-01-01 00:00:00.000|fan|temp|1|1.0|1.0;2026-01-01 00:00:00.000|pump|temp|3|21.0|9.0"
+    );
+    let plan = plan(
+        &c,
+        "SELECT bucket, avg FROM readings_1m WHERE topic = 'plant/d1' AND device = 'pump' AND field = 'temp' ORDER BY bucket",
+    );
+    assert!(
+        plan.contains("INDEX readings_1m_series"),
+        "one series' buckets come from the series index: {plan}"
+    );
 }
 
 /// Turns the current SQLite schema's readings back into schema 6's one table, as a tidegate of
