@@ -762,6 +762,59 @@ fn a_postgres_database_at_schema_5_is_upgraded_in_place() {
     );
 }
 
+/// PostgreSQL keeps room on the pages of the rollups and `readings_latest`, whose rows every
+/// batch updates: an update then stays on its row's page (heap-only), with no new entry in the
+/// table's indexes. Enough series to fill pages, then one more reading each: no row moved.
+#[test]
+fn postgres_updates_rollups_and_latest_values_in_place() {
+    let (server, db, settings) = fresh_pg();
+    let batch = |v: i32| {
+        (0..400)
+            .map(|i| {
+                with_readings(msg(
+                    &format!("room/{i}"),
+                    format!(r#"{{"ts":"2026-01-01T00:00:10Z","temp":{v}}}"#).as_bytes(),
+                ))
+            })
+            .collect::<Vec<_>>()
+    };
+    let pages = |table: &str| {
+        support::pg::psql(
+            &server,
+            &db,
+            &format!(
+                "SELECT string_agg(topic || '@' || (ctid::text::point)[0], ' ' ORDER BY topic) FROM {table}"
+            ),
+        )
+    };
+    rt().block_on(async {
+        let s = store::open(&settings).await.unwrap();
+        write(&s, batch(1)).await;
+        let before: Vec<String> = ["readings_1m", "readings_1h", "readings_latest"]
+            .map(pages)
+            .into();
+        assert!(
+            before[0].contains("@1"),
+            "the rows fill more than a page: {}",
+            before[0]
+        );
+        write(&s, batch(2)).await;
+        let after: Vec<String> = ["readings_1m", "readings_1h", "readings_latest"]
+            .map(pages)
+            .into();
+        assert_eq!(before, after);
+    });
+    assert_eq!(
+        support::pg::psql(
+            &server,
+            &db,
+            "SELECT count(*) || ' ' || sum(count) || ' ' || max(last) FROM readings_1m"
+        )
+        .trim(),
+        "400 800 2"
+    );
+}
+
 /// Every store keeps a session's delivery marks one row per batch and drops a row once 65,535
 /// newer marks exist (no more messages than that can be in flight): after 80,000 deliveries,
 /// recent redeliveries are still recognised and the oldest row is gone.
