@@ -1003,6 +1003,7 @@ fn an_sqlite_database_at_schema_8_gets_the_device_index_and_device_questions_sta
             fresh.contains("INDEX series_device"),
             "a new file has it: {fresh}"
         );
+        back_to_one_rollup_table(&c);
         c.execute_batch("DROP INDEX series_device; PRAGMA user_version = 8;")
             .unwrap();
         let old = device_plan(&c);
@@ -1049,11 +1050,14 @@ fn rollup_key(c: &rusqlite::Connection, table: &str) -> String {
     .unwrap()
 }
 
-/// Schema 10 keys the rollups by bucket first, so that a batch's upserts land together at the
-/// end of each table instead of on a page per series: a schema-9 file is re-keyed in place, its
-/// rollups unchanged, and later readings add to the buckets it already had.
+/// Schema 10 splits each rollup table behind a view of its name: the buckets still filling in an
+/// `_open` table keyed by bucket (so a batch's upserts land on a few pages), the others in the old
+/// table, renamed `_closed` and still keyed by series (so a chart of one series reads its
+/// buckets together). A schema-9 file reads the same through the view, a late reading merges
+/// into its closed bucket, a current one goes to the open part, and the view's columns keep
+/// their declared types for Metabase.
 #[test]
-fn an_sqlite_database_at_schema_9_gets_its_rollups_keyed_by_bucket_and_keeps_them() {
+fn an_sqlite_database_at_schema_9_gets_its_rollups_split_open_and_closed_and_reads_the_same() {
     let (_dir, path, settings) = sqlite_file("v9.db");
     let at = |device: &str, ts: &str, temp: i32| {
         with_readings(msg(
@@ -1076,50 +1080,75 @@ fn an_sqlite_database_at_schema_9_gets_its_rollups_keyed_by_bucket_and_keeps_the
     let rollups = |t: &str| {
         format!(
             "SELECT group_concat(bucket || '|' || device || '|' || field || '|' || count || '|' || sum || '|' || last, ';')
-             FROM (SELECT * FROM {t} ORDER BY bucket, device, field)"
+             FROM (SELECT * FROM {t} WHERE bucket < '2026-06-01' ORDER BY bucket, device, field)"
         )
     };
     let before = text_rows(&settings, &rollups("readings_1m"));
     let hour_before = text_rows(&settings, &rollups("readings_1h"));
     {
         let c = rusqlite::Connection::open(&path).unwrap();
-        assert_eq!(rollup_key(&c, "readings_1m"), "bucket,topic,device,field");
-        // Schema 9's layout, as a tidegate of that version left it.
-        for t in ["readings_1m", "readings_1h"] {
-            c.execute_batch(&format!(
-                "CREATE TABLE {t}_v9 (topic TEXT NOT NULL, device TEXT NOT NULL, field TEXT NOT NULL, bucket DATETIME NOT NULL,
-                                      count INTEGER NOT NULL, min REAL NOT NULL, max REAL NOT NULL, sum REAL NOT NULL,
-                                      avg REAL NOT NULL, last REAL NOT NULL, last_ts DATETIME NOT NULL,
-                                      PRIMARY KEY (topic, device, field, bucket)) WITHOUT ROWID;
-                 INSERT INTO {t}_v9 SELECT topic, device, field, bucket, count, min, max, sum, avg, last, last_ts FROM {t};
-                 DROP TABLE {t};
-                 ALTER TABLE {t}_v9 RENAME TO {t};
-                 CREATE INDEX {t}_bucket ON {t} (bucket);
-                 CREATE INDEX {t}_device_field ON {t} (device, field, bucket);"
-            ))
-            .unwrap();
-        }
+        back_to_one_rollup_table(&c);
         c.execute_batch("PRAGMA user_version = 9;").unwrap();
         assert_eq!(rollup_key(&c, "readings_1m"), "topic,device,field,bucket");
     }
     assert_eq!(text_rows(&settings, &rollups("readings_1m")), before);
     rt().block_on(async {
         let s = store::open(&settings).await.unwrap();
-        write(&s, vec![at("pump", "2026-01-01T00:01:40Z", 9)]).await;
+        let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+        write(
+            &s,
+            vec![at("pump", "2026-01-01T00:01:40Z", 9), at("pump", &now, 3)],
+        )
+        .await;
     });
     let c = rusqlite::Connection::open(&path).unwrap();
     let v: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
     assert_eq!(v, tidegate::store::sqlite::SCHEMA_VERSION);
+    let count = |sql: &str| -> i64 { c.query_row(sql, [], |r| r.get(0)).unwrap() };
     for t in ["readings_1m", "readings_1h"] {
-        assert_eq!(rollup_key(&c, t), "bucket,topic,device,field", "{t}");
-        let indexes: String = c
+        assert_eq!(
+            rollup_key(&c, &format!("{t}_closed")),
+            "topic,device,field,bucket",
+            "{t}"
+        );
+        assert_eq!(
+            rollup_key(&c, &format!("{t}_open")),
+            "bucket,topic,device,field",
+            "{t}"
+        );
+        assert_eq!(
+            count(&format!(
+                "SELECT count(*) FROM {t}_open WHERE bucket < '2026-06-01'"
+            )),
+            0,
+            "{t}"
+        );
+        assert_eq!(
+            count(&format!(
+                "SELECT count(*) FROM {t}_open WHERE count = 1 AND last = 3"
+            )),
+            1,
+            "{t}: the current bucket is open"
+        );
+        assert_eq!(
+            count(&format!(
+                "SELECT count(*) FROM {t}_closed WHERE bucket > '2026-06-01'"
+            )),
+            0,
+            "{t}"
+        );
+        let types: String = c
             .query_row(
-                &format!("SELECT group_concat(name, ',') FROM (SELECT name FROM pragma_index_list('{t}') WHERE origin = 'c' ORDER BY name)"),
+                &format!("SELECT group_concat(name || ' ' || type, ', ') FROM pragma_table_info('{t}')"),
                 [],
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(indexes, format!("{t}_device_field,{t}_series"));
+        assert_eq!(
+            types,
+            "topic TEXT, device TEXT, field TEXT, bucket DATETIME, count INTEGER, min REAL, max REAL, sum REAL, avg REAL, last REAL, last_ts DATETIME",
+            "{t}"
+        );
     }
     assert_eq!(
         before,
@@ -1142,14 +1171,29 @@ fn an_sqlite_database_at_schema_9_gets_its_rollups_keyed_by_bucket_and_keeps_the
         "SELECT bucket, avg FROM readings_1m WHERE topic = 'plant/d1' AND device = 'pump' AND field = 'temp' ORDER BY bucket",
     );
     assert!(
-        plan.contains("INDEX readings_1m_series"),
-        "one series' buckets come from the series index: {plan}"
+        plan.contains("SEARCH readings_1m_closed USING PRIMARY KEY (topic=? AND device=? AND field=?)"),
+        "one series' closed buckets are read together: {plan}"
     );
+}
+
+/// Turns the current SQLite schema's rollups back into one table per width, as tidegate left
+/// them before schema 10.
+fn back_to_one_rollup_table(c: &rusqlite::Connection) {
+    for t in ["readings_1m", "readings_1h"] {
+        c.execute_batch(&format!(
+            "INSERT INTO {t}_closed SELECT * FROM {t}_open;
+             DROP VIEW {t};
+             DROP TABLE {t}_open;
+             ALTER TABLE {t}_closed RENAME TO {t};"
+        ))
+        .unwrap();
+    }
 }
 
 /// Turns the current SQLite schema's readings back into schema 6's one table, as a tidegate of
 /// that version left them.
 fn back_to_schema_6(c: &rusqlite::Connection) {
+    back_to_one_rollup_table(c);
     c.execute_batch(
         "CREATE TABLE readings_v6 (id INTEGER PRIMARY KEY, message_id INTEGER NOT NULL, ts DATETIME NOT NULL,
                                    topic TEXT NOT NULL, device TEXT, field TEXT NOT NULL, value REAL, text TEXT,

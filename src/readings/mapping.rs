@@ -195,17 +195,36 @@ impl Mapping {
     pub fn from_spec(spec: &MappingSpec) -> Result<Mapping, String> {
         crate::config::validate_filter(&spec.filter).map_err(|e| format!("mapping filter: {e}"))?;
         let table = Ident::parse(&spec.table).map_err(|e| format!("mapping table: {e}"))?;
-        const OURS: [&str; 8] = [
+        // Every table and view either store creates: a mapping of one of these names would
+        // write its rows into tidegate's own (`CREATE TABLE IF NOT EXISTS` finds it there).
+        const OURS: [&str; 25] = [
             "messages",
             "readings",
             "readings_1m",
             "readings_1h",
+            "readings_1m_open",
+            "readings_1m_closed",
+            "readings_1h_open",
+            "readings_1h_closed",
+            "readings_latest",
+            "reading_notes",
+            "series",
+            "series_points",
             "rejected",
             "topics",
             "dados",
+            "dados_seed",
             "tidegate_stats",
+            "tidegate_schema",
+            "retained_marks",
+            "delivery_marks",
+            "delivery_batches",
+            "commit_tokens",
+            "spool_positions",
+            "mqtt_subscriptions",
+            "sqlite_sequence",
         ];
-        if OURS.contains(&table.as_str()) {
+        if OURS.iter().any(|t| t.eq_ignore_ascii_case(table.as_str())) {
             return Err(format!(
                 "mapping table `{}` is one of tidegate's own tables",
                 table.as_str()
@@ -366,12 +385,24 @@ mod tests {
         assert_eq!(Ident::from_field("a.b[0]").unwrap().as_str(), "a_b_0");
         assert_eq!(Ident::from_field("Temp (°C)").unwrap().as_str(), "temp_c");
         assert_eq!(Ident::from_field("9lives").unwrap().as_str(), "f_9lives");
-        let bad = MappingSpec {
-            filter: "a".into(),
-            table: "messages".into(),
-            auto_columns: true,
-            columns: Default::default(),
-        };
-        assert!(Mapping::from_spec(&bad).is_err());
+        for ours in [
+            "messages",
+            "series",
+            "series_points",
+            "readings_latest",
+            "readings_1m_open",
+        ] {
+            let bad = MappingSpec {
+                filter: "a".into(),
+                table: ours.into(),
+                auto_columns: true,
+                columns: Default::default(),
+            };
+            let err = Mapping::from_spec(&bad).err().unwrap_or_default();
+            assert!(
+                err.contains(&format!("`{ours}` is one of tidegate's own tables")),
+                "{ours}: {err}"
+            );
+        }
     }
 }

@@ -193,25 +193,28 @@ const V9: &str = r#"
 CREATE INDEX series_device ON series (device);
 "#;
 
-/// Version 10: rollup rows keyed by bucket first, with the series index beside them. Keyed by
-/// series first, each series' current bucket sat on its own page once the tables held some
-/// history, so a batch touching many series rewrote a page of each table per series: with 3,000
-/// series and a few hours of history, 95 KB written a message and half the rate (3.2k against
-/// 7.4k msg/s; docs/performance.md, session 30). Keyed by bucket, the rows a batch updates sit
-/// together at the end; the series index gets one entry per series and bucket, when the bucket
-/// opens, and an upsert of a bucket already there leaves it alone (no key column changes).
-/// The key's order replaces the `bucket` index.
+/// Version 10: each rollup table split in two behind a view of its name. `{t}_closed` is the
+/// old table, keyed by series first, so that a chart of one series reads its buckets together;
+/// `{t}_open` holds the buckets still filling (the current minute or hour, and any later), keyed
+/// by bucket, a few rows per series. Every batch updated the current bucket of each of its
+/// series: in one table keyed by series those rows sat on a page per series once the table held
+/// some history, and a batch touching many series rewrote a page of each table per series. With
+/// 3,000 series and a few hours of history, `scripts/bench`'s many-series case wrote 69 KB a
+/// message at 4.4–5.2k msg/s, against 27 KB at 12.0–12.1k split (docs/performance.md, session
+/// 30). Keyed by bucket alone, a chart read one series' buckets a page each. Now a batch
+/// rewrites the few pages of the open table, and a closed bucket moves once
+/// (`write::close_buckets`). The writer keeps the two apart: at every commit each bucket is in
+/// exactly one of them. The upgrade renames the table in place: no row is copied.
 const V10_ROLLUP: &str = r#"
-CREATE TABLE {t}_v10 (
+ALTER TABLE {t} RENAME TO {t}_closed;
+CREATE TABLE {t}_open (
 {columns}
     PRIMARY KEY (bucket, topic, device, field)
 ) WITHOUT ROWID;
-INSERT INTO {t}_v10 SELECT topic, device, field, bucket, count, min, max, sum, avg, last, last_ts
-FROM {t} ORDER BY bucket, topic, device, field;
-DROP TABLE {t};
-ALTER TABLE {t}_v10 RENAME TO {t};
-CREATE INDEX {t}_series ON {t} (topic, device, field, bucket);
-CREATE INDEX {t}_device_field ON {t} (device, field, bucket);
+CREATE VIEW {t} AS
+SELECT topic, device, field, bucket, count, min, max, sum, avg, last, last_ts FROM {t}_closed
+UNION ALL
+SELECT topic, device, field, bucket, count, min, max, sum, avg, last, last_ts FROM {t}_open;
 "#;
 
 fn v10() -> String {
@@ -310,7 +313,7 @@ fn pack_old_marks(tx: &Connection) -> rusqlite::Result<()> {
     tx.execute_batch("DROP TABLE delivery_marks")
 }
 
-/// One rollup table per width, same layout.
+/// Schema 2's rollup tables, one per width, same layout (schema 10 splits each in two).
 const ROLLUP: &str = r#"
 CREATE TABLE {t} (
 {columns}
@@ -424,19 +427,6 @@ pub fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
         tx.execute_batch(V9)?;
     }
     if found < 10 {
-        if found >= 2 {
-            let rollups: i64 = tx.query_row(
-                "SELECT (SELECT count(*) FROM readings_1m) + (SELECT count(*) FROM readings_1h)",
-                [],
-                |r| r.get(0),
-            )?;
-            if rollups > 1_000_000 {
-                tracing::info!(
-                    rollups,
-                    "upgrading the database to schema 10: re-keying the rollup rows by time, once (about 6 s per million rows); nothing is written until it is done"
-                );
-            }
-        }
         tx.execute_batch(&v10())?;
     }
     tx.pragma_update(None, "user_version", VERSION)?;
