@@ -287,7 +287,7 @@ fn write_in_transaction(
             let t = width.table();
             let upsert = |part: &str| {
                 format!(
-                    "INSERT INTO {t}_{part} (topic, device, field, bucket, count, min, max, sum, avg, last, last_ts)
+                    "INSERT INTO {t}_{part} ({ROLLUP_COLUMNS})
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8 / ?5, ?9, ?10)
                      ON CONFLICT (topic, device, field, bucket) DO UPDATE SET {MERGE}"
                 )
@@ -345,6 +345,9 @@ fn insert_messages(tx: &Connection, messages: &[MessageRow<'_>]) -> rusqlite::Re
     Ok(tx.last_insert_rowid() - (n as i64 - 1))
 }
 
+/// A rollup row's columns, in both parts of its table.
+const ROLLUP_COLUMNS: &str = "topic, device, field, bucket, count, min, max, sum, avg, last, last_ts";
+
 /// How a rollup row already stored (`excluded` being the one arriving) takes in another.
 const MERGE: &str = "count = count + excluded.count,
                     min = min(min, excluded.min),
@@ -381,9 +384,8 @@ pub(super) fn close_buckets(
 ) -> rusqlite::Result<OpenBuckets> {
     let t = width.table();
     let current = crate::time::to_sql_text(width.floor(now));
-    const COLUMNS: &str = "topic, device, field, bucket, count, min, max, sum, avg, last, last_ts";
     tx.prepare_cached(&format!(
-        "INSERT INTO {t}_closed ({COLUMNS}) SELECT {COLUMNS} FROM {t}_open WHERE bucket < ?1
+        "INSERT INTO {t}_closed ({ROLLUP_COLUMNS}) SELECT {ROLLUP_COLUMNS} FROM {t}_open WHERE bucket < ?1
          ON CONFLICT (topic, device, field, bucket) DO UPDATE SET {MERGE}"
     ))?
     .execute([&current])?;
