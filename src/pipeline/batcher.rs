@@ -60,11 +60,18 @@ impl Batcher {
     /// Whether the batch should go to the store now: it is full, it owes the broker its whole
     /// in-flight window, its linger is over, or nothing more can arrive (`open` is false).
     pub fn ready(&self, open: bool) -> bool {
-        !self.building.is_empty()
-            && (!self.has_room()
-                || self.building.owed() >= self.ack_window
-                || !open
-                || self.due().is_some_and(|d| d <= Instant::now()))
+        self.complete(open) || (!self.building.is_empty() && self.due().is_some_and(|d| d <= Instant::now()))
+    }
+
+    /// Whether the batch cannot usefully grow: it is full, it owes the broker its whole
+    /// in-flight window, or nothing more can arrive (`open` is false).
+    pub fn complete(&self, open: bool) -> bool {
+        !self.building.is_empty() && (!self.has_room() || self.building.owed() >= self.ack_window || !open)
+    }
+
+    /// Messages in the batch being built.
+    pub fn size(&self) -> usize {
+        self.building.len()
     }
 
     pub fn take(&mut self) -> Batch {

@@ -17,6 +17,11 @@ use crate::{
     telemetry as t,
 };
 
+/// The size from which a batch is handed to a store that is still committing the one before.
+/// Smaller ones wait for that commit to end, growing meanwhile: a batch costs the pipeline and
+/// the store a little whatever it holds.
+const QUEUE_AT: usize = 256;
+
 /// Messages as they are committed, for the live stream.
 pub type Live = broadcast::Sender<Arc<StoredMessage>>;
 
@@ -40,9 +45,11 @@ impl Writer {
     /// store cannot write.
     ///
     /// The next batch is gathered and its readings derived while the previous one commits; a
-    /// store that queues (`Store::queue_depth`) is handed it at once, so its writer goes from one
-    /// commit to the next without waiting for this loop. Batches are acknowledged in the order
-    /// they were handed over, whatever order their answers come in.
+    /// store that queues (`Store::queue_depth`) is handed it once it holds `QUEUE_AT` messages
+    /// (or cannot grow), so its writer goes from one commit to the next without waiting for this
+    /// loop, and a store that commits what it has queued together (SQLite) gets all of it in its
+    /// next commit. What is queued stays under two full batches. Batches are acknowledged in the
+    /// order they were handed over, whatever order their answers come in.
     pub async fn run(self, mut rx: mpsc::Receiver<Ingest>) {
         let Writer {
             store,
@@ -68,13 +75,29 @@ impl Writer {
         });
         let mut batcher = Batcher::new(settings.batch_size, settings.batch_delay, settings.ack_window);
         let mut in_flight = FuturesOrdered::new();
+        // Messages in the batches handed over and not yet answered.
+        let mut queued = 0;
+        let most_queued = 2 * settings.batch_size;
         let mut open = true;
         loop {
             let due = batcher.due();
+            // Whether the batch being built may be handed over now, if it is ready. Behind a
+            // running commit, only a batch large enough or one that cannot grow: a smaller one
+            // waits for the commit to end, growing meanwhile.
+            let may_go = |batcher: &Batcher, in_flight: usize, queued: usize, open: bool| {
+                in_flight == 0
+                    || (in_flight < depth
+                        && queued + batcher.size() <= most_queued
+                        && (batcher.size() >= QUEUE_AT || batcher.complete(open)))
+            };
             tokio::select! {
                 biased;
                 done = in_flight.next(), if !in_flight.is_empty() => match done {
-                    Some(Some((batch, committed))) => committer.acknowledge(batch, &committed),
+                    Some(Some((batch, committed))) => {
+                        let batch: SealedBatch = batch;
+                        queued -= batch.messages.len();
+                        committer.acknowledge(batch, &committed);
+                    }
                     // Stopping with a batch that could not be committed: it stays unacknowledged,
                     // and so does everything after it.
                     _ => return,
@@ -92,7 +115,7 @@ impl Writer {
                         Some(due) => tokio::time::sleep_until(due).await,
                         None => std::future::pending().await,
                     }
-                }, if in_flight.len() < depth && due.is_some() => {}
+                }, if due.is_some() && may_go(&batcher, in_flight.len(), queued, open) => {}
                 else => break,
             }
             if in_flight.len() < depth {
@@ -107,8 +130,10 @@ impl Writer {
                         Err(mpsc::error::TryRecvError::Disconnected) => open = false,
                     }
                 }
-                if batcher.ready(open) {
-                    in_flight.push_back(committer.clone().commit(batcher.take().seal()));
+                if batcher.ready(open) && may_go(&batcher, in_flight.len(), queued, open) {
+                    let batch = batcher.take().seal();
+                    queued += batch.messages.len();
+                    in_flight.push_back(committer.clone().commit(batch));
                 }
             }
         }
@@ -237,4 +262,113 @@ fn record_outcomes(committed: &Committed) {
     metrics::counter!(t::DUPLICATES).increment(dup);
     metrics::counter!(t::REJECTED).increment(rejected);
     metrics::gauge!(t::IN_FLIGHT).decrement((stored + dup + rejected) as f64);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use tokio::sync::Semaphore;
+
+    use super::*;
+    use crate::{
+        message::{Message, Origin},
+        pipeline::Ack,
+        store::{MessageQuery, StoreError, StoredMessage, TopicStats},
+    };
+
+    /// Records the size of each batch handed over; a commit ends when the test lets it.
+    struct Gate {
+        sizes: Mutex<Vec<usize>>,
+        commits: Semaphore,
+    }
+
+    #[async_trait::async_trait]
+    impl Store for Gate {
+        async fn write(&self, batch: Arc<Vec<Message>>) -> Result<Committed, StoreError> {
+            self.sizes.lock().unwrap().push(batch.len());
+            self.commits.acquire().await.expect("open").forget();
+            Ok(Committed::new(vec![Outcome::Stored { id: 0 }; batch.len()]))
+        }
+        fn queue_depth(&self) -> usize {
+            64
+        }
+        async fn messages(&self, _: MessageQuery) -> Result<Vec<StoredMessage>, StoreError> {
+            Err(StoreError::Closed)
+        }
+        async fn topics(&self) -> Result<Vec<TopicStats>, StoreError> {
+            Err(StoreError::Closed)
+        }
+        fn describe(&self) -> String {
+            "gate".into()
+        }
+    }
+
+    fn posted(n: usize) -> Ingest {
+        let m = || {
+            Message::new(
+                "t".into(),
+                bytes::Bytes::from_static(b"1"),
+                0,
+                false,
+                Origin::Http,
+                1024,
+            )
+        };
+        Ingest::many((0..n).map(|_| m()).collect(), Ack::None)
+    }
+
+    #[tokio::test]
+    async fn behind_a_running_commit_a_small_batch_grows_and_a_large_one_is_queued() {
+        let gate = Arc::new(Gate {
+            sizes: Mutex::new(Vec::new()),
+            commits: Semaphore::new(0),
+        });
+        let (tx, rx) = crate::pipeline::channel();
+        let (_, stop) = watch::channel(false);
+        let writer = tokio::spawn(
+            Writer {
+                store: gate.clone(),
+                settings: PipelineSettings {
+                    batch_size: 5000,
+                    batch_delay: Duration::ZERO,
+                    ack_window: usize::MAX,
+                },
+                fault: watch::channel(None).0,
+                stop,
+                live: broadcast::channel(1).0,
+                readings: Current::fixed(Default::default()),
+                stats: Default::default(),
+            }
+            .run(rx),
+        );
+        let sizes = || gate.sizes.lock().unwrap().clone();
+        let settle = || tokio::time::sleep(Duration::from_millis(100));
+        tx.send(posted(1)).await.unwrap();
+        settle().await;
+        assert_eq!(sizes(), [1], "with nothing committing, a batch goes at once");
+        for _ in 0..10 {
+            tx.send(posted(1)).await.unwrap();
+        }
+        settle().await;
+        assert_eq!(
+            sizes(),
+            [1],
+            "a small batch waits for the running commit, growing"
+        );
+        tx.send(posted(QUEUE_AT)).await.unwrap();
+        settle().await;
+        assert_eq!(sizes(), [1, 10 + QUEUE_AT], "a large one is queued behind it");
+        tx.send(posted(3)).await.unwrap();
+        gate.commits.add_permits(2);
+        settle().await;
+        assert_eq!(
+            sizes(),
+            [1, 10 + QUEUE_AT, 3],
+            "once the commits end, the rest goes"
+        );
+        gate.commits.add_permits(1);
+        drop(tx);
+        writer.await.unwrap();
+    }
 }

@@ -34,9 +34,9 @@ pub fn unpack(packed: &[u8]) -> impl Iterator<Item = (u16, Hash)> + '_ {
 }
 
 /// The (session, packet id) pairs a batch redelivers: only their marks are ever read.
-pub fn redelivered(batch: &[Message]) -> HashSet<(&str, u16)> {
+pub fn redelivered<'a>(batch: impl IntoIterator<Item = &'a Message>) -> HashSet<(&'a str, u16)> {
     batch
-        .iter()
+        .into_iter()
         .filter_map(|m| match &m.origin {
             Origin::Mqtt {
                 session,
@@ -94,12 +94,12 @@ impl Lookup {
 /// The marks a decided batch leaves, one packed row's worth per session, in session order
 /// (the order PostgreSQL takes its locks in).
 pub fn new_rows<'a>(
-    batch: &'a [Message],
+    batch: impl IntoIterator<Item = &'a Message>,
     verdicts: &[Verdict],
     hashes: &[Hash],
 ) -> Vec<(&'a str, Vec<(u16, Hash)>)> {
     let mut rows: Vec<(&str, Vec<(u16, Hash)>)> = Vec::new();
-    for ((m, v), h) in batch.iter().zip(verdicts).zip(hashes) {
+    for ((m, v), h) in batch.into_iter().zip(verdicts).zip(hashes) {
         if *v == Verdict::Duplicate {
             continue;
         }

@@ -111,13 +111,15 @@ struct MessageRow<'a> {
     source: &'static str,
 }
 
-/// Writes `batch` in one transaction. `series` remembers the series ids across batches.
+/// Writes `batches` in one transaction, in order, as if they were one batch, and returns their
+/// messages' outcomes in the same order. `series` remembers the series ids across batches.
 pub fn write_batch(
     conn: &mut Connection,
     series: &mut Series,
-    batch: &[Message],
+    batches: &[&[Message]],
 ) -> rusqlite::Result<Vec<Outcome>> {
-    let result = write_in_transaction(conn, series, batch);
+    let batch: Vec<&Message> = batches.iter().flat_map(|b| b.iter()).collect();
+    let result = write_in_transaction(conn, series, &batch);
     series.settle(result.is_ok());
     result
 }
@@ -125,7 +127,7 @@ pub fn write_batch(
 fn write_in_transaction(
     conn: &mut Connection,
     series: &mut Series,
-    batch: &[Message],
+    batch: &[&Message],
 ) -> rusqlite::Result<Vec<Outcome>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut outcomes = Vec::with_capacity(batch.len());
@@ -153,7 +155,7 @@ fn write_in_transaction(
         )?;
         let mut insert_note =
             tx.prepare_cached("INSERT OR REPLACE INTO reading_notes (message_id, note) VALUES (?1, ?2)")?;
-        let redelivered = delivery_marks::redelivered(batch);
+        let redelivered = delivery_marks::redelivered(batch.iter().copied());
         let mut marks = SqliteMarks {
             delivery: read_marks(&tx, &redelivered)?,
             get_last: tx.prepare_cached("SELECT hash FROM retained_marks WHERE topic = ?1")?,
@@ -163,7 +165,7 @@ fn write_in_transaction(
         let mut message_rows = Vec::with_capacity(batch.len());
         let mut verdicts = Vec::with_capacity(batch.len());
         let mut hashes = Vec::with_capacity(batch.len());
-        for (m, received_at) in batch.iter().zip(&received) {
+        for (&m, received_at) in batch.iter().zip(&received) {
             let hash = m.content_hash();
             let source = match m.origin {
                 Origin::Mqtt { .. } => "mqtt",
@@ -248,7 +250,10 @@ fn write_in_transaction(
                 st.raw_bind_parameter(p + 5, d.ts_source.as_str())
             },
         )?;
-        write_marks(&tx, delivery_marks::new_rows(batch, &verdicts, &hashes))?;
+        write_marks(
+            &tx,
+            delivery_marks::new_rows(batch.iter().copied(), &verdicts, &hashes),
+        )?;
         let mut put_last =
             tx.prepare_cached("INSERT OR REPLACE INTO retained_marks (topic, hash) VALUES (?1, ?2)")?;
         for (topic, hash) in &marks.last {
