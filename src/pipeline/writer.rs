@@ -17,9 +17,9 @@ use crate::{
     telemetry as t,
 };
 
-/// The size from which a batch is handed to a store that is still committing the one before.
-/// Smaller ones wait for that commit to end, growing meanwhile: a batch costs the pipeline and
-/// the store a little whatever it holds.
+/// The size from which a batch is handed to a store that groups queued batches
+/// (`Store::groups_queued`) while it is still committing. Smaller ones wait for that commit to
+/// end, growing meanwhile: a batch costs the pipeline and the store a little whatever it holds.
 const QUEUE_AT: usize = 256;
 
 /// Messages as they are committed, for the live stream.
@@ -45,11 +45,11 @@ impl Writer {
     /// store cannot write.
     ///
     /// The next batch is gathered and its readings derived while the previous one commits; a
-    /// store that queues (`Store::queue_depth`) is handed it once it holds `QUEUE_AT` messages
-    /// (or cannot grow), so its writer goes from one commit to the next without waiting for this
-    /// loop, and a store that commits what it has queued together (SQLite) gets all of it in its
-    /// next commit. What is queued stays under two full batches. Batches are acknowledged in the
-    /// order they were handed over, whatever order their answers come in.
+    /// store that queues (`Store::queue_depth`) is handed it at once, or for one that commits
+    /// what is queued together (`Store::groups_queued`, SQLite) once it holds `QUEUE_AT`
+    /// messages or cannot grow, so the store goes from one commit to the next without waiting
+    /// for this loop. Batches are acknowledged in the order they were handed over, whatever
+    /// order their answers come in.
     pub async fn run(self, mut rx: mpsc::Receiver<Ingest>) {
         let Writer {
             store,
@@ -61,6 +61,9 @@ impl Writer {
             stats,
         } = self;
         let depth = store.queue_depth().max(1);
+        // Below this, a batch waits behind a running commit, growing: for a store that commits
+        // what is queued together, it would join that store's next commit anyway.
+        let queue_at = if store.groups_queued() { QUEUE_AT } else { 1 };
         let mut derive = Deriver {
             config: readings.get(),
             readings,
@@ -82,13 +85,14 @@ impl Writer {
         loop {
             let due = batcher.due();
             // Whether the batch being built may be handed over now, if it is ready. Behind a
-            // running commit, only a batch large enough or one that cannot grow: a smaller one
-            // waits for the commit to end, growing meanwhile.
+            // running commit, only a batch of `queue_at` or one that cannot grow: a smaller one
+            // waits for the commit to end, growing meanwhile. Whatever is queued stays under two
+            // full batches.
             let may_go = |batcher: &Batcher, in_flight: usize, queued: usize, open: bool| {
                 in_flight == 0
                     || (in_flight < depth
                         && queued + batcher.size() <= most_queued
-                        && (batcher.size() >= QUEUE_AT || batcher.complete(open)))
+                        && (batcher.size() >= queue_at || batcher.complete(open)))
             };
             tokio::select! {
                 biased;
@@ -281,6 +285,8 @@ mod tests {
     struct Gate {
         sizes: Mutex<Vec<usize>>,
         commits: Semaphore,
+        depth: usize,
+        groups: bool,
     }
 
     #[async_trait::async_trait]
@@ -291,7 +297,10 @@ mod tests {
             Ok(Committed::new(vec![Outcome::Stored { id: 0 }; batch.len()]))
         }
         fn queue_depth(&self) -> usize {
-            64
+            self.depth
+        }
+        fn groups_queued(&self) -> bool {
+            self.groups
         }
         async fn messages(&self, _: MessageQuery) -> Result<Vec<StoredMessage>, StoreError> {
             Err(StoreError::Closed)
@@ -318,32 +327,42 @@ mod tests {
         Ingest::many((0..n).map(|_| m()).collect(), Ack::None)
     }
 
-    #[tokio::test]
-    async fn behind_a_running_commit_a_small_batch_grows_and_a_large_one_is_queued() {
+    /// A pipeline in front of a `Gate`, and the sender feeding it.
+    fn pipeline(
+        depth: usize,
+        groups: bool,
+    ) -> (Arc<Gate>, crate::pipeline::Sender, tokio::task::JoinHandle<()>) {
         let gate = Arc::new(Gate {
             sizes: Mutex::new(Vec::new()),
             commits: Semaphore::new(0),
+            depth,
+            groups,
         });
         let (tx, rx) = crate::pipeline::channel();
-        let (_, stop) = watch::channel(false);
-        let writer = tokio::spawn(
-            Writer {
-                store: gate.clone(),
-                settings: PipelineSettings {
-                    batch_size: 5000,
-                    batch_delay: Duration::ZERO,
-                    ack_window: usize::MAX,
-                },
-                fault: watch::channel(None).0,
-                stop,
-                live: broadcast::channel(1).0,
-                readings: Current::fixed(Default::default()),
-                stats: Default::default(),
-            }
-            .run(rx),
-        );
+        let writer = Writer {
+            store: gate.clone(),
+            settings: PipelineSettings {
+                batch_size: 5000,
+                batch_delay: Duration::ZERO,
+                ack_window: usize::MAX,
+            },
+            fault: watch::channel(None).0,
+            stop: watch::channel(false).1,
+            live: broadcast::channel(1).0,
+            readings: Current::fixed(Default::default()),
+            stats: Default::default(),
+        };
+        (gate, tx, tokio::spawn(writer.run(rx)))
+    }
+
+    async fn settle() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    #[tokio::test]
+    async fn behind_a_running_commit_a_small_batch_grows_and_a_large_one_is_queued() {
+        let (gate, tx, writer) = pipeline(64, true);
         let sizes = || gate.sizes.lock().unwrap().clone();
-        let settle = || tokio::time::sleep(Duration::from_millis(100));
         tx.send(posted(1)).await.unwrap();
         settle().await;
         assert_eq!(sizes(), [1], "with nothing committing, a batch goes at once");
@@ -368,6 +387,28 @@ mod tests {
             "once the commits end, the rest goes"
         );
         gate.commits.add_permits(1);
+        drop(tx);
+        writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_store_that_commits_each_batch_alone_gets_the_next_one_at_once() {
+        let (gate, tx, writer) = pipeline(2, false);
+        let sizes = || gate.sizes.lock().unwrap().clone();
+        tx.send(posted(1)).await.unwrap();
+        settle().await;
+        for _ in 0..10 {
+            tx.send(posted(1)).await.unwrap();
+        }
+        settle().await;
+        assert_eq!(sizes(), [1, 10], "the next batch overlaps the running commit");
+        tx.send(posted(1)).await.unwrap();
+        settle().await;
+        assert_eq!(sizes(), [1, 10], "two at a time");
+        gate.commits.add_permits(1);
+        settle().await;
+        assert_eq!(sizes(), [1, 10, 1]);
+        gate.commits.add_permits(2);
         drop(tx);
         writer.await.unwrap();
     }

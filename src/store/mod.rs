@@ -81,6 +81,15 @@ pub trait Store: Send + Sync + 'static {
         1
     }
 
+    /// Whether the store commits the batches queued for it together, as one transaction, when
+    /// its running commit ends (group commit). The pipeline then lets a small batch grow behind
+    /// a running commit instead of handing it over at once: it would join the same commit
+    /// anyway. A store that commits each batch on its own gets the next one at once, so that it
+    /// overlaps with the running commit.
+    fn groups_queued(&self) -> bool {
+        false
+    }
+
     /// Whether this store uses `Message::derived`: the readings and mapped rows it writes, or
     /// the event time the pipeline statistics it keeps are measured from. The writer derives
     /// them only for a store that does; the remote API leaves that to the receiving tidegate.

@@ -382,6 +382,11 @@ impl Store for SqliteStore {
         QUEUE_DEPTH
     }
 
+    /// `write_held` commits what is queued together.
+    fn groups_queued(&self) -> bool {
+        true
+    }
+
     fn describe(&self) -> String {
         format!("sqlite://{}", self.path.display())
     }
