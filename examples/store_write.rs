@@ -33,6 +33,7 @@ async fn main() -> anyhow::Result<()> {
     let store = tidegate::store::open(&StoreSettings {
         db,
         sqlite_sync: SqliteSync::Full,
+        batch_size: batch,
     })
     .await?;
     let readings = ReadingsConfig::default();

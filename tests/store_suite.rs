@@ -25,11 +25,13 @@ fn stores() -> Vec<(String, StoreSettings, Option<tempfile::TempDir>)> {
     let sqlite = StoreSettings {
         db: DbUrl::Sqlite(dir.path().join("suite.db")),
         sqlite_sync: SqliteSync::Full,
+        batch_size: 5000,
     };
     let pg_url = support::pg::fresh_database(&support::pg::shared());
     let pg = StoreSettings {
         db: DbUrl::parse(&pg_url).unwrap(),
         sqlite_sync: SqliteSync::Full,
+        batch_size: 5000,
     };
     vec![
         ("sqlite".into(), sqlite, Some(dir)),
@@ -50,6 +52,7 @@ fn fresh_pg() -> (String, String, StoreSettings) {
     let settings = StoreSettings {
         db: DbUrl::parse(&url).unwrap(),
         sqlite_sync: SqliteSync::Full,
+        batch_size: 5000,
     };
     (server, db, settings)
 }
@@ -955,6 +958,7 @@ fn sqlite_file(name: &str) -> (tempfile::TempDir, std::path::PathBuf, StoreSetti
     let settings = StoreSettings {
         db: DbUrl::Sqlite(path.clone()),
         sqlite_sync: SqliteSync::Full,
+        batch_size: 5000,
     };
     (dir, path, settings)
 }
@@ -1304,6 +1308,7 @@ fn a_database_from_the_first_released_schema_is_upgraded_in_place() {
     let settings = StoreSettings {
         db: DbUrl::Sqlite(path.clone()),
         sqlite_sync: SqliteSync::Full,
+        batch_size: 5000,
     };
     rt().block_on(async {
         let s = store::open(&settings).await.unwrap();
@@ -1573,6 +1578,7 @@ fn concurrent_writers_on_the_same_topics_all_commit_and_add_up() {
     let settings = StoreSettings {
         db: DbUrl::parse(&pg_url).unwrap(),
         sqlite_sync: SqliteSync::Full,
+        batch_size: 5000,
     };
     rt().block_on(async {
         let one = store::open(&settings).await.unwrap();

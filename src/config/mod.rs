@@ -160,6 +160,9 @@ pub struct PipelineSettings {
 pub struct StoreSettings {
     pub db: DbUrl,
     pub sqlite_sync: SqliteSync,
+    /// `--batch-size`: the most messages one transaction holds. The pipeline cuts batches at it,
+    /// and SQLite commits the batches queued for it together up to it.
+    pub batch_size: usize,
 }
 
 /// The HTTP API this process serves.
@@ -458,7 +461,12 @@ impl Settings {
         }
         check("max-payload", self.max_payload == new.max_payload);
         check("batch-size/batch-delay", self.pipeline == new.pipeline);
-        check("db/sqlite-sync", self.store == new.store);
+        // The batch size is in both; it is named once, with the pipeline.
+        check(
+            "db/sqlite-sync",
+            self.store.as_ref().map(|s| (&s.db, s.sqlite_sync))
+                == new.store.as_ref().map(|s| (&s.db, s.sqlite_sync)),
+        );
         check("listen/api-token/max-body/api-rate-limit", self.api == new.api);
         check("api", self.remote == new.remote);
         check("spool/spool-max", self.spool == new.spool);
@@ -679,11 +687,16 @@ fn resolve_readings(a: &RunArgs) -> Result<crate::readings::ReadingsConfig, Conf
     Ok(r)
 }
 
-fn resolve_pipeline(a: &RunArgs) -> Result<PipelineSettings, ConfigError> {
+fn batch_size(a: &RunArgs) -> Result<usize, ConfigError> {
     let batch_size = a.batch_size.unwrap_or(5000);
     if !(1..=100_000).contains(&batch_size) {
         return Err(ConfigError::new("batch-size", "must be between 1 and 100000"));
     }
+    Ok(batch_size)
+}
+
+fn resolve_pipeline(a: &RunArgs) -> Result<PipelineSettings, ConfigError> {
+    let batch_size = batch_size(a)?;
     let batch_delay = a.batch_delay.map(|s| s.0).unwrap_or(Duration::ZERO);
     if batch_delay > Duration::from_secs(10) {
         return Err(ConfigError::new(
@@ -714,7 +727,11 @@ fn resolve_store(a: &RunArgs) -> Result<StoreSettings, ConfigError> {
             ))
         }
     };
-    Ok(StoreSettings { db, sqlite_sync })
+    Ok(StoreSettings {
+        db,
+        sqlite_sync,
+        batch_size: batch_size(a)?,
+    })
 }
 
 fn api_token(a: &RunArgs) -> Result<Option<Secret>, ConfigError> {

@@ -169,7 +169,7 @@ pub struct SpoolPosition {
 pub async fn open(settings: &StoreSettings) -> Result<Arc<dyn Store>, StoreError> {
     match &settings.db {
         crate::config::DbUrl::Sqlite(path) => {
-            let store = sqlite::SqliteStore::open(path, settings.sqlite_sync)?;
+            let store = sqlite::SqliteStore::open(path, settings.sqlite_sync, settings.batch_size)?;
             Ok(Arc::new(store))
         }
         crate::config::DbUrl::Postgres(target) => Ok(Arc::new(postgres::PgStore::open(target).await?)),

@@ -59,8 +59,9 @@ pub(crate) fn connect(path: &Path) -> rusqlite::Result<Connection> {
 }
 
 impl SqliteStore {
-    /// Opens (or creates) the file, migrates it and starts the writer thread.
-    pub fn open(path: &Path, sync: SqliteSync) -> Result<Self, StoreError> {
+    /// Opens (or creates) the file, migrates it and starts the writer thread, which commits at
+    /// most `group_max` messages at a time (unless one batch holds more).
+    pub fn open(path: &Path, sync: SqliteSync, group_max: usize) -> Result<Self, StoreError> {
         let target = path.display().to_string();
         let open_err = |reason: String| StoreError::Open {
             target: target.clone(),
@@ -109,7 +110,7 @@ impl SqliteStore {
         let (tx, rx) = mpsc::channel::<Command>(QUEUE_DEPTH);
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_thread(conn, rx, checkpointer, syncer))
+            .spawn(move || writer_thread(conn, rx, checkpointer, syncer, group_max))
             .map_err(|e| open_err(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteStore {
             path: path.to_path_buf(),
@@ -150,16 +151,12 @@ fn durable_beside(conn: &Connection) -> rusqlite::Result<Option<durable::Syncer>
 /// messages they hold (`pipeline::writer`).
 const QUEUE_DEPTH: usize = 64;
 
-/// The most messages one transaction takes from the batches queued for the writer. The pipeline
-/// bounds what it queues (`Store::queue_depth`); this bounds one commit when a retry finds
-/// many batches held behind it.
-const GROUP_MAX: usize = 10_000;
-
 fn writer_thread(
     mut conn: Connection,
     mut rx: mpsc::Receiver<Command>,
     checkpointer: checkpoint::Checkpointer,
     syncer: Option<durable::Syncer>,
+    group_max: usize,
 ) {
     // After a failed write, later writes wait here until the pipeline hands the failed batch
     // back and it commits (`Store::queue_depth`).
@@ -215,7 +212,14 @@ fn writer_thread(
                         }
                     }
                 }
-                write_held(&mut conn, &mut series, syncer.as_ref(), &mut held, &mut failed);
+                write_held(
+                    &mut conn,
+                    &mut series,
+                    syncer.as_ref(),
+                    group_max,
+                    &mut held,
+                    &mut failed,
+                );
             }
             Command::Retain(policy, chunk, reply) => {
                 let result =
@@ -241,14 +245,15 @@ fn writer_thread(
     let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
 }
 
-/// Writes the held batches in order, as few transactions as `GROUP_MAX` allows, and answers
-/// each with its own outcomes. A transaction of several batches that fails is tried again one
+/// Writes the held batches in order, in as few transactions of at most `group_max` messages as
+/// they fit in (a batch larger than that goes alone), and answers each with its own outcomes. A transaction of several batches that fails is tried again one
 /// batch at a time, so that a batch fails only for itself, as it would have alone: the first
 /// that fails is `failed`, and the ones after it stay held, unanswered, until its retry.
 fn write_held(
     conn: &mut Connection,
     series: &mut series::Series,
     syncer: Option<&durable::Syncer>,
+    group_max: usize,
     held: &mut VecDeque<(Arc<Vec<Message>>, WriteReply)>,
     failed: &mut Option<Arc<Vec<Message>>>,
 ) {
@@ -258,7 +263,7 @@ fn write_held(
             let _ = reply.send(result);
         }
     };
-    let mut limit = GROUP_MAX;
+    let mut limit = group_max;
     while failed.is_none() && !held.is_empty() {
         let mut group = Vec::new();
         let mut size = 0;
@@ -424,10 +429,12 @@ mod tests {
         }
     }
 
-    /// A file at the current schema, and a writer thread for it once `start` is called: the
-    /// commands sent before then are all queued when it takes the first.
+    /// A file at the current schema, and a writer thread for it once `start` is called,
+    /// committing at most `group_max` messages at a time: the commands sent before then are all
+    /// queued when it takes the first.
     fn queued_writer(
         setup: &str,
+        group_max: usize,
     ) -> (
         tempfile::TempDir,
         PathBuf,
@@ -442,7 +449,8 @@ mod tests {
         conn.execute_batch(setup).unwrap();
         let checkpointer = checkpoint::Checkpointer::start(&path, &mut conn).unwrap();
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let start = move || std::thread::spawn(move || writer_thread(conn, rx, checkpointer, None));
+        let start =
+            move || std::thread::spawn(move || writer_thread(conn, rx, checkpointer, None, group_max));
         (dir, path, tx, start)
     }
 
@@ -501,35 +509,35 @@ mod tests {
 
     #[test]
     fn batches_queued_for_the_writer_go_in_one_commit_and_each_gets_its_own_outcomes() {
-        let (_dir, path, tx, start) = queued_writer("");
-        let (mut pkid, cfg) = (0, crate::readings::ReadingsConfig::default());
-        let batches = [
-            delivered(&[r#"{"v":1}"#], &mut pkid, &cfg),
-            delivered(&[r#"{"v":2}"#, r#"{"v":3}"#], &mut pkid, &cfg),
-            delivered(&[r#"{"v":4}"#, r#"{"v":5}"#, r#"{"v":6}"#], &mut pkid, &cfg),
-        ];
-        let answers: Vec<_> = batches.iter().map(|b| send(&tx, b)).collect();
-        let writer = start();
-        let got: Vec<Vec<i64>> = answers.into_iter().map(|a| ids(answer(a))).collect();
-        assert_eq!(got, [vec![1], vec![2, 3], vec![4, 5, 6]]);
-        drop(tx);
-        writer.join().unwrap();
-        let conn = connect(&path).unwrap();
-        let commits: i64 = conn
-            .query_row("SELECT count(*) FROM delivery_batches", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(
-            commits, 1,
-            "a row of delivery marks per commit and session: one commit"
-        );
-        let values: Vec<f64> = conn
-            .prepare("SELECT value FROM readings ORDER BY message_id")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap();
-        assert_eq!(values, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        // Up to the batch size: all three together, or the first two and then the third.
+        for (group_max, commits) in [(6, 1), (3, 2)] {
+            let (_dir, path, tx, start) = queued_writer("", group_max);
+            let (mut pkid, cfg) = (0, crate::readings::ReadingsConfig::default());
+            let batches = [
+                delivered(&[r#"{"v":1}"#], &mut pkid, &cfg),
+                delivered(&[r#"{"v":2}"#, r#"{"v":3}"#], &mut pkid, &cfg),
+                delivered(&[r#"{"v":4}"#, r#"{"v":5}"#, r#"{"v":6}"#], &mut pkid, &cfg),
+            ];
+            let answers: Vec<_> = batches.iter().map(|b| send(&tx, b)).collect();
+            let writer = start();
+            let got: Vec<Vec<i64>> = answers.into_iter().map(|a| ids(answer(a))).collect();
+            assert_eq!(got, [vec![1], vec![2, 3], vec![4, 5, 6]]);
+            drop(tx);
+            writer.join().unwrap();
+            let conn = connect(&path).unwrap();
+            let rows: i64 = conn
+                .query_row("SELECT count(*) FROM delivery_batches", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(rows, commits, "a row of delivery marks per commit and session");
+            let values: Vec<f64> = conn
+                .prepare("SELECT value FROM readings ORDER BY message_id")
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap();
+            assert_eq!(values, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        }
     }
 
     #[test]
@@ -538,6 +546,7 @@ mod tests {
         let (_dir, path, tx, start) = queued_writer(
             "CREATE TABLE wide (id INTEGER PRIMARY KEY, message_id INTEGER NOT NULL, ts DATETIME NOT NULL,
                                 topic TEXT NOT NULL, device TEXT, v REAL CHECK (v < 100));",
+            5000,
         );
         let spec: crate::readings::mapping::MappingSpec =
             toml::from_str("filter = \"s/+\"\ntable = \"wide\"\n[columns]\nv = \"$.v\"\n").unwrap();
@@ -587,7 +596,7 @@ mod tests {
         })
         .unwrap();
         let (tx, rx) = mpsc::channel(2);
-        let writer = std::thread::spawn(move || writer_thread(conn, rx, checkpointer, Some(syncer)));
+        let writer = std::thread::spawn(move || writer_thread(conn, rx, checkpointer, Some(syncer), 5000));
         let write = |b: &Arc<Vec<Message>>| {
             let (reply, rx) = oneshot::channel();
             tx.blocking_send(Command::Write(b.clone(), reply)).unwrap();
