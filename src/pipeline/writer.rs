@@ -97,11 +97,7 @@ impl Writer {
             tokio::select! {
                 biased;
                 done = in_flight.next(), if !in_flight.is_empty() => match done {
-                    Some(Some((batch, committed))) => {
-                        let batch: SealedBatch = batch;
-                        queued -= batch.messages.len();
-                        committer.acknowledge(batch, &committed);
-                    }
+                    Some(Some((batch, committed))) => queued -= committer.acknowledge(batch, &committed),
                     // Stopping with a batch that could not be committed: it stays unacknowledged,
                     // and so does everything after it.
                     _ => return,
@@ -231,14 +227,17 @@ impl Committer {
     }
 
     /// Everything owed once a batch is committed, in the order batches were handed over: the
-    /// live stream, the statistics, and the acknowledgements.
-    fn acknowledge(&self, batch: SealedBatch, committed: &Committed) {
+    /// live stream, the statistics, and the acknowledgements. Returns how many messages the
+    /// batch held.
+    fn acknowledge(&self, batch: SealedBatch, committed: &Committed) -> usize {
+        let held = batch.messages.len();
         self.publish_live(&batch.messages, committed);
         self.stats
             .record(&batch.messages, committed.outcomes(), crate::time::now());
         record_outcomes(committed);
         let acked = batch.acknowledge(committed);
         metrics::counter!(t::ACKED).increment(acked as u64);
+        held
     }
 
     fn publish_live(&self, messages: &[crate::message::Message], committed: &Committed) {
