@@ -89,6 +89,11 @@ pub async fn run_until(
         stop_rx.clone(),
     ));
 
+    let metabase = settings
+        .metabase
+        .clone()
+        .map(|m| tokio::spawn(crate::metabase::run(m, store.clone(), stop_rx.clone())));
+
     let source = match &settings.mqtt {
         Some(m) => Some(
             MqttSource::start(
@@ -174,6 +179,9 @@ pub async fn run_until(
     let _ = stats_task.await;
     crate::pipeline::stats::final_flush(&stats, &store).await;
     let _ = retention.await;
+    if let Some(m) = metabase {
+        let _ = m.await;
+    }
     let _ = hangup.await;
     if let Some(f) = forwarder {
         let _ = f.await;

@@ -2,7 +2,8 @@
 //!
 //! A message travels `source` (MQTT) → `pipeline` (batcher → writer) → `store` (SQLite or
 //! PostgreSQL); the broker is acknowledged only after the store committed the row. `app` wires the
-//! pieces together for each command; `config` validates every setting before anything connects.
+//! pieces together for each command; `config` validates every setting before anything connects;
+//! `metabase` tells Metabase when the store's tables change.
 
 /// `0.1.0 (commit abc123)`, shown by `tidegate --version`.
 pub const VERSION: &str = concat!(
@@ -20,6 +21,7 @@ pub mod config;
 pub mod demo;
 pub mod logging;
 pub mod message;
+pub mod metabase;
 pub mod pipeline;
 pub mod readings;
 pub mod reload;

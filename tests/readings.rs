@@ -167,23 +167,11 @@ fn the_sensor_example_becomes_readings_and_rollups_in_both_stores() {
     }
 }
 
-/// A config file in `dir` mapping `sensors/+/telemetry` to a `telemetry` table with a
-/// `temperature_c` column.
-fn telemetry_mapping(dir: &std::path::Path) -> std::path::PathBuf {
-    let conf = dir.join("tidegate.toml");
-    std::fs::write(
-        &conf,
-        "[[mapping]]\nfilter = \"sensors/+/telemetry\"\ntable = \"telemetry\"\n[mapping.columns]\ntemperature_c = \"$.temp\"\n",
-    )
-    .unwrap();
-    conf
-}
-
 #[test]
 fn with_readings_off_a_mapping_still_fills_its_wide_table() {
     let broker = Mosquitto::start(BrokerOptions::default());
     let dir = tempfile::tempdir().unwrap();
-    let conf = telemetry_mapping(dir.path());
+    let conf = support::telemetry_mapping(dir.path());
     let sqlite = dir.path().join("off.db");
     let _t = Tidegate::run_subscribed(
         &broker.url(),
@@ -230,7 +218,7 @@ fn with_readings_off_a_mapping_still_fills_its_wide_table() {
 fn messages_through_the_spool_still_become_readings_and_mapped_rows() {
     let broker = Mosquitto::start(BrokerOptions::default());
     let dir = tempfile::tempdir().unwrap();
-    let conf = telemetry_mapping(dir.path());
+    let conf = support::telemetry_mapping(dir.path());
     let pg_url = pg::fresh_database(&pg::shared());
     let spool = dir.path().join("spool");
     let mut t = Tidegate::run_subscribed(

@@ -1381,11 +1381,16 @@ fn mappings_fill_wide_tables_add_columns_and_reject_values_that_do_not_fit() {
     for (name, settings, _dir) in stores() {
         rt().block_on(async {
             let s = store::open(&settings).await.unwrap();
+            // What tells Metabase to read the schema again (`tidegate::metabase`).
+            let version = || async { s.schema_version().await.unwrap().expect("a version") };
+            let created = version().await;
             write(
                 &s,
                 vec![derive("sensors/s1/telemetry", r#"{"temp":21.5,"status":"ok"}"#)],
             )
             .await;
+            let mapped = version().await;
+            assert_ne!(mapped, created, "{name}: two tables were created");
             // A new field mid-stream: a new column where auto_columns is on, ignored where it is off.
             write(
                 &s,
@@ -1395,6 +1400,8 @@ fn mappings_fill_wide_tables_add_columns_and_reject_values_that_do_not_fit() {
                 )],
             )
             .await;
+            let widened = version().await;
+            assert_ne!(widened, mapped, "{name}: a column was added");
             // A value that does not fit its column: the message is kept, the row goes to `rejected`.
             let out = write(
                 &s,
@@ -1402,6 +1409,7 @@ fn mappings_fill_wide_tables_add_columns_and_reject_values_that_do_not_fit() {
             )
             .await;
             assert!(matches!(out[..], [Outcome::Stored { .. }]), "{name}");
+            assert_eq!(version().await, widened, "{name}: rows alone change no schema");
             assert_eq!(
                 s.messages(all(Some("sensors/s1/telemetry"))).await.unwrap().len(),
                 3,

@@ -228,6 +228,24 @@ pub struct RunArgs {
     #[serde(rename = "mapping", skip_serializing_if = "Option::is_none")]
     pub mappings: Option<Vec<crate::readings::mapping::MappingSpec>>,
 
+    /// Metabase to tell when tables or columns appear (a new mapping table, an added column),
+    /// e.g. http://127.0.0.1:3000: it then reads the schema at once instead of at its hourly
+    /// sync. Needs --metabase-database and TIDEGATE_METABASE_API_KEY.
+    #[arg(long, env = "TIDEGATE_METABASE_URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metabase_url: Option<String>,
+
+    /// The id of this database in Metabase (the number in Admin → Databases → its URL).
+    #[arg(long, env = "TIDEGATE_METABASE_DATABASE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metabase_database: Option<u32>,
+
+    /// A Metabase API key (Admin → Settings → Authentication → API keys; the Administrators
+    /// group). Prefer the env var: flags show up in `ps`.
+    #[arg(long, env = "TIDEGATE_METABASE_API_KEY", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metabase_api_key: Option<String>,
+
     /// Commit at most once per this long (default 0ms: as soon as the writer is free; batches
     /// grow by themselves under load). A message after a quiet spell that long is committed at
     /// once. `1s` on an SD card or eMMC: each commit writes ~50 KiB (docs/deploy.md).
@@ -310,6 +328,9 @@ impl RunArgs {
             retain_readings: self.retain_readings.or(other.retain_readings),
             retain_rollups: self.retain_rollups.or(other.retain_rollups),
             spool_max: self.spool_max.or(other.spool_max),
+            metabase_url: self.metabase_url.or(other.metabase_url),
+            metabase_database: self.metabase_database.or(other.metabase_database),
+            metabase_api_key: self.metabase_api_key.or(other.metabase_api_key),
         }
     }
 }

@@ -182,6 +182,15 @@ pub struct RemoteSettings {
     pub token: Option<Secret>,
 }
 
+/// The Metabase told to read the schema again when tables or columns appear (`metabase`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetabaseSettings {
+    /// Without a trailing slash.
+    pub url: String,
+    pub database: u32,
+    pub api_key: Secret,
+}
+
 /// The local spool in front of PostgreSQL or the remote API.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SpoolSettings {
@@ -223,6 +232,7 @@ pub struct Settings {
     pub api: Option<ApiSettings>,
     pub remote: Option<RemoteSettings>,
     pub spool: Option<SpoolSettings>,
+    pub metabase: Option<MetabaseSettings>,
     pub readings: crate::readings::ReadingsConfig,
     pub retention: RetentionPolicy,
     pub max_payload: usize,
@@ -379,6 +389,7 @@ impl Settings {
                 })
             }
         };
+        let metabase = resolve_metabase(&a, mode)?;
         let readings = resolve_readings(&a)?;
         let retention = RetentionPolicy {
             raw: a.retain_raw.map(|s| s.0),
@@ -401,6 +412,7 @@ impl Settings {
             api,
             remote,
             spool,
+            metabase,
             readings,
             retention,
             max_payload,
@@ -470,6 +482,10 @@ impl Settings {
         check("listen/api-token/max-body/api-rate-limit", self.api == new.api);
         check("api", self.remote == new.remote);
         check("spool/spool-max", self.spool == new.spool);
+        check(
+            "metabase-url/metabase-database/metabase-api-key",
+            self.metabase == new.metabase,
+        );
         changed
     }
 }
@@ -805,6 +821,53 @@ fn resolve_remote(a: &RunArgs) -> Result<RemoteSettings, ConfigError> {
     })
 }
 
+fn resolve_metabase(a: &RunArgs, mode: Mode) -> Result<Option<MetabaseSettings>, ConfigError> {
+    let Some(url) = a.metabase_url.as_deref() else {
+        if a.metabase_database.is_some() || a.metabase_api_key.is_some() {
+            return Err(ConfigError::new(
+                "metabase-url",
+                "is missing: --metabase-database and TIDEGATE_METABASE_API_KEY are for the Metabase at that URL",
+            ));
+        }
+        return Ok(None);
+    };
+    if mode == Mode::Subscribe {
+        return Err(ConfigError::new(
+            "metabase-url",
+            "`subscribe` stores nothing; set it on the tidegate that writes the database",
+        ));
+    }
+    let parsed = url::Url::parse(url)
+        .map_err(|e| ConfigError::new("metabase-url", format!("`{url}` is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(ConfigError::new(
+            "metabase-url",
+            format!("`{url}` must be an http:// or https:// URL, such as http://127.0.0.1:3000"),
+        ));
+    }
+    let database = match a.metabase_database {
+        Some(0) | None => return Err(ConfigError::new(
+            "metabase-database",
+            "is missing: give the database's id in Metabase (the number in its URL under Admin → Databases)",
+        )),
+        Some(id) => id,
+    };
+    let api_key = match a.metabase_api_key.as_deref().map(str::trim) {
+        Some(k) if !k.is_empty() => Secret::new(k),
+        _ => {
+            return Err(ConfigError::new(
+                "metabase-api-key",
+                "is missing: create an API key in Metabase (Admin → Settings → Authentication → API keys) and set TIDEGATE_METABASE_API_KEY",
+            ))
+        }
+    };
+    Ok(Some(MetabaseSettings {
+        url: url.trim_end_matches('/').to_string(),
+        database,
+        api_key,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -985,6 +1048,60 @@ mod tests {
         )
         .unwrap();
         assert!(!format!("{s:?}").contains("s3cr3t-pw"));
+    }
+
+    #[test]
+    fn metabase_needs_its_url_database_and_key_and_never_prints_the_key() {
+        let full = || RunArgs {
+            metabase_url: Some("http://127.0.0.1:3000/".into()),
+            metabase_database: Some(2),
+            metabase_api_key: Some("mb_k3y-value".into()),
+            ..args("mqtt://h")
+        };
+        let s = Settings::resolve(Mode::Run, full()).unwrap();
+        let m = s.metabase.as_ref().unwrap();
+        assert_eq!((m.url.as_str(), m.database), ("http://127.0.0.1:3000", 2));
+        assert_eq!(m.api_key.expose(), "mb_k3y-value");
+        assert!(!format!("{s:?}").contains("mb_k3y-value"));
+        assert!(Settings::resolve(Mode::Run, args("mqtt://h"))
+            .unwrap()
+            .metabase
+            .is_none());
+        let cases = [
+            (
+                RunArgs {
+                    metabase_url: None,
+                    ..full()
+                },
+                "metabase-url",
+            ),
+            (
+                RunArgs {
+                    metabase_url: Some("localhost:3000".into()),
+                    ..full()
+                },
+                "metabase-url",
+            ),
+            (
+                RunArgs {
+                    metabase_database: None,
+                    ..full()
+                },
+                "metabase-database",
+            ),
+            (
+                RunArgs {
+                    metabase_api_key: Some(" ".into()),
+                    ..full()
+                },
+                "metabase-api-key",
+            ),
+        ];
+        for (a, setting) in cases {
+            let err = Settings::resolve(Mode::Run, a).unwrap_err();
+            assert_eq!(err.setting, setting, "{err}");
+            assert!(!err.to_string().contains("mb_k3y-value"), "{err}");
+        }
     }
 
     #[test]

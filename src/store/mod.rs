@@ -154,6 +154,13 @@ pub trait Store: Send + Sync + 'static {
         Ok(())
     }
 
+    /// A number that changes whenever a table, view or column is added or dropped, so that a
+    /// reader such as Metabase can be told to read the schema again (`crate::metabase`). `None`
+    /// for a store that keeps no tables of its own.
+    async fn schema_version(&self) -> Result<Option<i64>, StoreError> {
+        Ok(None)
+    }
+
     /// A short description for logs, without secrets.
     fn describe(&self) -> String;
 }

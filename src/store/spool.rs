@@ -211,6 +211,10 @@ impl Store for SpoolStore {
         self.inner.record_subscriptions(client_id, filters).await
     }
 
+    async fn schema_version(&self) -> Result<Option<i64>, StoreError> {
+        self.inner.schema_version().await
+    }
+
     fn describe(&self) -> String {
         format!(
             "{} (spooled through {})",

@@ -33,6 +33,18 @@ pub fn metric(text: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// A config file in `dir` mapping `sensors/+/telemetry` to a `telemetry` table with a
+/// `temperature_c` column.
+pub fn telemetry_mapping(dir: &std::path::Path) -> std::path::PathBuf {
+    let conf = dir.join("tidegate.toml");
+    std::fs::write(
+        &conf,
+        "[[mapping]]\nfilter = \"sensors/+/telemetry\"\ntable = \"telemetry\"\n[mapping.columns]\ntemperature_c = \"$.temp\"\n",
+    )
+    .unwrap();
+    conf
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -514,6 +514,14 @@ impl Store for PgStore {
             .map_err(|e| StoreError::Query(describe_pg(&e)))
     }
 
+    async fn schema_version(&self) -> Result<Option<i64>, StoreError> {
+        let client = self.client(StoreError::Query).await?;
+        read::schema_version(&client)
+            .await
+            .map(Some)
+            .map_err(|e| StoreError::Query(describe_pg(&e)))
+    }
+
     fn describe(&self) -> String {
         self.display.clone()
     }

@@ -114,6 +114,24 @@ pub async fn messages(
     }
 }
 
+/// A digest of every column of the tables and views in the current schema: it changes when one
+/// is added or dropped. PostgreSQL keeps no schema counter as SQLite does.
+pub async fn schema_version(client: &Client) -> Result<i64, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT coalesce(hashtextextended(string_agg(c.relname || '.' || a.attname || ':' || a.atttypid::text, ','
+                                                         ORDER BY c.relname, a.attnum), 0), 0)
+             FROM pg_class c
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             JOIN pg_attribute a ON a.attrelid = c.oid
+             WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'v', 'm', 'p', 'f')
+               AND a.attnum > 0 AND NOT a.attisdropped",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
 pub async fn topics(client: &Client) -> Result<Vec<TopicStats>, tokio_postgres::Error> {
     let rows = client
         .query(

@@ -380,6 +380,16 @@ impl Store for SqliteStore {
             .map_err(|_| StoreError::Closed)?
     }
 
+    /// SQLite's own counter, which every change to the schema increments.
+    async fn schema_version(&self) -> Result<Option<i64>, StoreError> {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            readers.with(|c| c.query_row("PRAGMA schema_version", [], |r| r.get(0)).map(Some))
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+
     /// The writer thread takes the next batches the moment a commit ends, instead of waiting for
     /// the pipeline to answer the last one and send another (9–21 % more API ingest than one at a
     /// time, docs/performance.md, session 11), and commits all of them together.
