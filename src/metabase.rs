@@ -53,7 +53,12 @@ pub async fn run(settings: MetabaseSettings, store: Arc<dyn Store>, mut stop: wa
         if synced == Some(version) {
             continue;
         }
-        match sync(&http, &endpoint, &settings).await {
+        // Raced against stopping: an unreachable Metabase must not hold up the clean stop.
+        let result = tokio::select! {
+            r = sync(&http, &endpoint, &settings) => r,
+            _ = stop.changed() => return,
+        };
+        match result {
             Ok(()) => {
                 tracing::info!(metabase = %settings.url, database = settings.database, "asked Metabase to sync the schema");
                 synced = Some(version);

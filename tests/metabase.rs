@@ -26,7 +26,7 @@ struct Call {
 }
 
 /// A listener answering every request like Metabase's sync endpoint: 200 `{"status":"ok"}` for
-/// the right key, 403 for any other.
+/// the right key, 403 for any other; or, `silent`, never answering.
 struct FakeMetabase {
     url: String,
     calls: Arc<Mutex<Vec<Call>>>,
@@ -34,6 +34,10 @@ struct FakeMetabase {
 
 impl FakeMetabase {
     fn start() -> FakeMetabase {
+        Self::listen(false)
+    }
+
+    fn listen(silent: bool) -> FakeMetabase {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let calls = Arc::new(Mutex::new(Vec::new()));
@@ -63,12 +67,21 @@ impl FakeMetabase {
                         }
                     }
                 }
+                record.lock().unwrap().push(Call {
+                    method,
+                    path,
+                    key: key.clone(),
+                });
+                if silent {
+                    // Held open, unanswered, for as long as the test runs.
+                    std::mem::forget(stream);
+                    continue;
+                }
                 let (status, body) = if key.as_deref() == Some(KEY) {
                     ("200 OK", r#"{"status":"ok"}"#)
                 } else {
                     ("403 Forbidden", "Unauthenticated")
                 };
-                record.lock().unwrap().push(Call { method, path, key });
                 let _ = write!(
                     stream,
                     "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -193,4 +206,28 @@ fn a_refused_key_is_named_in_the_log_without_the_key() {
     );
     assert_eq!(metabase.calls()[0].key.as_deref(), Some(wrong));
     assert!(!t.log_text().contains(wrong), "{}", t.log_text());
+}
+
+#[test]
+fn a_metabase_that_never_answers_does_not_hold_up_the_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let metabase = FakeMetabase::listen(true);
+    let mut t = Tidegate::start_with_env(
+        &[
+            "serve",
+            "--db",
+            dir.path().join("silent.db").to_str().unwrap(),
+            "--metabase-url",
+            &metabase.url,
+            "--metabase-database",
+            "4",
+        ],
+        &[("TIDEGATE_METABASE_API_KEY", KEY)],
+        dir.path(),
+    );
+    t.api();
+    metabase.wait_calls(1);
+    // The call waits for an answer (for up to 30 s); stopping must not.
+    assert!(t.term().success(), "{}", t.log_text());
+    assert!(t.log_text().contains("stopped cleanly"), "{}", t.log_text());
 }
