@@ -431,7 +431,30 @@ pub fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
     }
     tx.pragma_update(None, "user_version", VERSION)?;
     tx.commit()?;
+    if found >= 1 {
+        if let Some(bytes) = space_left_unused(conn)? {
+            tracing::info!(
+                unused_mib = bytes >> 20,
+                "the upgrade left {} MiB unused inside the database file (the old layout's pages); SQLite fills them again as data arrives. To give them back to the disk at once, stop tidegate and run `sqlite3 FILE 'VACUUM'` (it needs about the file's size in free disk space while it runs)",
+                bytes >> 20
+            );
+        }
+    }
     Ok(())
+}
+
+/// Unused space worth mentioning: an upgrade that moves rows to a new layout (schema 7) leaves
+/// the old pages free inside the file, which does not shrink by itself.
+const UNUSED_WORTH_SAYING: i64 = 16 << 20;
+
+/// The bytes of free pages in the file, when there are at least `UNUSED_WORTH_SAYING`.
+fn space_left_unused(conn: &Connection) -> rusqlite::Result<Option<i64>> {
+    let bytes: i64 = conn.query_row(
+        "SELECT f.freelist_count * p.page_size FROM pragma_freelist_count f, pragma_page_size p",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok((bytes >= UNUSED_WORTH_SAYING).then_some(bytes))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -440,4 +463,35 @@ pub enum MigrateError {
     TooNew(i64),
     #[error(transparent)]
     Sql(#[from] rusqlite::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unused_space_is_reported_once_it_is_worth_saying() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("unused.db")).unwrap();
+        conn.execute_batch("CREATE TABLE old (b BLOB)").unwrap();
+        let fill_then_drop = |mib: i64| {
+            conn.execute(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
+                 INSERT INTO old (b) SELECT zeroblob(1048576) FROM n",
+                [mib],
+            )
+            .unwrap();
+            conn.execute("DELETE FROM old", []).unwrap();
+        };
+        assert_eq!(space_left_unused(&conn).unwrap(), None, "a new file");
+        fill_then_drop(8);
+        assert_eq!(
+            space_left_unused(&conn).unwrap(),
+            None,
+            "8 MiB is not worth a word"
+        );
+        fill_then_drop(20);
+        let unused = space_left_unused(&conn).unwrap().expect("20 MiB unused");
+        assert!((20 << 20..24 << 20).contains(&unused), "{unused}");
+    }
 }
