@@ -119,24 +119,39 @@ fn post(api: &str, topic: &str, payload: &str) {
     assert!(r.status().is_success(), "{}", r.status());
 }
 
+/// `serve` on `db`, told of `metabase` as database `database` with `key`, plus `extra` flags.
+fn serve(
+    db: &str,
+    metabase: &FakeMetabase,
+    database: &str,
+    key: &str,
+    extra: &[&str],
+    dir: &std::path::Path,
+) -> Tidegate {
+    let mut args = vec![
+        "serve",
+        "--db",
+        db,
+        "--metabase-url",
+        &metabase.url,
+        "--metabase-database",
+        database,
+    ];
+    args.extend_from_slice(extra);
+    Tidegate::start_with_env(&args, &[("TIDEGATE_METABASE_API_KEY", key)], dir)
+}
+
 /// Metabase is asked to sync once at start, once after a mapping creates its table, and not
 /// again while the schema stays as it is; every call carries the key, and the log never does.
 fn new_tables_reach_metabase(db: &str, dir: &std::path::Path) {
     let metabase = FakeMetabase::start();
     let conf = support::telemetry_mapping(dir);
-    let t = Tidegate::start_with_env(
-        &[
-            "serve",
-            "--db",
-            db,
-            "--config",
-            conf.to_str().unwrap(),
-            "--metabase-url",
-            &metabase.url,
-            "--metabase-database",
-            "7",
-        ],
-        &[("TIDEGATE_METABASE_API_KEY", KEY)],
+    let t = serve(
+        db,
+        &metabase,
+        "7",
+        KEY,
+        &["--config", conf.to_str().unwrap()],
         dir,
     );
     let api = t.api();
@@ -186,19 +201,8 @@ fn a_refused_key_is_named_in_the_log_without_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let metabase = FakeMetabase::start();
     let wrong = "mb_wrong-key-000000";
-    let t = Tidegate::start_with_env(
-        &[
-            "serve",
-            "--db",
-            dir.path().join("refused.db").to_str().unwrap(),
-            "--metabase-url",
-            &metabase.url,
-            "--metabase-database",
-            "3",
-        ],
-        &[("TIDEGATE_METABASE_API_KEY", wrong)],
-        dir.path(),
-    );
+    let db = dir.path().join("refused.db");
+    let t = serve(db.to_str().unwrap(), &metabase, "3", wrong, &[], dir.path());
     assert!(
         t.wait_log("Metabase refused the API key (HTTP 403", Duration::from_secs(20)),
         "{}",
@@ -212,19 +216,8 @@ fn a_refused_key_is_named_in_the_log_without_the_key() {
 fn a_metabase_that_never_answers_does_not_hold_up_the_stop() {
     let dir = tempfile::tempdir().unwrap();
     let metabase = FakeMetabase::listen(true);
-    let mut t = Tidegate::start_with_env(
-        &[
-            "serve",
-            "--db",
-            dir.path().join("silent.db").to_str().unwrap(),
-            "--metabase-url",
-            &metabase.url,
-            "--metabase-database",
-            "4",
-        ],
-        &[("TIDEGATE_METABASE_API_KEY", KEY)],
-        dir.path(),
-    );
+    let db = dir.path().join("silent.db");
+    let mut t = serve(db.to_str().unwrap(), &metabase, "4", KEY, &[], dir.path());
     t.api();
     metabase.wait_calls(1);
     // The call waits for an answer (for up to 30 s); stopping must not.

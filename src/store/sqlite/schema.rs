@@ -434,7 +434,6 @@ pub fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
     if found >= 1 {
         if let Some(bytes) = space_left_unused(conn)? {
             tracing::info!(
-                unused_mib = bytes >> 20,
                 "after the upgrade the database file holds {} MiB unused (pages the old layout or deleted rows left); SQLite fills them again as data arrives. To give them back to the disk at once, stop tidegate and run `sqlite3 FILE 'VACUUM'` (it needs about the file's size in free disk space while it runs)",
                 bytes >> 20
             );
