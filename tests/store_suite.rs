@@ -669,7 +669,9 @@ fn a_postgres_database_at_schema_5_is_upgraded_in_place() {
         let s = store::open(&settings).await.unwrap();
         write(&s, vec![temp("old/a", 1), temp("old/a", 2)]).await;
     });
-    // Back to schema 5's readings indexes (and primary key) and delivery marks, as a tidegate of
+    let readings = "SELECT string_agg(id || ' ' || message_id || ' ' || ts || ' ' || topic || ' ' || coalesce(device, '-') || ' ' || field || ' ' || value || ' ' || ts_source, ';' ORDER BY id) FROM readings";
+    let before = support::pg::psql(&server, &db, readings);
+    // Back to schema 5's readings table and indexes (and primary key) and delivery marks, as a tidegate of
     // that version left them, with the mark of one message it committed (packet id 7).
     let committed = mqtt("old/m", b"v5", 7, false);
     let hash: String = committed
@@ -681,7 +683,9 @@ fn a_postgres_database_at_schema_5_is_upgraded_in_place() {
         &server,
         &db,
         &format!(
-            r#"DROP INDEX readings_ts; DROP INDEX readings_series_ts;
+            r#"CREATE TABLE readings_v5 AS SELECT id, message_id, ts, topic, device, field, value, text, ts_source FROM readings;
+           DROP VIEW readings; DROP TABLE series_points; DROP TABLE series;
+           ALTER TABLE readings_v5 RENAME TO readings;
            ALTER TABLE readings ADD PRIMARY KEY (id);
            CREATE INDEX readings_ts ON readings (ts);
            CREATE INDEX readings_topic_field_ts ON readings ((left(topic, 200)) COLLATE "C", (left(field, 200)) COLLATE "C", ts);
@@ -740,18 +744,23 @@ fn a_postgres_database_at_schema_5_is_upgraded_in_place() {
         values.sort_by(f64::total_cmp);
         assert_eq!(values, [1.0, 2.0, 3.0]);
     });
+    // The readings kept their ids and every column; the new one came after them.
+    let after = support::pg::psql(&server, &db, readings);
+    assert!(
+        after.trim().starts_with(&format!("{};", before.trim())),
+        "before: {before}\nafter: {after}"
+    );
+    assert_eq!(after.trim().split(';').count(), 3, "{after}");
+    // Schema 13 moved the readings into `series_points`, by series, with their own indexes.
     let indexes = support::pg::psql(
         &server,
         &db,
-        "SELECT string_agg(indexname || ':' || split_part(indexdef, ' USING ', 2), ' ' ORDER BY indexname) FROM pg_indexes WHERE tablename = 'readings'",
+        "SELECT string_agg(indexname || ':' || split_part(indexdef, ' USING ', 2), ' ' ORDER BY indexname) FROM pg_indexes WHERE tablename IN ('readings', 'series_points')",
     );
-    assert!(indexes.contains("readings_ts:brin (ts)"), "{indexes}");
-    assert!(
-        indexes.contains("readings_series_ts:btree (hashtextextended(topic"),
-        "{indexes}"
+    assert_eq!(
+        indexes.trim(),
+        "series_points_series_ts:btree (series_id, ts) series_points_ts:brin (ts)"
     );
-    assert!(!indexes.contains("readings_topic_field_ts"), "{indexes}");
-    assert!(!indexes.contains("readings_pkey"), "{indexes}");
     let messages_ts = support::pg::psql(
         &server,
         &db,
@@ -980,14 +989,10 @@ fn plan(c: &rusqlite::Connection, sql: &str) -> String {
         .join(" | ")
 }
 
-/// Schema 9 indexes the series' devices, so that a `readings` question filtered by device starts
-/// from that device's series instead of walking every reading in the time range: a schema-8
-/// file gets the index in place, with its readings unchanged.
-#[test]
-fn an_sqlite_database_at_schema_8_gets_the_device_index_and_device_questions_start_from_it() {
-    let (_dir, path, settings) = sqlite_file("v8.db");
+/// Opens the store and writes one message of device `pump`, with readings `temp` 5 and `hum` 40.
+fn write_pump(settings: &StoreSettings) {
     rt().block_on(async {
-        let s = store::open(&settings).await.unwrap();
+        let s = store::open(settings).await.unwrap();
         write(
             &s,
             vec![with_readings(msg(
@@ -997,6 +1002,15 @@ fn an_sqlite_database_at_schema_8_gets_the_device_index_and_device_questions_sta
         )
         .await;
     });
+}
+
+/// Schema 9 indexes the series' devices, so that a `readings` question filtered by device starts
+/// from that device's series instead of walking every reading in the time range: a schema-8
+/// file gets the index in place, with its readings unchanged.
+#[test]
+fn an_sqlite_database_at_schema_8_gets_the_device_index_and_device_questions_start_from_it() {
+    let (_dir, path, settings) = sqlite_file("v8.db");
+    write_pump(&settings);
     let every = "SELECT group_concat(id || '|' || ts || '|' || topic || '|' || device || '|' || field || '|' || value, ';')
                  FROM (SELECT * FROM readings ORDER BY id)";
     let before = text_rows(&settings, every);
@@ -1517,7 +1531,7 @@ fn retention_runs_while_ingest_goes_on_and_deletes_only_what_is_older() {
 }
 
 /// Raw readings by topic and field: exact for long topics that share a prefix, and on PostgreSQL
-/// answered through `readings_series_ts` (which holds hashes of topic and field).
+/// answered through `series_points_series_ts` (by series id, since schema 13).
 #[test]
 fn raw_readings_by_topic_and_field_are_exact_and_indexed() {
     let long = "sensors/".to_string() + &"x".repeat(300);
@@ -1562,7 +1576,7 @@ fn raw_readings_by_topic_and_field_are_exact_and_indexed() {
                     support::pg::psql(
                         &support::pg::shared(),
                         db,
-                        "SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = 'readings_series_ts'",
+                        "SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = 'series_points_series_ts'",
                     )
                 })
                 .find(|n| n.trim() != "0")
@@ -1573,6 +1587,42 @@ fn raw_readings_by_topic_and_field_are_exact_and_indexed() {
             );
         }
     }
+}
+
+/// Schema 13 stores PostgreSQL's readings by series, as SQLite's schema 7 does: a `readings`
+/// question filtered by device (Metabase's usual one) starts from that device's series and reads
+/// only their points through `series_points_series_ts`, instead of every reading in the range.
+#[test]
+fn a_postgresql_readings_question_by_device_reads_only_that_devices_series() {
+    let (server, db, settings) = fresh_pg();
+    write_pump(&settings);
+    // History: 100 devices of 3 fields, 200 readings each, as a long run would leave them.
+    support::pg::psql(
+        &server,
+        &db,
+        "INSERT INTO series (topic, device, field)
+             SELECT 'plant/' || d, 'dev' || d, f FROM generate_series(1, 100) d, unnest(ARRAY['temp', 'hum', 'pres']) f;
+         INSERT INTO series_points (message_id, series_id, ts, value, ts_source)
+             SELECT 0, s.id, timestamptz '2026-01-01 00:00:00+00' + n * interval '1 minute', n, 'received'
+             FROM series s, generate_series(1, 200) n WHERE s.device LIKE 'dev%';
+         ANALYZE series; ANALYZE series_points;",
+    );
+    let question = "SELECT ts, value FROM readings WHERE device = 'dev7' AND field = 'temp' AND ts >= '2026-01-01 02:00:00+00'";
+    let plan = support::pg::psql(&server, &db, &format!("EXPLAIN {question}"));
+    assert!(plan.contains("series_points_series_ts"), "{plan}");
+    assert!(!plan.contains("Seq Scan on series_points"), "{plan}");
+    let answer = support::pg::psql(
+        &server,
+        &db,
+        &format!("SELECT count(*) || ' ' || min(value) || ' ' || max(value) FROM ({question}) q"),
+    );
+    assert_eq!(answer.trim(), "81 120 200");
+    let pump = support::pg::psql(
+        &server,
+        &db,
+        "SELECT string_agg(topic || ' ' || field || '=' || value, ',' ORDER BY field) FROM readings WHERE device = 'pump'",
+    );
+    assert_eq!(pump.trim(), "plant/d1 hum=40,plant/d1 temp=5");
 }
 
 /// Two instances writing the same topics at once (a share group on one database): every batch
@@ -1624,6 +1674,15 @@ fn concurrent_writers_on_the_same_topics_all_commit_and_add_up() {
         counts.trim(),
         format!("{}/{TOPICS}/{}", ROUNDS * 2 * TOPICS, ROUNDS * 2 * TOPICS * 2)
     );
+    // Both created the same series at once in the first round: one row each, and every reading
+    // is in `readings` (none points at a series row that is not there).
+    let series = support::pg::psql(
+        &support::pg::shared(),
+        &db,
+        "SELECT (SELECT count(*) FROM series) || '/' || (SELECT count(*) FROM readings) || '/' || (SELECT count(*) FROM series_points)",
+    );
+    let readings = ROUNDS * 2 * TOPICS * 2;
+    assert_eq!(series.trim(), format!("{}/{readings}/{readings}", TOPICS * 2));
 }
 
 /// PostgreSQL refuses what SQLite stores, a rollup sum past the largest float8: the message
@@ -1637,11 +1696,17 @@ fn a_message_postgresql_refuses_is_rejected_alone_and_the_rest_of_its_batch_is_s
         let s = store::open(&settings).await.unwrap();
         let first = write(&s, vec![timed_reading("big/a", "1e308")]).await;
         assert!(matches!(first[..], [Outcome::Stored { .. }]), "{first:?}");
+        // The refused message brings a new series (`fresh`), created in its savepoint and gone
+        // with it; the next message needs that series again.
         let second = write(
             &s,
             vec![
                 timed_reading("ok/b", "1"),
-                timed_reading("big/a", "1e308"),
+                with_readings(msg(
+                    "big/a",
+                    br#"{"ts":"2026-11-25T10:00:00Z","v":1e308,"fresh":5}"#,
+                )),
+                with_readings(msg("big/a", br#"{"ts":"2026-11-25T10:00:00Z","fresh":6}"#)),
                 timed_reading("ok/c", "2"),
             ],
         )
@@ -1649,7 +1714,12 @@ fn a_message_postgresql_refuses_is_rejected_alone_and_the_rest_of_its_batch_is_s
         assert!(
             matches!(
                 second[..],
-                [Outcome::Stored { .. }, Outcome::Rejected, Outcome::Stored { .. }]
+                [
+                    Outcome::Stored { .. },
+                    Outcome::Rejected,
+                    Outcome::Stored { .. },
+                    Outcome::Stored { .. }
+                ]
             ),
             "{second:?}"
         );
@@ -1662,12 +1732,17 @@ fn a_message_postgresql_refuses_is_rejected_alone_and_the_rest_of_its_batch_is_s
     );
     assert_eq!(
         sql("SELECT string_agg(topic, ',' ORDER BY id) FROM messages"),
-        "big/a,ok/b,ok/c"
+        "big/a,ok/b,big/a,ok/c"
     );
-    assert_eq!(sql("SELECT count(*) FROM readings"), "3");
+    // Every reading stored is in `readings`: none points at a series that was rolled back.
     assert_eq!(
-        sql("SELECT string_agg(topic || '=' || count, ',' ORDER BY topic) FROM readings_1h"),
-        "big/a=1,ok/b=1,ok/c=1"
+        sql("SELECT string_agg(topic || ' ' || field || '=' || value, ',' ORDER BY id) FROM readings"),
+        "big/a v=1e+308,ok/b v=1,big/a fresh=6,ok/c v=2"
+    );
+    assert_eq!(sql("SELECT count(*) FROM series_points"), "4");
+    assert_eq!(
+        sql("SELECT string_agg(topic || '/' || field || '=' || count, ',' ORDER BY topic, field) FROM readings_1h"),
+        "big/a/fresh=1,big/a/v=1,ok/b/v=1,ok/c/v=1"
     );
 }
 

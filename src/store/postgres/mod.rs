@@ -6,6 +6,7 @@
 
 mod read;
 mod schema;
+mod series;
 mod turn;
 mod write;
 
@@ -67,6 +68,8 @@ pub struct PgStore {
     next_token: AtomicU32,
     /// When old tokens were last deleted.
     pruned: Mutex<Instant>,
+    /// The ids of the series whose rows are committed.
+    series: series::Known,
 }
 
 fn tls_config(target: &PgTarget) -> Result<rustls::ClientConfig, String> {
@@ -155,6 +158,7 @@ impl PgStore {
             token_prefix: rand::random(),
             next_token: AtomicU32::new(rand::random()),
             pruned: Mutex::new(Instant::now() - Duration::from_secs(3600)),
+            series: series::Known::default(),
         })
     }
 
@@ -237,9 +241,17 @@ impl PgStore {
         turn: Option<&mut turn::Attempt<'_>>,
     ) -> Result<Vec<Outcome>, WriteError> {
         let mut client = self.client(WriteError::Other).await?;
-        write::write_batch(&mut client, batch, position, &self.id_seq, token, turn)
-            .await
-            .map_err(|e| WriteError::from_rows(&e))
+        write::write_batch(
+            &mut client,
+            batch,
+            position,
+            &self.id_seq,
+            &self.series,
+            token,
+            turn,
+        )
+        .await
+        .map_err(|e| WriteError::from_rows(&e))
     }
 
     /// A pooled connection; a failure to get one becomes a `kind` error (a query's or a write's).
@@ -356,12 +368,26 @@ impl PgStore {
     ) -> Result<Vec<Outcome>, write::RowsError> {
         let mut tx = client.transaction().await?;
         write::claim(&tx, token).await?;
+        let mut series = series::Pending::new(&self.series);
         let mut outcomes = Vec::with_capacity(batch.len());
         for m in batch {
             let sp = tx.transaction().await?;
-            match write::write_rows(&sp, std::slice::from_ref(m), &self.id_seq, None, None, None).await {
+            // The series a savepoint creates are gone if it rolls back.
+            let mut sp_series = series.savepoint();
+            match write::write_rows(
+                &sp,
+                std::slice::from_ref(m),
+                &self.id_seq,
+                &mut sp_series,
+                None,
+                None,
+                None,
+            )
+            .await
+            {
                 Ok(mut o) => {
                     sp.commit().await?;
+                    series.adopt(sp_series);
                     outcomes.append(&mut o);
                 }
                 Err(write::RowsError::Pg(e)) if is_data_error(&e) => {
@@ -370,9 +396,17 @@ impl PgStore {
                     r.payload = bytes::Bytes::new();
                     r.rejection = Some(format!("the database refused this message: {}", describe_pg(&e)));
                     let sp = tx.transaction().await?;
-                    let mut o =
-                        write::write_rows(&sp, std::slice::from_ref(&r), &self.id_seq, None, None, None)
-                            .await?;
+                    // A rejection stores no readings, so it creates no series.
+                    let mut o = write::write_rows(
+                        &sp,
+                        std::slice::from_ref(&r),
+                        &self.id_seq,
+                        &mut series.savepoint(),
+                        None,
+                        None,
+                        None,
+                    )
+                    .await?;
                     sp.commit().await?;
                     outcomes.append(&mut o);
                 }
@@ -383,6 +417,7 @@ impl PgStore {
             write::record_position(&tx, p).await?;
         }
         tx.commit().await?;
+        series.commit();
         Ok(outcomes)
     }
 }
@@ -402,6 +437,7 @@ impl WriteError {
         match e {
             write::RowsError::Pg(e) => Self::from_pg(e),
             write::RowsError::Overtaken(_) => WriteError::Overtaken,
+            write::RowsError::Series(e) => WriteError::Other(e.clone()),
         }
     }
 

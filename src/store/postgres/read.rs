@@ -160,18 +160,21 @@ pub async fn readings(
     q: &crate::store::ReadingsQuery,
 ) -> Result<Vec<crate::store::Point>, tokio_postgres::Error> {
     use crate::store::{Point, Resolution};
-    let (from, ts_col) = match q.resolution {
+    // Raw readings straight from their tables: the series first (a few rows), then each one's
+    // points through `series_points_series_ts`.
+    let (from, [ts_col, topic, device, field]) = match q.resolution {
         Resolution::Raw => (
-            "SELECT ts, topic, device, field, 1::bigint, value, value, value, value FROM readings WHERE value IS NOT NULL",
-            "ts",
+            "SELECT p.ts, s.topic, s.device, s.field, 1::bigint, p.value, p.value, p.value, p.value
+             FROM series_points p JOIN series s ON s.id = p.series_id WHERE p.value IS NOT NULL",
+            ["p.ts", "s.topic", "s.device", "s.field"],
         ),
         Resolution::Minute => (
             "SELECT bucket, topic, nullif(device, ''), field, count, min, max, avg, last FROM readings_1m WHERE true",
-            "bucket",
+            ["bucket", "topic", "device", "field"],
         ),
         Resolution::Hour => (
             "SELECT bucket, topic, nullif(device, ''), field, count, min, max, avg, last FROM readings_1h WHERE true",
-            "bucket",
+            ["bucket", "topic", "device", "field"],
         ),
     };
     let mut sql = from.to_string();
@@ -181,35 +184,22 @@ pub async fn readings(
         sql.push_str(&frag.replace('$', &format!("${}", args.len())));
     };
     let rollup = q.resolution != Resolution::Raw;
+    // md5() matches the rollups' device and field index; the plain comparison keeps the answer
+    // exact.
     if let Some(t) = &q.topic {
-        if !rollup {
-            // The hash matches `readings_series_ts`; the plain comparison keeps it exact.
-            push(
-                &mut sql,
-                " AND hashtextextended(topic, 0) = hashtextextended($, 0)",
-                Box::new(t.clone()),
-            );
-        }
-        push(&mut sql, " AND topic = $", Box::new(t.clone()));
+        push(&mut sql, &format!(" AND {topic} = $"), Box::new(t.clone()));
     }
     if let Some(d) = &q.device {
-        // md5() matches the rollups' device index; the plain comparison keeps the answer exact.
         if rollup {
             push(&mut sql, " AND md5(device) = md5($)", Box::new(d.clone()));
         }
-        push(&mut sql, " AND device = $", Box::new(d.clone()));
+        push(&mut sql, &format!(" AND {device} = $"), Box::new(d.clone()));
     }
     if let Some(f) = &q.field {
         if rollup {
             push(&mut sql, " AND md5(field) = md5($)", Box::new(f.clone()));
-        } else {
-            push(
-                &mut sql,
-                " AND hashtextextended(field, 0) = hashtextextended($, 0)",
-                Box::new(f.clone()),
-            );
         }
-        push(&mut sql, " AND field = $", Box::new(f.clone()));
+        push(&mut sql, &format!(" AND {field} = $"), Box::new(f.clone()));
     }
     if let Some(s) = q.since {
         push(&mut sql, &format!(" AND {ts_col} >= $"), Box::new(s));

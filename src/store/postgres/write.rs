@@ -14,7 +14,10 @@ use tokio_postgres::{
     Client, Row,
 };
 
-use super::turn::{Attempt, Overtaken};
+use super::{
+    series::{self, Pending, SeriesError},
+    turn::{Attempt, Overtaken},
+};
 use crate::{
     message::{Message, Origin},
     store::{
@@ -30,6 +33,17 @@ pub enum RowsError {
     Pg(#[from] tokio_postgres::Error),
     #[error(transparent)]
     Overtaken(#[from] Overtaken),
+    #[error("{0}")]
+    Series(String),
+}
+
+impl From<SeriesError> for RowsError {
+    fn from(e: SeriesError) -> Self {
+        match e {
+            SeriesError::Pg(e) => RowsError::Pg(e),
+            e @ SeriesError::Unresolved(_) => RowsError::Series(e.to_string()),
+        }
+    }
 }
 
 /// PostgreSQL text cannot hold NUL; such text is kept with U+FFFD (the exact bytes go to
@@ -100,17 +114,21 @@ fn hash_of(v: Vec<u8>) -> Option<Hash> {
 
 /// Writes `batch` in its own transaction, claiming its token first (`claim`), in its `turn`
 /// when it is a pipeline batch.
+#[allow(clippy::too_many_arguments)]
 pub async fn write_batch(
     client: &mut ClientWrapper,
     batch: &[Message],
     position: Option<&SpoolPosition>,
     id_seq: &str,
+    known: &series::Known,
     token: i64,
     turn: Option<&mut Attempt<'_>>,
 ) -> Result<Vec<Outcome>, RowsError> {
     let tx = client.transaction().await?;
-    let outcomes = write_rows(&tx, batch, id_seq, Some(token), turn, position).await?;
+    let mut series = Pending::new(known);
+    let outcomes = write_rows(&tx, batch, id_seq, &mut series, Some(token), turn, position).await?;
     tx.commit().await?;
+    series.commit();
     Ok(outcomes)
 }
 
@@ -148,6 +166,7 @@ pub async fn write_rows(
     tx: &Transaction<'_>,
     batch: &[Message],
     id_seq: &str,
+    series: &mut Pending<'_>,
     token: Option<i64>,
     mut turn: Option<&mut Attempt<'_>>,
     position: Option<&SpoolPosition>,
@@ -268,6 +287,7 @@ pub async fn write_rows(
         .filter(|&i| verdicts[i] == Verdict::Store)
         .collect();
     let stored_messages: Vec<&Message> = to_store.iter().map(|&i| &batch[i]).collect();
+    let series_ids = reading_series(tx, series, &stored_messages).await?;
 
     // Step 3: the rows no other transaction touches, while the batch before may still be
     // writing.
@@ -275,7 +295,7 @@ pub async fn write_rows(
         let done = futures::join!(
             copy_messages(tx, batch, &to_store, &ids),
             insert_rejected(tx, batch, &verdicts),
-            copy_readings(tx, batch, &to_store, &ids),
+            copy_readings(tx, &series_ids, batch, &to_store, &ids),
             insert_notes(tx, batch, &to_store, &ids),
         );
         first_error([done.0, done.1, done.2, done.3])
@@ -371,7 +391,7 @@ const UPSERT_RETAINED: &str =
     "INSERT INTO retained_marks (topic, hash) SELECT * FROM unnest($1::text[], $2::bytea[])
      ON CONFLICT ((md5(topic))) DO UPDATE SET hash = excluded.hash";
 const COPY_READINGS: &str =
-    "COPY readings (message_id, ts, topic, device, field, value, text, ts_source) FROM STDIN (FORMAT binary)";
+    "COPY series_points (message_id, series_id, ts, value, text, ts_source) FROM STDIN (FORMAT binary)";
 const INSERT_NOTES: &str =
     "INSERT INTO reading_notes (message_id, note) SELECT * FROM unnest($1::bigint[], $2::text[])
      ON CONFLICT (message_id) DO UPDATE SET note = excluded.note";
@@ -619,12 +639,10 @@ async fn copy_messages(
     Ok(())
 }
 
-const READING_TYPES: [Type; 8] = [
+const READING_TYPES: [Type; 6] = [
     Type::INT8,
+    Type::INT4,
     Type::TIMESTAMPTZ,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
     Type::FLOAT8,
     Type::TEXT,
     Type::TEXT,
@@ -652,10 +670,50 @@ fn rollup_upsert(t: &str) -> String {
     )
 }
 
+/// The series id of every reading of the stored messages, in order, finding or creating in
+/// `tx` the series no committed batch has.
+async fn reading_series(
+    tx: &Transaction<'_>,
+    series: &mut Pending<'_>,
+    stored: &[&Message],
+) -> Result<Vec<i32>, RowsError> {
+    let each = |f: &mut dyn FnMut(&str)| {
+        let mut key = String::new();
+        for m in stored {
+            let Some(d) = &m.derived else { continue };
+            for r in &d.readings {
+                series::key(&mut key, &m.topic, d.device.as_deref(), &r.field);
+                f(&key);
+            }
+        }
+    };
+    let mut unknown = Vec::new();
+    each(&mut |k| {
+        if series.id(k).is_none() {
+            unknown.push(k.to_string());
+        }
+    });
+    // A series no batch has committed yet costs a round trip or two, before the copies.
+    series.resolve(tx, unknown).await?;
+    let mut ids = Vec::new();
+    let mut gap = None;
+    each(&mut |k| match series.id(k) {
+        Some(id) => ids.push(id),
+        None => gap = Some(k.replace('\0', "|")),
+    });
+    match gap {
+        None => Ok(ids),
+        Some(k) => Err(RowsError::Series(format!(
+            "no id for series {k:?} after resolving it"
+        ))),
+    }
+}
+
 /// The readings of the stored messages (`to_store[i]` became row `ids[i]`), streamed with
-/// binary `COPY`.
+/// binary `COPY`, each with its series' id (`series_ids`, in the same order: `reading_series`).
 async fn copy_readings(
     tx: &Transaction<'_>,
+    series_ids: &[i32],
     batch: &[Message],
     to_store: &[usize],
     ids: &[i64],
@@ -671,26 +729,17 @@ async fn copy_readings(
     let sink = tx.copy_in(&copy).await?;
     let writer = BinaryCopyInWriter::new(sink, &READING_TYPES);
     futures::pin_mut!(writer);
+    let mut series_ids = series_ids.iter();
     for (&i, &id) in to_store.iter().zip(ids) {
         let m = &batch[i];
         let Some(d) = &m.derived else { continue };
-        let topic = pg_text(&m.topic);
-        let device = d.device.as_deref().map(pg_text);
-        for r in &d.readings {
+        for (r, series_id) in d.readings.iter().zip(&mut series_ids) {
             let (value, text) = match &r.value {
                 Value::Number(v) => (Some(*v), None),
                 Value::Text(t) => (None, Some(pg_text(t))),
             };
-            let row: [&(dyn ToSql + Sync); 8] = [
-                &id,
-                &d.ts,
-                &topic,
-                &device,
-                &pg_text(&r.field),
-                &value,
-                &text,
-                &d.ts_source.as_str(),
-            ];
+            let row: [&(dyn ToSql + Sync); 6] =
+                [&id, &series_id, &d.ts, &value, &text, &d.ts_source.as_str()];
             writer.as_mut().write(&row).await?;
         }
     }
@@ -829,11 +878,12 @@ pub async fn retain(
     }
     if let Some(d) = policy.readings {
         let c = cutoff(d);
-        // Any expired chunk, not the oldest first: `readings_ts` is a BRIN index, which finds
-        // the block ranges but cannot return rows in order without sorting them all.
+        // Any expired chunk, not the oldest first: `series_points_ts` is a BRIN index, which
+        // finds the block ranges but cannot return rows in order without sorting them all.
+        // The series stay: their ids are remembered (`series`), and a series is one row.
         n += tx
             .execute(
-                "DELETE FROM readings WHERE ctid = ANY(ARRAY(SELECT ctid FROM readings WHERE ts < $1 LIMIT $2))",
+                "DELETE FROM series_points WHERE ctid = ANY(ARRAY(SELECT ctid FROM series_points WHERE ts < $1 LIMIT $2))",
                 &[&c, &chunk],
             )
             .await?;
