@@ -88,6 +88,28 @@ async fn write(s: &Arc<dyn Store>, batch: Vec<Message>) -> Vec<Outcome> {
     s.write(Arc::new(batch)).await.unwrap().outcomes().to_vec()
 }
 
+/// One topic's field in the raw readings (at most 1,000 points).
+async fn raw_points(s: &Arc<dyn Store>, topic: &str, field: &str) -> Vec<tidegate::store::Point> {
+    s.readings(tidegate::store::ReadingsQuery {
+        topic: Some(topic.into()),
+        device: None,
+        field: Some(field.into()),
+        since: None,
+        until: None,
+        resolution: tidegate::store::Resolution::Raw,
+        limit: 1000,
+    })
+    .await
+    .unwrap()
+}
+
+/// The values of one topic's field in the raw readings, sorted.
+async fn raw_values(s: &Arc<dyn Store>, topic: &str, field: &str) -> Vec<f64> {
+    let mut values: Vec<f64> = raw_points(s, topic, field).await.iter().map(|p| p.last).collect();
+    values.sort_by(f64::total_cmp);
+    values
+}
+
 fn all(topic: Option<&str>) -> MessageQuery {
     MessageQuery {
         topic: topic.map(String::from),
@@ -728,21 +750,7 @@ fn a_postgres_database_at_schema_5_is_upgraded_in_place() {
                 .message_count,
             1
         );
-        let pts = s
-            .readings(tidegate::store::ReadingsQuery {
-                topic: Some("old/a".into()),
-                device: None,
-                field: Some("temp".into()),
-                since: None,
-                until: None,
-                resolution: tidegate::store::Resolution::Raw,
-                limit: 100,
-            })
-            .await
-            .unwrap();
-        let mut values: Vec<f64> = pts.iter().map(|p| p.last).collect();
-        values.sort_by(f64::total_cmp);
-        assert_eq!(values, [1.0, 2.0, 3.0]);
+        assert_eq!(raw_values(&s, "old/a", "temp").await, [1.0, 2.0, 3.0]);
     });
     // The readings kept their ids and every column; the new one came after them.
     let after = support::pg::psql(&server, &db, readings);
@@ -1531,7 +1539,8 @@ fn retention_runs_while_ingest_goes_on_and_deletes_only_what_is_older() {
 }
 
 /// Raw readings by topic and field: exact for long topics that share a prefix, and on PostgreSQL
-/// answered through `series_points_series_ts` (by series id, since schema 13).
+/// answered through `series_points_series_ts` (by series id, since schema 13) once the table
+/// holds enough readings for an index to be worth it.
 #[test]
 fn raw_readings_by_topic_and_field_are_exact_and_indexed() {
     let long = "sensors/".to_string() + &"x".repeat(300);
@@ -1548,18 +1557,10 @@ fn raw_readings_by_topic_and_field_are_exact_and_indexed() {
                 })
                 .collect();
             write(&s, batch).await;
-            let pts = s
-                .readings(tidegate::store::ReadingsQuery {
-                    topic: Some(a.clone()),
-                    device: None,
-                    field: Some("temp".into()),
-                    since: None,
-                    until: None,
-                    resolution: tidegate::store::Resolution::Raw,
-                    limit: 1000,
-                })
-                .await
-                .unwrap();
+            if let DbUrl::Postgres(t) = &settings.db {
+                pg_history(&support::pg::shared(), t.config.get_dbname().unwrap());
+            }
+            let pts = raw_points(&s, &a, "temp").await;
             assert_eq!(pts.len(), 50, "{name}");
             assert!(
                 pts.iter()
@@ -1569,8 +1570,9 @@ fn raw_readings_by_topic_and_field_are_exact_and_indexed() {
         });
         if let DbUrl::Postgres(t) = &settings.db {
             let db = t.config.get_dbname().unwrap();
-            // Statistics reach the view within a second or so of the query.
-            let scans = (0..50)
+            // Statistics reach the view when the connection that ran the query next goes idle
+            // for long enough: up to ten seconds.
+            let scans = (0..150)
                 .map(|_| {
                     std::thread::sleep(std::time::Duration::from_millis(100));
                     support::pg::psql(
@@ -1589,17 +1591,13 @@ fn raw_readings_by_topic_and_field_are_exact_and_indexed() {
     }
 }
 
-/// Schema 13 stores PostgreSQL's readings by series, as SQLite's schema 7 does: a `readings`
-/// question filtered by device (Metabase's usual one) starts from that device's series and reads
-/// only their points through `series_points_series_ts`, instead of every reading in the range.
-#[test]
-fn a_postgresql_readings_question_by_device_reads_only_that_devices_series() {
-    let (server, db, settings) = fresh_pg();
-    write_pump(&settings);
-    // History: 100 devices of 3 fields, 200 readings each, as a long run would leave them.
+/// Readings history in a PostgreSQL store, as a long run would leave it: 100 devices (`dev1` …
+/// `dev100`, topics `plant/1` …) of 3 fields, 200 readings each from 2026-01-01 00:01 UTC, a
+/// minute apart; then planner statistics, as autovacuum gathers them.
+fn pg_history(server: &str, db: &str) {
     support::pg::psql(
-        &server,
-        &db,
+        server,
+        db,
         "INSERT INTO series (topic, device, field)
              SELECT 'plant/' || d, 'dev' || d, f FROM generate_series(1, 100) d, unnest(ARRAY['temp', 'hum', 'pres']) f;
          INSERT INTO series_points (message_id, series_id, ts, value, ts_source)
@@ -1607,6 +1605,16 @@ fn a_postgresql_readings_question_by_device_reads_only_that_devices_series() {
              FROM series s, generate_series(1, 200) n WHERE s.device LIKE 'dev%';
          ANALYZE series; ANALYZE series_points;",
     );
+}
+
+/// Schema 13 stores PostgreSQL's readings by series, as SQLite's schema 7 does: a `readings`
+/// question filtered by device (Metabase's usual one) starts from that device's series and reads
+/// only their points through `series_points_series_ts`, instead of every reading in the range.
+#[test]
+fn a_postgresql_readings_question_by_device_reads_only_that_devices_series() {
+    let (server, db, settings) = fresh_pg();
+    write_pump(&settings);
+    pg_history(&server, &db);
     let question = "SELECT ts, value FROM readings WHERE device = 'dev7' AND field = 'temp' AND ts >= '2026-01-01 02:00:00+00'";
     let plan = support::pg::psql(&server, &db, &format!("EXPLAIN {question}"));
     assert!(plan.contains("series_points_series_ts"), "{plan}");
@@ -1623,6 +1631,48 @@ fn a_postgresql_readings_question_by_device_reads_only_that_devices_series() {
         "SELECT string_agg(topic || ' ' || field || '=' || value, ',' ORDER BY field) FROM readings WHERE device = 'pump'",
     );
     assert_eq!(pump.trim(), "plant/d1 hum=40,plant/d1 temp=5");
+}
+
+/// Two batches of one store in flight at once (the pipeline's: the second copies its rows while
+/// the first is being written) that both bring the same new series. The second may reach the
+/// series table first; if it kept that row locked while waiting for the first batch's commit,
+/// and the first waited on that row, neither would ever commit.
+#[test]
+fn a_postgresql_batch_in_flight_behind_another_with_the_same_new_series_does_not_stall_it() {
+    let (_server, _db, settings) = fresh_pg();
+    rt().block_on(async {
+        let s = store::open(&settings).await.unwrap();
+        for round in 0..5 {
+            // The first batch adds many series and the shared one last (sorted), the second only
+            // the shared one: the second's insert is the quicker to get there.
+            let mut first: Vec<Message> = (0..6)
+                .map(|m| {
+                    let fields: Vec<String> =
+                        (0..250).map(|i| format!(r#""f{round}_{m}_{i:03}": 1"#)).collect();
+                    with_readings(msg("same/t", format!("{{{}}}", fields.join(",")).as_bytes()))
+                })
+                .collect();
+            first.push(with_readings(msg(
+                "same/t",
+                format!(r#"{{"zz{round}": 1}}"#).as_bytes(),
+            )));
+            let second = vec![with_readings(msg(
+                "same/t",
+                format!(r#"{{"zz{round}": 2}}"#).as_bytes(),
+            ))];
+            let both = async { tokio::join!(s.write(Arc::new(first)), s.write(Arc::new(second))) };
+            let (a, b) = tokio::time::timeout(std::time::Duration::from_secs(20), both)
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: the two batches did not commit within 20 s"));
+            assert!(
+                a.is_ok() && b.is_ok(),
+                "round {round}: {:?} {:?}",
+                a.err(),
+                b.err()
+            );
+        }
+        assert_eq!(raw_values(&s, "same/t", "zz4").await, [1.0, 2.0]);
+    });
 }
 
 /// Two instances writing the same topics at once (a share group on one database): every batch

@@ -287,7 +287,7 @@ pub async fn write_rows(
         .filter(|&i| verdicts[i] == Verdict::Store)
         .collect();
     let stored_messages: Vec<&Message> = to_store.iter().map(|&i| &batch[i]).collect();
-    let series_ids = reading_series(tx, series, &stored_messages).await?;
+    let series_ids = reading_series(tx, series, turn.as_deref(), &stored_messages).await?;
 
     // Step 3: the rows no other transaction touches, while the batch before may still be
     // writing.
@@ -672,9 +672,15 @@ fn rollup_upsert(t: &str) -> String {
 
 /// The series id of every reading of the stored messages, in order, finding or creating in
 /// `tx` the series no committed batch has.
+///
+/// A batch that brings a new series first waits for the batch before it (`turn`) to commit.
+/// That one may be adding the same series: if this one got there first, its row would hold
+/// that batch's insert while it waited for that batch's commit, and neither would ever commit.
+/// New series are rare after the first batches, so this wait is too.
 async fn reading_series(
     tx: &Transaction<'_>,
     series: &mut Pending<'_>,
+    turn: Option<&Attempt<'_>>,
     stored: &[&Message],
 ) -> Result<Vec<i32>, RowsError> {
     let each = |f: &mut dyn FnMut(&str)| {
@@ -694,7 +700,12 @@ async fn reading_series(
         }
     });
     // A series no batch has committed yet costs a round trip or two, before the copies.
-    series.resolve(tx, unknown).await?;
+    if !unknown.is_empty() {
+        if let Some(turn) = turn {
+            turn.wait_for_earlier_commit().await?;
+        }
+        series.resolve(tx, unknown).await?;
+    }
     let mut ids = Vec::new();
     let mut gap = None;
     each(&mut |k| match series.id(k) {
