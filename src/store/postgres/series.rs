@@ -12,16 +12,11 @@ use std::{collections::HashMap, sync::Mutex};
 use deadpool_postgres::Transaction;
 
 use super::write::pg_text;
+use crate::message::Message;
 
 /// The ids of series whose rows are committed, shared by the store's connections.
 #[derive(Default)]
 pub struct Known(Mutex<HashMap<String, i32>>);
-
-impl Known {
-    fn get(&self, key: &str) -> Option<i32> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(key).copied()
-    }
-}
 
 /// The series ids one transaction has used: its own until it commits (`Pending::commit`).
 pub struct Pending<'a> {
@@ -41,7 +36,7 @@ pub enum SeriesError {
 }
 
 /// The look-up key of a series: its texts as stored (`pg_text`), no device as the empty one.
-pub fn key(buf: &mut String, topic: &str, device: Option<&str>, field: &str) {
+fn key(buf: &mut String, topic: &str, device: Option<&str>, field: &str) {
     buf.clear();
     for part in [topic, device.unwrap_or(""), field] {
         buf.push_str(&pg_text(part));
@@ -72,14 +67,41 @@ impl<'a> Pending<'a> {
         }
     }
 
-    /// The id of a series `resolve` has seen, by its `key`.
-    pub fn id(&self, key: &str) -> Option<i32> {
-        self.fresh.get(key).copied().or_else(|| self.known.get(key))
+    /// The series id of every reading of `stored`, in order, into `ids`; answers the keys of
+    /// the series it has no id for (then `ids` is incomplete), each once.
+    pub fn ids(&self, stored: &[&Message], ids: &mut Vec<i32>) -> Vec<String> {
+        let known = self.known.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut unknown: Vec<String> = Vec::new();
+        let mut k = String::new();
+        for m in stored {
+            let Some(d) = &m.derived else { continue };
+            for r in &d.readings {
+                key(&mut k, &m.topic, d.device.as_deref(), &r.field);
+                match self.fresh.get(&k).or_else(|| known.get(&k)) {
+                    Some(id) => ids.push(*id),
+                    None => unknown.push(k.clone()),
+                }
+            }
+        }
+        unknown.sort_unstable();
+        unknown.dedup();
+        unknown
     }
 
-    /// Finds or creates, inside `tx`, every series in `keys` this transaction has no id for.
+    fn has(&self, key: &str) -> bool {
+        self.fresh.contains_key(key)
+            || self
+                .known
+                .0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(key)
+    }
+
+    /// Finds or creates, inside `tx`, every series in `keys` this transaction has no id for
+    /// (another batch may have committed some of them since `ids`).
     pub async fn resolve(&mut self, tx: &Transaction<'_>, keys: Vec<String>) -> Result<(), SeriesError> {
-        let mut missing: Vec<String> = keys.into_iter().filter(|k| self.id(k).is_none()).collect();
+        let mut missing: Vec<String> = keys.into_iter().filter(|k| !self.has(k)).collect();
         if missing.is_empty() {
             return Ok(());
         }

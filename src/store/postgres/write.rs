@@ -683,39 +683,22 @@ async fn reading_series(
     turn: Option<&Attempt<'_>>,
     stored: &[&Message],
 ) -> Result<Vec<i32>, RowsError> {
-    let each = |f: &mut dyn FnMut(&str)| {
-        let mut key = String::new();
-        for m in stored {
-            let Some(d) = &m.derived else { continue };
-            for r in &d.readings {
-                series::key(&mut key, &m.topic, d.device.as_deref(), &r.field);
-                f(&key);
-            }
-        }
-    };
-    let mut unknown = Vec::new();
-    each(&mut |k| {
-        if series.id(k).is_none() {
-            unknown.push(k.to_string());
-        }
-    });
-    // A series no batch has committed yet costs a round trip or two, before the copies.
-    if !unknown.is_empty() {
-        if let Some(turn) = turn {
-            turn.wait_for_earlier_commit().await?;
-        }
-        series.resolve(tx, unknown).await?;
-    }
     let mut ids = Vec::new();
-    let mut gap = None;
-    each(&mut |k| match series.id(k) {
-        Some(id) => ids.push(id),
-        None => gap = Some(k.replace('\0', "|")),
-    });
-    match gap {
+    let unknown = series.ids(stored, &mut ids);
+    if unknown.is_empty() {
+        return Ok(ids);
+    }
+    // A series no batch has committed yet costs a round trip or two, before the copies.
+    if let Some(turn) = turn {
+        turn.wait_for_earlier_commit().await?;
+    }
+    series.resolve(tx, unknown).await?;
+    ids.clear();
+    match series.ids(stored, &mut ids).first() {
         None => Ok(ids),
         Some(k) => Err(RowsError::Series(format!(
-            "no id for series {k:?} after resolving it"
+            "no id for series {:?} after resolving it",
+            k.replace('\0', "|")
         ))),
     }
 }
