@@ -98,15 +98,14 @@ impl<'a> Pending<'a> {
                 .contains_key(key)
     }
 
-    /// Finds or creates, inside `tx`, every series in `keys` this transaction has no id for
-    /// (another batch may have committed some of them since `ids`).
+    /// Finds or creates, inside `tx`, every series in `keys` (sorted and distinct, as `ids`
+    /// answers them) this transaction has no id for: another batch may have committed some of
+    /// them since.
     pub async fn resolve(&mut self, tx: &Transaction<'_>, keys: Vec<String>) -> Result<(), SeriesError> {
         let mut missing: Vec<String> = keys.into_iter().filter(|k| !self.has(k)).collect();
         if missing.is_empty() {
             return Ok(());
         }
-        missing.sort_unstable();
-        missing.dedup();
         // Look up, add what is still missing, and look up once more for rows another
         // transaction committed while the insert waited for it.
         for step in 0..3 {
@@ -133,7 +132,6 @@ impl<'a> Pending<'a> {
                     found.push((i as usize - 1, r.get(0)));
                 }
             }
-            drop((t, d, f));
             found.sort_unstable();
             for (i, id) in found.into_iter().rev() {
                 self.fresh.insert(missing.remove(i), id);
