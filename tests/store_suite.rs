@@ -693,6 +693,10 @@ fn a_postgres_database_at_schema_5_is_upgraded_in_place() {
     });
     let readings = "SELECT string_agg(id || ' ' || message_id || ' ' || ts || ' ' || topic || ' ' || coalesce(device, '-') || ' ' || field || ' ' || value || ' ' || ts_source, ';' ORDER BY id) FROM readings";
     let before = support::pg::psql(&server, &db, readings);
+    let rollups = |t: &str| {
+        format!("SELECT string_agg(concat_ws(' ', topic, device, field, bucket, count, min, max, sum, avg, last, last_ts), ';' ORDER BY topic, device, field, bucket) FROM {t}")
+    };
+    let rollups_before = ["readings_1m", "readings_1h"].map(|t| support::pg::psql(&server, &db, &rollups(t)));
     // Back to schema 5's readings table and indexes (and primary key) and delivery marks, as a tidegate of
     // that version left them, with the mark of one message it committed (packet id 7).
     let committed = mqtt("old/m", b"v5", 7, false);
@@ -706,6 +710,18 @@ fn a_postgres_database_at_schema_5_is_upgraded_in_place() {
         &db,
         &format!(
             r#"CREATE TABLE readings_v5 AS SELECT id, message_id, ts, topic, device, field, value, text, ts_source FROM readings;
+           CREATE TABLE readings_1m_v5 AS SELECT * FROM readings_1m;
+           CREATE TABLE readings_1h_v5 AS SELECT * FROM readings_1h;
+           DROP VIEW readings_1m; DROP VIEW readings_1h; DROP VIEW readings_latest;
+           DROP TABLE series_1m; DROP TABLE series_1h; DROP TABLE series_latest;
+           ALTER TABLE readings_1m_v5 RENAME TO readings_1m;
+           ALTER TABLE readings_1h_v5 RENAME TO readings_1h;
+           CREATE UNIQUE INDEX readings_1m_key ON readings_1m ((md5(topic)), (md5(device)), (md5(field)), bucket);
+           CREATE INDEX readings_1m_bucket ON readings_1m (bucket);
+           CREATE INDEX readings_1m_device_field ON readings_1m ((md5(device)), (md5(field)), bucket);
+           CREATE UNIQUE INDEX readings_1h_key ON readings_1h ((md5(topic)), (md5(device)), (md5(field)), bucket);
+           CREATE INDEX readings_1h_bucket ON readings_1h (bucket);
+           CREATE INDEX readings_1h_device_field ON readings_1h ((md5(device)), (md5(field)), bucket);
            DROP VIEW readings; DROP TABLE series_points; DROP TABLE series;
            ALTER TABLE readings_v5 RENAME TO readings;
            ALTER TABLE readings ADD PRIMARY KEY (id);
@@ -718,7 +734,6 @@ fn a_postgres_database_at_schema_5_is_upgraded_in_place() {
                                              ('suite-session', 8, decode('00', 'hex'), NULL);
            DROP INDEX messages_received_at; CREATE INDEX messages_received_at ON messages (received_at);
            DROP TABLE commit_tokens;
-           DROP TABLE readings_latest;
            DROP TABLE mqtt_subscriptions;
            DELETE FROM tidegate_schema WHERE version >= 6;"#
         ),
@@ -730,6 +745,11 @@ fn a_postgres_database_at_schema_5_is_upgraded_in_place() {
             "old/a||temp|2|",
             "rebuilt from the stored readings"
         );
+        // Schema 14 moved the rollups by series: the views answer as the tables did.
+        for (t, before) in ["readings_1m", "readings_1h"].iter().zip(&rollups_before) {
+            assert!(before.trim().starts_with("old/a  temp "), "{t}: {before}");
+            assert_eq!(support::pg::psql(&server, &db, &rollups(t)), *before, "{t}");
+        }
         assert_eq!(
             write(
                 &s,
@@ -759,6 +779,15 @@ fn a_postgres_database_at_schema_5_is_upgraded_in_place() {
         "before: {before}\nafter: {after}"
     );
     assert_eq!(after.trim().split(';').count(), 3, "{after}");
+    // The new reading joined the moved buckets.
+    for t in ["readings_1m", "readings_1h"] {
+        let totals = support::pg::psql(
+            &server,
+            &db,
+            &format!("SELECT sum(count) || ' ' || sum(sum) || ' ' || min(min) || ' ' || max(max) FROM {t} WHERE topic = 'old/a' AND device = '' AND field = 'temp'"),
+        );
+        assert_eq!(totals.trim(), "3 6 1 3", "{t}");
+    }
     // Schema 13 moved the readings into `series_points`, by series, with their own indexes.
     let indexes = support::pg::psql(
         &server,
@@ -803,25 +832,21 @@ fn postgres_updates_rollups_and_latest_values_in_place() {
             &server,
             &db,
             &format!(
-                "SELECT string_agg(topic || '@' || (ctid::text::point)[0], ' ' ORDER BY topic) FROM {table}"
+                "SELECT string_agg(series_id || '@' || (ctid::text::point)[0], ' ' ORDER BY series_id) FROM {table}"
             ),
         )
     };
     rt().block_on(async {
         let s = store::open(&settings).await.unwrap();
         write(&s, batch(1)).await;
-        let before: Vec<String> = ["readings_1m", "readings_1h", "readings_latest"]
-            .map(pages)
-            .into();
+        let before: Vec<String> = ["series_1m", "series_1h", "series_latest"].map(pages).into();
         assert!(
             before[0].contains("@1"),
             "the rows fill more than a page: {}",
             before[0]
         );
         write(&s, batch(2)).await;
-        let after: Vec<String> = ["readings_1m", "readings_1h", "readings_latest"]
-            .map(pages)
-            .into();
+        let after: Vec<String> = ["series_1m", "series_1h", "series_latest"].map(pages).into();
         assert_eq!(before, after);
     });
     assert_eq!(
@@ -1603,7 +1628,10 @@ fn pg_history(server: &str, db: &str) {
          INSERT INTO series_points (message_id, series_id, ts, value, ts_source)
              SELECT 0, s.id, timestamptz '2026-01-01 00:00:00+00' + n * interval '1 minute', n, 'received'
              FROM series s, generate_series(1, 200) n WHERE s.device LIKE 'dev%';
-         ANALYZE series; ANALYZE series_points;",
+         INSERT INTO series_1m (series_id, bucket, count, min, max, sum, avg, last, last_ts)
+             SELECT s.id, timestamptz '2026-01-01 00:00:00+00' + n * interval '1 minute', 1, n, n, n, n, n, now()
+             FROM series s, generate_series(1, 200) n WHERE s.device LIKE 'dev%';
+         ANALYZE series; ANALYZE series_points; ANALYZE series_1m;",
     );
 }
 
@@ -1616,21 +1644,110 @@ fn a_postgresql_readings_question_by_device_reads_only_that_devices_series() {
     write_pump(&settings);
     pg_history(&server, &db);
     let question = "SELECT ts, value FROM readings WHERE device = 'dev7' AND field = 'temp' AND ts >= '2026-01-01 02:00:00+00'";
-    let plan = support::pg::psql(&server, &db, &format!("EXPLAIN {question}"));
-    assert!(plan.contains("series_points_series_ts"), "{plan}");
-    assert!(!plan.contains("Seq Scan on series_points"), "{plan}");
-    let answer = support::pg::psql(
+    assert_eq!(
+        device_question(
+            &server,
+            &db,
+            question,
+            "value",
+            "series_points",
+            "series_points_series_ts"
+        ),
+        "81 120 200"
+    );
+    assert_eq!(
+        pump_rows(&server, &db, "readings", "value"),
+        "plant/d1 pump hum=40,plant/d1 pump temp=5"
+    );
+}
+
+/// `question`, filtered by device, on `pg_history`'s series: asserts that its plan reads `table`
+/// through `index` only, and answers the count, least and greatest of its `column`.
+fn device_question(server: &str, db: &str, question: &str, column: &str, table: &str, index: &str) -> String {
+    let plan = support::pg::psql(server, db, &format!("EXPLAIN {question}"));
+    assert!(plan.contains(index), "{plan}");
+    assert!(!plan.contains(&format!("Seq Scan on {table}")), "{plan}");
+    support::pg::psql(
+        server,
+        db,
+        &format!("SELECT count(*) || ' ' || min({column}) || ' ' || max({column}) FROM ({question}) q"),
+    )
+    .trim()
+    .to_string()
+}
+
+/// `write_pump`'s series in `table` (a view), as `topic device field=column`.
+fn pump_rows(server: &str, db: &str, table: &str, column: &str) -> String {
+    support::pg::psql(
+        server,
+        db,
+        &format!("SELECT string_agg(topic || ' ' || device || ' ' || field || '=' || {column}, ',' ORDER BY field) FROM {table} WHERE device = 'pump'"),
+    )
+    .trim()
+    .to_string()
+}
+
+/// Schema 14 keys PostgreSQL's rollups and current values by series too: a `readings_1m`
+/// question filtered by device reads only that device's buckets through `series_1m_key`
+/// (the md5 keys before it matched no question Metabase writes), and the views answer with the
+/// texts as the tables did, `''` for no device.
+#[test]
+fn a_postgresql_rollup_question_by_device_reads_only_that_devices_buckets() {
+    let (server, db, settings) = fresh_pg();
+    write_pump(&settings);
+    pg_history(&server, &db);
+    let question = "SELECT bucket, avg FROM readings_1m WHERE device = 'dev7' AND field = 'temp' AND bucket >= '2026-01-01 02:00:00+00'";
+    assert_eq!(
+        device_question(&server, &db, question, "avg", "series_1m", "series_1m_key"),
+        "81 120 200"
+    );
+    for (table, column) in [
+        ("readings_1m", "avg"),
+        ("readings_1h", "avg"),
+        ("readings_latest", "value"),
+    ] {
+        assert_eq!(
+            pump_rows(&server, &db, table, column),
+            "plant/d1 pump hum=40,plant/d1 pump temp=5",
+            "{table}"
+        );
+    }
+}
+
+/// A user's own table under a name a PostgreSQL migration needs stops the upgrade with a message
+/// naming it and saying what to do, and leaves the database as it was (the migrations are one
+/// transaction); once renamed, the next start upgrades.
+#[test]
+fn a_postgresql_table_of_the_users_under_a_name_tidegate_needs_stops_the_upgrade_with_what_to_do() {
+    let (server, db, settings) = fresh_pg();
+    support::pg::psql(
         &server,
         &db,
-        &format!("SELECT count(*) || ' ' || min(value) || ' ' || max(value) FROM ({question}) q"),
+        "CREATE TABLE series_1m (mine text); INSERT INTO series_1m VALUES ('kept');",
     );
-    assert_eq!(answer.trim(), "81 120 200");
-    let pump = support::pg::psql(
+    let err = rt()
+        .block_on(store::open(&settings))
+        .err()
+        .expect("the upgrade must stop")
+        .to_string();
+    assert!(
+        err.contains("`series_1m` already exists")
+            && err.contains("schema 14")
+            && err.contains("ALTER TABLE series_1m RENAME TO"),
+        "{err}"
+    );
+    let left = support::pg::psql(
         &server,
         &db,
-        "SELECT string_agg(topic || ' ' || field || '=' || value, ',' ORDER BY field) FROM readings WHERE device = 'pump'",
+        "SELECT (SELECT string_agg(mine, ',') FROM series_1m) || ' ' || (to_regclass('messages') IS NULL)",
     );
-    assert_eq!(pump.trim(), "plant/d1 hum=40,plant/d1 temp=5");
+    assert_eq!(left.trim(), "kept true");
+    support::pg::psql(&server, &db, "ALTER TABLE series_1m RENAME TO my_series_1m");
+    rt().block_on(async {
+        let s = store::open(&settings).await.unwrap();
+        write(&s, vec![with_readings(msg("after/rename", br#"{"temp":7}"#))]).await;
+        assert_eq!(raw_values(&s, "after/rename", "temp").await, [7.0]);
+    });
 }
 
 /// Two batches of one store in flight at once (the pipeline's: the second copies its rows while

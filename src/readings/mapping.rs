@@ -197,7 +197,7 @@ impl Mapping {
         let table = Ident::parse(&spec.table).map_err(|e| format!("mapping table: {e}"))?;
         // Every table and view either store creates: a mapping of one of these names would
         // write its rows into tidegate's own (`CREATE TABLE IF NOT EXISTS` finds it there).
-        const OURS: [&str; 25] = [
+        const OURS: [&str; 28] = [
             "messages",
             "readings",
             "readings_1m",
@@ -210,6 +210,9 @@ impl Mapping {
             "reading_notes",
             "series",
             "series_points",
+            "series_1m",
+            "series_1h",
+            "series_latest",
             "rejected",
             "topics",
             "dados",
@@ -389,6 +392,7 @@ mod tests {
             "messages",
             "series",
             "series_points",
+            "series_latest",
             "readings_latest",
             "readings_1m_open",
         ] {

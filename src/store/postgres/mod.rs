@@ -146,6 +146,7 @@ impl PgStore {
                 known: i64::from(schema::VERSION),
             },
             schema::MigrateError::Sql(e) => open_err(format!("migration failed: {}", describe_pg(&e))),
+            e @ schema::MigrateError::NameTaken { .. } => open_err(e.to_string()),
         })?;
         let id_seq = write::id_sequence(&client)
             .await

@@ -160,21 +160,23 @@ pub async fn readings(
     q: &crate::store::ReadingsQuery,
 ) -> Result<Vec<crate::store::Point>, tokio_postgres::Error> {
     use crate::store::{Point, Resolution};
-    // Raw readings straight from their tables: the series first (a few rows), then each one's
-    // points through `series_points_series_ts`.
-    let (from, [ts_col, topic, device, field]) = match q.resolution {
+    // Straight from the tables behind the views: the series first (a few rows), then each
+    // one's points or buckets through its series index.
+    let (from, ts_col) = match q.resolution {
         Resolution::Raw => (
             "SELECT p.ts, s.topic, s.device, s.field, 1::bigint, p.value, p.value, p.value, p.value
              FROM series_points p JOIN series s ON s.id = p.series_id WHERE p.value IS NOT NULL",
-            ["p.ts", "s.topic", "s.device", "s.field"],
+            "p.ts",
         ),
         Resolution::Minute => (
-            "SELECT bucket, topic, nullif(device, ''), field, count, min, max, avg, last FROM readings_1m WHERE true",
-            ["bucket", "topic", "device", "field"],
+            "SELECT r.bucket, s.topic, s.device, s.field, r.count, r.min, r.max, r.avg, r.last
+             FROM series_1m r JOIN series s ON s.id = r.series_id WHERE true",
+            "r.bucket",
         ),
         Resolution::Hour => (
-            "SELECT bucket, topic, nullif(device, ''), field, count, min, max, avg, last FROM readings_1h WHERE true",
-            ["bucket", "topic", "device", "field"],
+            "SELECT r.bucket, s.topic, s.device, s.field, r.count, r.min, r.max, r.avg, r.last
+             FROM series_1h r JOIN series s ON s.id = r.series_id WHERE true",
+            "r.bucket",
         ),
     };
     let mut sql = from.to_string();
@@ -183,23 +185,14 @@ pub async fn readings(
         args.push(v);
         sql.push_str(&frag.replace('$', &format!("${}", args.len())));
     };
-    let rollup = q.resolution != Resolution::Raw;
-    // md5() matches the rollups' device and field index; the plain comparison keeps the answer
-    // exact.
     if let Some(t) = &q.topic {
-        push(&mut sql, &format!(" AND {topic} = $"), Box::new(t.clone()));
+        push(&mut sql, " AND s.topic = $", Box::new(t.clone()));
     }
     if let Some(d) = &q.device {
-        if rollup {
-            push(&mut sql, " AND md5(device) = md5($)", Box::new(d.clone()));
-        }
-        push(&mut sql, &format!(" AND {device} = $"), Box::new(d.clone()));
+        push(&mut sql, " AND s.device = $", Box::new(d.clone()));
     }
     if let Some(f) = &q.field {
-        if rollup {
-            push(&mut sql, " AND md5(field) = md5($)", Box::new(f.clone()));
-        }
-        push(&mut sql, &format!(" AND {field} = $"), Box::new(f.clone()));
+        push(&mut sql, " AND s.field = $", Box::new(f.clone()));
     }
     if let Some(s) = q.since {
         push(&mut sql, &format!(" AND {ts_col} >= $"), Box::new(s));

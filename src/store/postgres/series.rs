@@ -33,6 +33,8 @@ pub enum SeriesError {
         "series {0:?} is neither in `series` nor could be added to it (an md5 collision in `series_key`?)"
     )]
     Unresolved(String),
+    #[error("series {0:?} has no id in this transaction: its readings were not resolved first")]
+    Missing(String),
 }
 
 /// The look-up key of a series: its texts as stored (`pg_text`), no device as the empty one.
@@ -86,6 +88,27 @@ impl<'a> Pending<'a> {
         unknown.sort_unstable();
         unknown.dedup();
         unknown
+    }
+
+    /// The id of each series `keys` names (topic, device or `''`, field), in order: the rollups'
+    /// and current values' keys, whose readings `ids` and `resolve` have seen. `Err` names the
+    /// first series this transaction has no id for.
+    pub fn ids_of<'k>(
+        &self,
+        keys: impl IntoIterator<Item = (&'k str, &'k str, &'k str)>,
+    ) -> Result<Vec<i32>, SeriesError> {
+        let known = self.known.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut k = String::new();
+        keys.into_iter()
+            .map(|(topic, device, field)| {
+                key(&mut k, topic, Some(device), field);
+                self.fresh
+                    .get(&k)
+                    .or_else(|| known.get(&k))
+                    .copied()
+                    .ok_or_else(|| SeriesError::Missing(k.replace('\0', "|")))
+            })
+            .collect()
     }
 
     fn has(&self, key: &str) -> bool {

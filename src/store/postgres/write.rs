@@ -41,7 +41,7 @@ impl From<SeriesError> for RowsError {
     fn from(e: SeriesError) -> Self {
         match e {
             SeriesError::Pg(e) => RowsError::Pg(e),
-            e @ SeriesError::Unresolved(_) => RowsError::Series(e.to_string()),
+            e @ (SeriesError::Unresolved(_) | SeriesError::Missing(_)) => RowsError::Series(e.to_string()),
         }
     }
 }
@@ -315,6 +315,8 @@ pub async fn write_rows(
         .collect();
     changed.sort_unstable();
     let folded = crate::store::rollup::aggregate(stored_messages.iter().copied());
+    let rollups = rollup_rows(series, folded.buckets)?;
+    let latest = latest_rows(series, folded.latest)?;
     let shared = async {
         if let Some(turn) = turn.as_deref() {
             turn.wait_for_earlier_commit().await?;
@@ -329,8 +331,8 @@ pub async fn write_rows(
             tail_lock,
             append_marks(tx, marks_rows),
             upsert_retained(tx, &changed),
-            upsert_rollups(tx, folded.buckets),
-            upsert_latest(tx, folded.latest),
+            upsert_rollups(tx, &rollups),
+            upsert_latest(tx, &latest),
             upsert_topics(tx, &stored_messages),
             async {
                 match position {
@@ -401,11 +403,10 @@ const UPSERT_TOPICS: &str = "INSERT INTO topics (topic, message_count, first_see
          first_seen = least(topics.first_seen, excluded.first_seen),
          last_seen = greatest(topics.last_seen, excluded.last_seen)";
 
-const UPSERT_LATEST: &str = "INSERT INTO readings_latest (topic, device, field, value, text, ts)
-     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[], $5::text[], $6::timestamptz[])
-     ON CONFLICT ((md5(topic)), (md5(device)), (md5(field))) DO UPDATE SET
-         value = excluded.value, text = excluded.text, ts = excluded.ts
-     WHERE excluded.ts >= readings_latest.ts";
+const UPSERT_LATEST: &str = "INSERT INTO series_latest (series_id, value, text, ts)
+     SELECT * FROM unnest($1::int[], $2::float8[], $3::text[], $4::timestamptz[])
+     ON CONFLICT (series_id) DO UPDATE SET value = excluded.value, text = excluded.text, ts = excluded.ts
+     WHERE excluded.ts >= series_latest.ts";
 
 const CLAIM_TOKEN: &str = "INSERT INTO commit_tokens (token, at) VALUES ($1, now())";
 const PRUNE_TOKENS: &str = "DELETE FROM commit_tokens
@@ -648,18 +649,27 @@ const READING_TYPES: [Type; 6] = [
     Type::TEXT,
 ];
 
+/// The table a rollup width is stored in, by series (schema 14; `readings_1m` and
+/// `readings_1h` are views of them).
+fn rollup_table(w: crate::store::rollup::Width) -> &'static str {
+    match w {
+        crate::store::rollup::Width::Minute => "series_1m",
+        crate::store::rollup::Width::Hour => "series_1h",
+    }
+}
+
 /// The rollup upserts, in `rollup::WIDTHS` order: built once, not per batch.
 static ROLLUP_UPSERTS: std::sync::LazyLock<[String; 2]> =
-    std::sync::LazyLock::new(|| crate::store::rollup::WIDTHS.map(|w| rollup_upsert(w.table())));
+    std::sync::LazyLock::new(|| crate::store::rollup::WIDTHS.map(|w| rollup_upsert(rollup_table(w))));
 
 /// The rollup upsert for one table of `rollup::WIDTHS`.
 fn rollup_upsert(t: &str) -> String {
     format!(
-        "INSERT INTO {t} (topic, device, field, bucket, count, min, max, sum, avg, last, last_ts)
-         SELECT t, d, f, b, n, mn, mx, s, s / n, l, lt
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[], $6::float8[], $7::float8[], $8::float8[], $9::float8[], $10::timestamptz[])
-              AS u(t, d, f, b, n, mn, mx, s, l, lt)
-         ON CONFLICT ((md5(topic)), (md5(device)), (md5(field)), bucket) DO UPDATE SET
+        "INSERT INTO {t} (series_id, bucket, count, min, max, sum, avg, last, last_ts)
+         SELECT i, b, n, mn, mx, s, s / n, l, lt
+         FROM unnest($1::int[], $2::timestamptz[], $3::bigint[], $4::float8[], $5::float8[], $6::float8[], $7::float8[], $8::timestamptz[])
+              AS u(i, b, n, mn, mx, s, l, lt)
+         ON CONFLICT (series_id, bucket) DO UPDATE SET
             count = {t}.count + excluded.count,
             min = least({t}.min, excluded.min),
             max = greatest({t}.max, excluded.max),
@@ -761,81 +771,113 @@ async fn insert_notes(
     Ok(())
 }
 
-/// Adds a batch's buckets (`rollup::aggregate`) to the rollup tables, one upsert per table with
-/// its keys sorted.
-async fn upsert_rollups(
-    tx: &Transaction<'_>,
+/// A batch's buckets of one rollup table by series id, sorted by series and bucket (so two
+/// transactions upserting the same rows lock them in the same order), as columns.
+#[derive(Default)]
+struct RollupRows {
+    series: Vec<i32>,
+    bucket: Vec<DateTime<Utc>>,
+    count: Vec<i64>,
+    min: Vec<f64>,
+    max: Vec<f64>,
+    sum: Vec<f64>,
+    last: Vec<f64>,
+    last_ts: Vec<DateTime<Utc>>,
+}
+
+/// Both rollup tables' rows of a batch (`rollup::aggregate`), in `WIDTHS` order.
+fn rollup_rows(
+    series: &Pending<'_>,
     buckets: [(
         crate::store::rollup::Width,
         Vec<(crate::store::rollup::Key<'_>, crate::store::rollup::Agg)>,
     ); 2],
-) -> Result<(), tokio_postgres::Error> {
-    let mut upserts = Vec::new();
-    // `aggregate` answers in `WIDTHS` order, as `ROLLUP_UPSERTS` is built.
-    for ((_, mut aggs), sql) in buckets.into_iter().zip(ROLLUP_UPSERTS.iter()) {
-        if aggs.is_empty() {
-            continue;
+) -> Result<[RollupRows; 2], SeriesError> {
+    let mut out: [RollupRows; 2] = Default::default();
+    for ((_, aggs), rows) in buckets.into_iter().zip(&mut out) {
+        let ids = series.ids_of(aggs.iter().map(|(k, _)| (k.topic, k.device, k.field)))?;
+        let mut keyed: Vec<(i32, crate::store::rollup::Agg, DateTime<Utc>)> = ids
+            .into_iter()
+            .zip(aggs)
+            .map(|(id, (k, a))| (id, a, k.bucket))
+            .collect();
+        keyed.sort_unstable_by_key(|(id, _, bucket)| (*id, *bucket));
+        for (id, a, bucket) in keyed {
+            rows.series.push(id);
+            rows.bucket.push(bucket);
+            rows.count.push(a.count);
+            rows.min.push(a.min);
+            rows.max.push(a.max);
+            rows.sum.push(a.sum);
+            rows.last.push(a.last);
+            rows.last_ts.push(a.last_ts);
         }
-        aggs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let mut c = (
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-        );
-        for (k, a) in aggs {
-            c.0.push(pg_text(k.topic).into_owned());
-            c.1.push(pg_text(k.device).into_owned());
-            c.2.push(pg_text(k.field).into_owned());
-            c.3.push(k.bucket);
-            c.4.push(a.count);
-            c.5.push(a.min);
-            c.6.push(a.max);
-            c.7.push(a.sum);
-            c.8.push(a.last);
-            c.9.push(a.last_ts);
-        }
-        upserts.push((sql, c));
     }
-    // Both tables' upserts in one go, in `WIDTHS` order.
+    Ok(out)
+}
+
+/// Adds a batch's buckets to the rollup tables, one upsert per table, both sent at once.
+async fn upsert_rollups(tx: &Transaction<'_>, tables: &[RollupRows; 2]) -> Result<(), tokio_postgres::Error> {
+    // `aggregate` answers in `WIDTHS` order, as `ROLLUP_UPSERTS` is built.
     first_error(
-        futures::future::join_all(upserts.iter().map(|(sql, c)| async move {
-            exec(
-                tx,
-                sql,
-                &[&c.0, &c.1, &c.2, &c.3, &c.4, &c.5, &c.6, &c.7, &c.8, &c.9],
-            )
-            .await
-            .map(drop)
-        }))
+        futures::future::join_all(
+            tables
+                .iter()
+                .zip(ROLLUP_UPSERTS.iter())
+                .filter(|(c, _)| !c.series.is_empty())
+                .map(|(c, sql)| async move {
+                    exec(
+                        tx,
+                        sql,
+                        &[
+                            &c.series, &c.bucket, &c.count, &c.min, &c.max, &c.sum, &c.last, &c.last_ts,
+                        ],
+                    )
+                    .await
+                    .map(drop)
+                }),
+        )
         .await,
     )
 }
 
-/// Brings `readings_latest` up to a batch's newest readings (`rollup::aggregate`), one upsert.
-async fn upsert_latest(
-    tx: &Transaction<'_>,
-    newest: Vec<crate::store::latest::Latest<'_>>,
-) -> Result<(), tokio_postgres::Error> {
-    if newest.is_empty() {
+/// A batch's newest reading of each series, by series id and sorted by it, as columns.
+#[derive(Default)]
+struct LatestRows<'a> {
+    series: Vec<i32>,
+    value: Vec<Option<f64>>,
+    text: Vec<Option<std::borrow::Cow<'a, str>>>,
+    ts: Vec<DateTime<Utc>>,
+}
+
+fn latest_rows<'a>(
+    series: &Pending<'_>,
+    newest: Vec<crate::store::latest::Latest<'a>>,
+) -> Result<LatestRows<'a>, SeriesError> {
+    let ids = series.ids_of(newest.iter().map(|l| (l.topic, l.device, l.field)))?;
+    let mut keyed: Vec<(i32, crate::store::latest::Latest<'a>)> = ids.into_iter().zip(newest).collect();
+    keyed.sort_unstable_by_key(|(id, _)| *id);
+    let mut rows = LatestRows::default();
+    for (id, l) in keyed {
+        rows.series.push(id);
+        rows.value.push(l.value);
+        rows.text.push(l.text.map(pg_text));
+        rows.ts.push(l.ts);
+    }
+    Ok(rows)
+}
+
+/// Brings `series_latest` up to a batch's newest readings, one upsert.
+async fn upsert_latest(tx: &Transaction<'_>, rows: &LatestRows<'_>) -> Result<(), tokio_postgres::Error> {
+    if rows.series.is_empty() {
         return Ok(());
     }
-    let mut c: (Vec<_>, Vec<_>, Vec<_>, Vec<_>, Vec<_>, Vec<_>) = Default::default();
-    for l in newest {
-        c.0.push(pg_text(l.topic));
-        c.1.push(pg_text(l.device));
-        c.2.push(pg_text(l.field));
-        c.3.push(l.value);
-        c.4.push(l.text.map(pg_text));
-        c.5.push(l.ts);
-    }
-    exec(tx, UPSERT_LATEST, &[&c.0, &c.1, &c.2, &c.3, &c.4, &c.5]).await?;
+    exec(
+        tx,
+        UPSERT_LATEST,
+        &[&rows.series, &rows.value, &rows.text, &rows.ts],
+    )
+    .await?;
     Ok(())
 }
 
@@ -884,14 +926,14 @@ pub async fn retain(
         // A series silent for longer than readings are kept has no current value either.
         n += tx
             .execute(
-                "DELETE FROM readings_latest WHERE ctid = ANY(ARRAY(SELECT ctid FROM readings_latest WHERE ts < $1 LIMIT $2))",
+                "DELETE FROM series_latest WHERE ctid = ANY(ARRAY(SELECT ctid FROM series_latest WHERE ts < $1 LIMIT $2))",
                 &[&c, &chunk],
             )
             .await?;
     }
     if let Some(d) = policy.rollups {
         let c = cutoff(d);
-        for t in ["readings_1m", "readings_1h"] {
+        for t in crate::store::rollup::WIDTHS.map(rollup_table) {
             n += tx
                 .execute(
                     &format!(
