@@ -1762,6 +1762,36 @@ fn a_postgresql_table_of_the_users_under_a_name_tidegate_needs_stops_the_upgrade
     });
 }
 
+/// A PostgreSQL database moved to a newer schema by another instance while this one runs: its
+/// writes fail (here, a table it writes is gone), and the error says why and what to do
+/// instead of only what failed.
+#[test]
+fn a_postgresql_write_failing_after_a_newer_tidegate_upgraded_the_database_says_so() {
+    let (server, db, settings) = fresh_pg();
+    rt().block_on(async {
+        let s = store::open(&settings).await.unwrap();
+        write(&s, vec![with_readings(msg("up/a", br#"{"temp":1}"#))]).await;
+        support::pg::psql(
+            &server,
+            &db,
+            "INSERT INTO tidegate_schema (version) VALUES (99); ALTER TABLE series_1m RENAME TO series_1m_v99;",
+        );
+        let err = s
+            .write(Arc::new(vec![with_readings(msg("up/a", br#"{"temp":2}"#))]))
+            .await
+            .expect_err("the write must fail")
+            .to_string();
+        assert!(err.contains("series_1m"), "{err}");
+        assert!(
+            err.contains(&format!(
+                "the database is at schema 99, newer than this tidegate's {}",
+                tidegate::store::postgres::SCHEMA_VERSION
+            )) && err.contains("Upgrade this one too"),
+            "{err}"
+        );
+    });
+}
+
 /// Two batches of one store in flight at once (the pipeline's: the second copies its rows while
 /// the first is being written) that both bring the same new series. The second may reach the
 /// series table first; if it kept that row locked while waiting for the first batch's commit,

@@ -52,6 +52,8 @@ struct Recent {
 const OWN_TOKENS_KEPT: Duration = Duration::from_secs(30 * 60);
 /// How long deleting old tokens may hold up the batch written before it.
 const PRUNE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a failed write waits to learn the database's schema version before it reports.
+const SCHEMA_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct PgStore {
     pool: Pool,
@@ -342,8 +344,35 @@ impl PgStore {
                 Ok(Committed::new(vec![Outcome::Duplicate; batch.len()]))
             }
             Err(WriteError::Overtaken) => Err(StoreError::Write(turn::Overtaken.to_string())),
-            Err(WriteError::Data(e) | WriteError::Other(e)) => Err(StoreError::Write(e)),
+            Err(WriteError::Data(e)) => Err(StoreError::Write(e)),
+            Err(WriteError::Other(e)) => Err(StoreError::Write(match self.newer_schema().await {
+                Some(found) => format!(
+                    "{e}; the database is at schema {found}, newer than this tidegate's {}: an instance of a newer \
+                     version upgraded it. Upgrade this one too (it acknowledges nothing until then)",
+                    schema::VERSION
+                ),
+                None => e,
+            })),
         }
+    }
+
+    /// The schema another tidegate moved the database to since this one opened it, if newer
+    /// than this build's: the likeliest reason a table it writes is gone or changed. Asked only
+    /// after a write failed, and given up on quickly, since the database may be down.
+    async fn newer_schema(&self) -> Option<i32> {
+        let ask = async {
+            let client = self.pool.get().await.ok()?;
+            let row = client
+                .query_one("SELECT max(version) FROM tidegate_schema", &[])
+                .await
+                .ok()?;
+            row.get::<_, Option<i32>>(0)
+        };
+        tokio::time::timeout(SCHEMA_CHECK_TIMEOUT, ask)
+            .await
+            .ok()
+            .flatten()
+            .filter(|&v| v > schema::VERSION)
     }
 
     /// Still one transaction, with a savepoint per message: a message the database refuses is
