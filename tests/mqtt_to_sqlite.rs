@@ -1004,6 +1004,49 @@ fn a_backlog_flood_is_acknowledged_completely_nothing_redelivered_afterwards() {
     assert!(missing.is_empty() && dup.is_empty());
 }
 
+/// Write system calls made by a process's main thread, where the MQTT connection runs.
+fn main_thread_writes(pid: u32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/io")).unwrap();
+    io.lines()
+        .find_map(|l| l.strip_prefix("syscw: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn the_acks_of_a_committed_batch_leave_together_mqtt5_and_311() {
+    // rumqttc writes each request on its own (rumqttc #810); tidegate's copy flushes the acks
+    // queued together (vendor/README.md). Unpatched, this backlog took one write per message.
+    const TOTAL: usize = 5_000;
+    for version in ["5", "3.1.1"] {
+        let case = Case::new(BrokerOptions {
+            max_inflight: Some(0),
+            ..Default::default()
+        });
+        let mut t = case.start("acks", &["--mqtt-version", version]);
+        assert!(t.term().success());
+        case.broker.publish_lines("t/acks", 1, &db::seq_lines(0, TOTAL));
+        let mut t = case.start("acks", &["--mqtt-version", version]);
+        let before = main_thread_writes(t.pid());
+        db::wait_count(&case.db(), MSGS, TOTAL as i64, Duration::from_secs(60));
+        assert_eq!(t.assert_metrics_balance(), TOTAL as f64);
+        // The last acks leave once the event loop next runs.
+        std::thread::sleep(Duration::from_millis(300));
+        let writes = main_thread_writes(t.pid()) - before;
+        assert!(
+            writes < TOTAL as u64 / 5,
+            "MQTT {version}: {writes} writes for {TOTAL} acks"
+        );
+        assert!(t.term().success());
+        // Every ack arrived: the next connection is redelivered nothing.
+        let t = case.start("acks", &["--mqtt-version", version]);
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(t.assert_metrics_balance(), 0.0, "MQTT {version}");
+        let (missing, dup) = db::exactly_once(&case.db(), "t/acks", TOTAL);
+        assert!(missing.is_empty() && dup.is_empty(), "MQTT {version}");
+    }
+}
+
 #[test]
 fn a_long_reader_lets_the_wal_grow_and_it_is_trimmed_afterwards() {
     let case = Case::new(BrokerOptions {
