@@ -87,8 +87,15 @@ pub struct EventLoop {
     pub network_options: NetworkOptions,
 }
 
-/// The most requests written before one flush (tidegate's patch, see `vendor/README.md`).
-const MAX_REQUEST_BATCH: usize = 100;
+/// The most acknowledgements written before one flush (tidegate's patch, see
+/// `vendor/README.md`).
+const MAX_ACK_BATCH: usize = 100;
+
+/// An acknowledgement of a received publish (tidegate's patch): what a subscriber with manual
+/// acks sends in bursts. Other requests, publishes among them, keep one flush each.
+fn is_ack(request: &Request) -> bool {
+    matches!(request, Request::PubAck(_) | Request::PubRec(_))
+}
 
 /// Events which can be yielded by the event loop
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,20 +252,25 @@ impl EventLoop {
                 self.mqtt_options.pending_throttle
             ), if !self.pending.is_empty() || (!inflight_full && !collision) => match o {
                 Ok(request) => {
+                    // Patched for tidegate (rumqttc #810): an acknowledgement is written with the
+                    // acknowledgements queued behind it, and they are flushed together.
+                    let ack = is_ack(&request);
                     if let Some(outgoing) = self.state.handle_outgoing_packet(request)? {
                         network.write(outgoing).await?;
                     }
-                    // Patched for tidegate (rumqttc #810): the requests already queued behind
-                    // this one are written with it and flushed together.
-                    if self.pending.is_empty() {
-                        for _ in 1..MAX_REQUEST_BATCH {
+                    if ack && self.pending.is_empty() {
+                        for _ in 1..MAX_ACK_BATCH {
                             let full = self.state.inflight >= self.mqtt_options.inflight;
                             if full || self.state.collision.is_some() {
                                 break;
                             }
                             let Ok(request) = self.requests_rx.try_recv() else { break };
+                            let ack = is_ack(&request);
                             if let Some(outgoing) = self.state.handle_outgoing_packet(request)? {
                                 network.write(outgoing).await?;
+                            }
+                            if !ack {
+                                break;
                             }
                         }
                     }
