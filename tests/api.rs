@@ -144,6 +144,8 @@ fn ingest_then_query_every_shape() {
         "/api/v1/messages",
         "/api/v1/topics",
         "/api/v1/stream",
+        "/api/v1/readings",
+        "/api/v1/readings/latest",
         "/api/v1/preview",
         "/api/v1/reload",
         "/healthz",
@@ -381,6 +383,25 @@ fn bad_requests_get_clear_4xx_and_nothing_is_half_stored() {
         assert_eq!(s, StatusCode::BAD_REQUEST, "{p}: {v}");
         assert!(v["error"].as_str().unwrap().contains(p), "{p}: {v}");
     }
+    for p in ["topic", "device", "field"] {
+        let (s, v) = get(
+            &c,
+            &format!("{base}/api/v1/readings/latest?{p}={}", urlencode(sql)),
+        );
+        assert_eq!(s, StatusCode::OK, "{p}: {v}");
+        assert_eq!(v["readings"].as_array().map(Vec::len), Some(0), "{p}: {v}");
+    }
+    for q in [
+        "limit=0",
+        "limit=10001",
+        &format!("limit={}", urlencode(sql)),
+        "since=2026-01-01T00:00:00Z",
+    ] {
+        let (s, v) = get(&c, &format!("{base}/api/v1/readings/latest?{q}"));
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{q}: {v}");
+        let name = q.split('=').next().unwrap();
+        assert!(v["error"].as_str().unwrap().contains(name), "{q}: {v}");
+    }
     // As a live-stream filter it is a valid (if odd) topic filter: a stream, not an error.
     let r = c
         .get(format!("{base}/api/v1/stream?topic={}", urlencode(sql)))
@@ -470,6 +491,7 @@ fn a_token_guards_every_route_but_healthz() {
         "/metrics",
         "/api/v1/messages",
         "/api/v1/topics",
+        "/api/v1/readings/latest",
         "/api/v1/subscriptions/some-client",
         "/api/v1/openapi.json",
     ] {

@@ -164,6 +164,43 @@ fn the_sensor_example_becomes_readings_and_rollups_in_both_stores() {
         ));
         assert_eq!(v["bucket"], "raw");
         assert_eq!(v["points"][1]["last"], 22.6);
+        // The current value of each of s3's series: the second message's, except `device`,
+        // which only the first one had.
+        let v = get(&format!("{api}/api/v1/readings/latest?device=s3"));
+        let current: Vec<String> = v["readings"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{v}"))
+            .iter()
+            .map(|r| {
+                let value = if r["value"].is_null() {
+                    r["text"].to_string()
+                } else {
+                    r["value"].to_string()
+                };
+                format!(
+                    "{} {} {} {}",
+                    r["topic"].as_str().unwrap(),
+                    r["field"].as_str().unwrap(),
+                    value,
+                    r["ts"]
+                )
+            })
+            .collect();
+        assert_eq!(
+            current,
+            [
+                r#"sensors/s3/telemetry device "s3" "2026-11-25T10:00:00Z""#,
+                r#"sensors/s3/telemetry hum 57.0 "2026-11-25T10:00:30Z""#,
+                r#"sensors/s3/telemetry status "ok" "2026-11-25T10:00:30Z""#,
+                r#"sensors/s3/telemetry temp 22.6 "2026-11-25T10:00:30Z""#,
+            ],
+            "{v}"
+        );
+        let v = get(&format!("{api}/api/v1/readings/latest?field=temp&limit=5"));
+        assert_eq!(v["readings"].as_array().map(Vec::len), Some(1), "{v}");
+        assert_eq!(v["readings"][0]["device"], "s3", "{v}");
+        let v = get(&format!("{api}/api/v1/readings/latest?device=s4"));
+        assert_eq!(v["readings"], serde_json::json!([]), "{v}");
     }
 }
 

@@ -521,6 +521,74 @@ fn every_store_keeps_the_newest_reading_of_each_series() {
                 "s/1||status||door open\ns/1||temp|20|\ns/2|b|temp|7|",
                 "{name}"
             );
+            // The same through the store's query, as `GET /api/v1/readings/latest` asks it.
+            let latest = |topic: Option<&str>, device: Option<&str>, field: Option<&str>, limit| {
+                let s = s.clone();
+                let q = store::LatestQuery {
+                    topic: topic.map(Into::into),
+                    device: device.map(Into::into),
+                    field: field.map(Into::into),
+                    limit,
+                };
+                async move {
+                    s.latest(q)
+                        .await
+                        .unwrap()
+                        .into_iter()
+                        .map(|r| {
+                            (
+                                r.topic,
+                                r.device,
+                                r.field,
+                                r.value,
+                                r.text,
+                                r.ts.timestamp_millis(),
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                }
+            };
+            let ms = |ago: chrono::Duration| (now - ago).timestamp_millis();
+            let all = latest(None, None, None, 100).await;
+            assert_eq!(
+                all,
+                [
+                    (
+                        "s/1".into(),
+                        None,
+                        "status".into(),
+                        None,
+                        Some("door open".into()),
+                        ms(chrono::Duration::zero())
+                    ),
+                    (
+                        "s/1".into(),
+                        None,
+                        "temp".into(),
+                        Some(20.0),
+                        None,
+                        ms(chrono::Duration::minutes(5))
+                    ),
+                    (
+                        "s/2".into(),
+                        Some("b".into()),
+                        "temp".into(),
+                        Some(7.0),
+                        None,
+                        ms(chrono::Duration::days(40))
+                    ),
+                ],
+                "{name}"
+            );
+            assert_eq!(latest(None, None, Some("temp"), 100).await, all[1..], "{name}");
+            assert_eq!(latest(None, Some("b"), None, 100).await, all[2..], "{name}");
+            assert_eq!(
+                latest(Some("s/1"), None, Some("status"), 100).await,
+                all[..1],
+                "{name}"
+            );
+            assert_eq!(latest(None, None, None, 2).await, all[..2], "{name}");
+            assert!(latest(Some("s/9"), None, None, 100).await.is_empty(), "{name}");
             // Retention of readings takes the current value of a series silent for longer.
             let policy = RetentionPolicy {
                 raw: None,

@@ -7,8 +7,10 @@ mod error;
 mod health;
 mod ingest;
 pub mod ingest_body;
+mod latest;
 mod limit;
 mod page;
+mod params;
 mod preview;
 mod query;
 mod readings;
@@ -66,6 +68,7 @@ pub fn router(state: AppState, max_body: usize, rate_limit: Option<std::num::Non
         .routes(routes!(ingest::post_messages, query::get_messages))
         .routes(routes!(query::get_topics))
         .routes(routes!(readings::get_readings))
+        .routes(routes!(latest::get_latest))
         .routes(routes!(preview::post_preview))
         .routes(routes!(reload::post_reload))
         .routes(routes!(

@@ -1,18 +1,14 @@
 //! `GET /api/v1/messages` and `GET /api/v1/topics`. Every parameter is parsed and checked here
 //! and reaches SQL only as a bound value; unknown parameters are refused by name.
 
-use std::collections::HashMap;
-
 use axum::{
     extract::{Query, RawQuery, State},
     Json,
 };
-use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
-use super::{ApiError, AppState};
+use super::{params, ApiError, AppState};
 use crate::{
     config::validate_filter,
     store::{MessageQuery, Order, StoredMessage, TopicStats},
@@ -46,55 +42,28 @@ pub struct MessagePage {
     pub next: Option<String>,
 }
 
-fn time_param(name: &str, v: &str) -> Result<DateTime<Utc>, ApiError> {
-    DateTime::parse_from_rfc3339(v)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| {
-            ApiError::bad_request(format!(
-                "`{name}` is not an RFC 3339 time such as 2026-11-25T10:00:00Z ({e})"
-            ))
-            .detail(json!({"parameter": name}))
-        })
-}
-
 /// Stored messages, newest first by default, with cursor pagination.
 #[utoipa::path(get, path = "/api/v1/messages", tag = "messages", params(MessageParams),
     responses((status = 200, body = MessagePage), (status = 400, body = ApiError), (status = 401, body = ApiError)))]
 pub async fn get_messages(
     State(s): State<AppState>,
-    Query(params): Query<HashMap<String, String>>,
+    Query(p): Query<params::Params>,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<MessagePage>, ApiError> {
-    const KNOWN: [&str; 6] = ["topic", "since", "until", "limit", "after_id", "order"];
-    if let Some(unknown) = params.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-        return Err(ApiError::bad_request(format!(
-            "unknown parameter `{unknown}`; known: {}",
-            KNOWN.join(", ")
-        )));
-    }
-    let topic = params.get("topic").cloned();
+    params::only_known(&p, &["topic", "since", "until", "limit", "after_id", "order"])?;
+    let topic = p.get("topic").cloned();
     if let Some(t) = &topic {
         validate_filter(t).map_err(|e| ApiError::bad_request(format!("topic: {e}")))?;
     }
-    let since = params.get("since").map(|v| time_param("since", v)).transpose()?;
-    let until = params.get("until").map(|v| time_param("until", v)).transpose()?;
-    let limit = match params.get("limit") {
-        None => 100,
-        Some(v) => match v.parse::<usize>() {
-            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-            _ => {
-                return Err(ApiError::bad_request(format!(
-                    "limit must be a whole number from 1 to {MAX_LIMIT}"
-                )))
-            }
-        },
-    };
-    let after_id = params
+    let since = params::time(&p, "since")?;
+    let until = params::time(&p, "until")?;
+    let limit = params::limit(&p, 100, MAX_LIMIT)?;
+    let after_id = p
         .get("after_id")
         .map(|v| v.parse::<i64>())
         .transpose()
         .map_err(|_| ApiError::bad_request("after_id must be a whole number (a message id)"))?;
-    let order = match params.get("order").map(String::as_str) {
+    let order = match p.get("order").map(String::as_str) {
         None | Some("newest") | Some("desc") => Order::NewestFirst,
         Some("oldest") | Some("asc") => Order::OldestFirst,
         Some(_) => return Err(ApiError::bad_request("order must be `newest` or `oldest`")),

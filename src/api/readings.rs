@@ -11,7 +11,7 @@ use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use serde::Serialize;
 use utoipa::{IntoParams, ToSchema};
 
-use super::{ApiError, AppState};
+use super::{params, ApiError, AppState};
 use crate::store::{Point, ReadingsQuery, Resolution};
 
 #[derive(Debug, IntoParams)]
@@ -40,50 +40,23 @@ pub struct Series {
     pub points: Vec<Point>,
 }
 
-fn time(name: &str, v: &str) -> Result<DateTime<Utc>, ApiError> {
-    DateTime::parse_from_rfc3339(v)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| ApiError::bad_request(format!("`{name}` is not an RFC 3339 time ({e})")))
-}
-
 /// Numeric readings as a time series (count, min, max, avg, last per point).
 #[utoipa::path(get, path = "/api/v1/readings", tag = "readings", params(ReadingsParams),
     responses((status = 200, body = Series), (status = 400, body = ApiError), (status = 401, body = ApiError)))]
 pub async fn get_readings(
     State(s): State<AppState>,
-    Query(p): Query<HashMap<String, String>>,
+    Query(p): Query<params::Params>,
 ) -> Result<Json<Series>, ApiError> {
-    const KNOWN: [&str; 7] = ["topic", "device", "field", "since", "until", "bucket", "limit"];
-    if let Some(k) = p.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-        return Err(ApiError::bad_request(format!(
-            "unknown parameter `{k}`; known: {}",
-            KNOWN.join(", ")
-        )));
-    }
-    let until = p
-        .get("until")
-        .map(|v| time("until", v))
-        .transpose()?
-        .unwrap_or_else(Utc::now);
-    let since = p
-        .get("since")
-        .map(|v| time("since", v))
-        .transpose()?
-        .unwrap_or(until - TimeDelta::hours(24));
+    params::only_known(
+        &p,
+        &["topic", "device", "field", "since", "until", "bucket", "limit"],
+    )?;
+    let until = params::time(&p, "until")?.unwrap_or_else(Utc::now);
+    let since = params::time(&p, "since")?.unwrap_or(until - TimeDelta::hours(24));
     if since >= until {
         return Err(ApiError::bad_request("`since` must be before `until`"));
     }
-    let limit = match p.get("limit") {
-        None => 1000,
-        Some(v) => match v.parse::<usize>() {
-            Ok(n) if (1..=10_000).contains(&n) => n,
-            _ => {
-                return Err(ApiError::bad_request(
-                    "limit must be a whole number from 1 to 10000",
-                ))
-            }
-        },
-    };
+    let limit = params::limit(&p, 1000, 10_000)?;
     let bucket = match p.get("bucket").map(String::as_str) {
         Some(b @ ("raw" | "1m" | "1h" | "1d")) => b.to_string(),
         Some(_) => return Err(ApiError::bad_request("bucket must be raw, 1m, 1h or 1d")),

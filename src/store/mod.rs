@@ -14,7 +14,10 @@ pub mod rollup;
 pub mod spool;
 pub mod sqlite;
 
-pub use query::{MessageQuery, Order, Point, ReadingsQuery, Resolution, StoredMessage, TopicStats};
+pub use query::{
+    LatestQuery, LatestReading, MessageQuery, Order, Point, ReadingsQuery, Resolution, StoredMessage,
+    TopicStats,
+};
 
 use std::sync::Arc;
 
@@ -105,6 +108,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Numeric readings or rollup buckets matching `q`, oldest first.
     async fn readings(&self, _q: ReadingsQuery) -> Result<Vec<Point>, StoreError> {
+        Err(StoreError::Query("this store has no readings".into()))
+    }
+
+    /// The newest reading of each series matching `q` (`readings_latest`), ordered by topic,
+    /// device and field.
+    async fn latest(&self, _q: LatestQuery) -> Result<Vec<LatestReading>, StoreError> {
         Err(StoreError::Query("this store has no readings".into()))
     }
 

@@ -112,3 +112,24 @@ pub struct Point {
     pub avg: f64,
     pub last: f64,
 }
+
+/// The current value of the series matching every filter given (exact matches).
+#[derive(Debug, Clone)]
+pub struct LatestQuery {
+    pub topic: Option<String>,
+    pub device: Option<String>,
+    pub field: Option<String>,
+    pub limit: usize,
+}
+
+/// The newest reading of one series: a number or a text, and the time it was measured at.
+#[derive(Debug, Clone, Serialize, ToSchema, PartialEq)]
+pub struct LatestReading {
+    pub topic: String,
+    /// `null` when the series has no device.
+    pub device: Option<String>,
+    pub field: String,
+    pub value: Option<f64>,
+    pub text: Option<String>,
+    pub ts: DateTime<Utc>,
+}

@@ -192,6 +192,10 @@ impl Store for SpoolStore {
         self.inner.readings(q).await
     }
 
+    async fn latest(&self, q: super::LatestQuery) -> Result<Vec<super::LatestReading>, StoreError> {
+        self.inner.latest(q).await
+    }
+
     async fn retain(&self, policy: &crate::config::RetentionPolicy, chunk: usize) -> Result<u64, StoreError> {
         self.inner.retain(policy, chunk).await
     }

@@ -556,6 +556,16 @@ impl Store for PgStore {
             .map_err(|e| StoreError::Query(describe_pg(&e)))
     }
 
+    async fn latest(
+        &self,
+        q: crate::store::LatestQuery,
+    ) -> Result<Vec<crate::store::LatestReading>, StoreError> {
+        let client = self.client(StoreError::Query).await?;
+        read::latest(&client, &q)
+            .await
+            .map_err(|e| StoreError::Query(describe_pg(&e)))
+    }
+
     async fn retain(&self, policy: &crate::config::RetentionPolicy, chunk: usize) -> Result<u64, StoreError> {
         let mut client = self.client(StoreError::Write).await?;
         write::retain(&mut client, policy, chunk)

@@ -155,6 +155,45 @@ pub async fn topics(client: &Client) -> Result<Vec<TopicStats>, tokio_postgres::
         .collect())
 }
 
+/// The newest reading of each series matching `q`: the series first, then each one's row of
+/// `series_latest`. Ordered as SQLite orders `readings_latest`'s key (bytes; no device first).
+pub async fn latest(
+    client: &Client,
+    q: &crate::store::LatestQuery,
+) -> Result<Vec<crate::store::LatestReading>, tokio_postgres::Error> {
+    let mut sql = String::from(
+        "SELECT s.topic, s.device, s.field, l.value, l.text, l.ts
+         FROM series s JOIN series_latest l ON l.series_id = s.id WHERE true",
+    );
+    let mut args: Vec<&(dyn ToSql + Sync)> = Vec::new();
+    for (column, filter) in [
+        ("s.topic", &q.topic),
+        ("s.device", &q.device),
+        ("s.field", &q.field),
+    ] {
+        if let Some(v) = filter {
+            args.push(v);
+            sql.push_str(&format!(" AND {column} = ${}", args.len()));
+        }
+    }
+    sql.push_str(&format!(
+        r#" ORDER BY s.topic COLLATE "C", coalesce(s.device, '') COLLATE "C", s.field COLLATE "C" LIMIT {}"#,
+        q.limit
+    ));
+    let rows = client.query(&sql, &args).await?;
+    Ok(rows
+        .iter()
+        .map(|r| crate::store::LatestReading {
+            topic: r.get(0),
+            device: r.get::<_, Option<String>>(1).filter(|d| !d.is_empty()),
+            field: r.get(2),
+            value: r.get(3),
+            text: r.get(4),
+            ts: r.get(5),
+        })
+        .collect())
+}
+
 pub async fn readings(
     client: &Client,
     q: &crate::store::ReadingsQuery,

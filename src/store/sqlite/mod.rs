@@ -334,6 +334,16 @@ impl Store for SqliteStore {
             .map_err(|_| StoreError::Closed)?
     }
 
+    async fn latest(
+        &self,
+        q: crate::store::LatestQuery,
+    ) -> Result<Vec<crate::store::LatestReading>, StoreError> {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || readers.with(|c| read::latest(c, &q)))
+            .await
+            .map_err(|_| StoreError::Closed)?
+    }
+
     async fn retain(&self, policy: &crate::config::RetentionPolicy, chunk: usize) -> Result<u64, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.tx

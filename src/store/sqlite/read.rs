@@ -248,6 +248,38 @@ pub fn readings(
     rows.collect()
 }
 
+/// The newest reading of each series matching `q`, from `readings_latest` (one row per series:
+/// its key order is the answer's order, so no sort).
+pub fn latest(
+    conn: &Connection,
+    q: &crate::store::LatestQuery,
+) -> rusqlite::Result<Vec<crate::store::LatestReading>> {
+    let mut sql = String::from("SELECT topic, device, field, value, text, ts FROM readings_latest WHERE 1=1");
+    let mut args: Vec<Value> = Vec::new();
+    for (column, filter) in [("topic", &q.topic), ("device", &q.device), ("field", &q.field)] {
+        if let Some(v) = filter {
+            sql.push_str(&format!(" AND {column} = ?"));
+            args.push(Value::Text(v.clone()));
+        }
+    }
+    sql.push_str(&format!(" ORDER BY topic, device, field LIMIT {}", q.limit));
+    let mut st = conn.prepare_cached(&sql)?;
+    let rows = st.query_map(params_from_iter(args), |r| {
+        let device: String = r.get(1)?;
+        let ts: String = r.get(5)?;
+        Ok(crate::store::LatestReading {
+            topic: r.get(0)?,
+            // The table's key holds '' for a series without a device.
+            device: (!device.is_empty()).then_some(device),
+            field: r.get(2)?,
+            value: r.get(3)?,
+            text: r.get(4)?,
+            ts: time::from_sql_text(&ts).unwrap_or_default(),
+        })
+    })?;
+    rows.collect()
+}
+
 /// The SQL of a readings query and its arguments. Raw readings naming a topic or a device start
 /// from those few `series` rows and read each one's points through the `(series_id, ts)` index
 /// (`CROSS JOIN` fixes that order); SQLite's planner has no statistics to know that `series` is
