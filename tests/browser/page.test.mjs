@@ -1,6 +1,6 @@
 // The live page in a real browser: start `tidegate demo`, open the page in headless Chromium,
-// and check what a newcomer should see — topics, a growing live list, a message they publish
-// showing up within 2 s, and charts with data points. Leaves a screenshot in target/.
+// and check what a newcomer should see — topics, each device's latest values, a growing live list,
+// a message they publish showing up within 2 s, and charts with data points. Leaves a screenshot in target/.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
@@ -58,6 +58,19 @@ test("the demo's live page shows topics, live messages, a published message and 
       await page.waitForFunction(() => document.querySelectorAll("#chartlist .chart").length >= 3, null, { timeout: 15000 }).catch(() => {});
       const topics = await page.locator("#topics tr").allTextContents();
       assert.ok(topics.some((t) => t.includes("demo/sensors/")), "topics: " + topics);
+
+      // Latest values: every field of every device as tidegate stored it (the device from the
+      // topic, a text reading as text), read from the API on load rather than from the stream.
+      await page.waitForFunction(() => document.querySelectorAll("#latest tr").length >= 12, null, { timeout: 5000 });
+      const latest = await page.locator("#latest tr").evaluateAll((trs) => trs.map((tr) => [...tr.children].map((td) => td.textContent)));
+      for (const device of ["sensor-01", "sensor-02", "sensor-03"]) {
+        const mine = latest.filter(([d]) => d === device);
+        assert.deepEqual(mine.map(([, f]) => f), ["battery", "hum", "status", "temp"], "latest: " + JSON.stringify(latest));
+        const [, , status] = mine.find(([, f]) => f === "status");
+        assert.ok(["ok", "low-battery"].includes(status), "status: " + status);
+        const [, , temp] = mine.find(([, f]) => f === "temp");
+        assert.ok(Number.isFinite(Number(temp)), "temp: " + temp);
+      }
 
       const n1 = await page.locator("#live li").count();
       await page.waitForFunction((n) => document.querySelectorAll("#live li").length > n + 3, n1, { timeout: 10000 });
