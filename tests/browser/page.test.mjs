@@ -1,6 +1,7 @@
 // The live page in a real browser: start `tidegate demo`, open the page in headless Chromium,
-// and check what a newcomer should see — topics, each device's latest values, a growing live list,
-// a message they publish showing up within 2 s, and charts with data points. Leaves a screenshot in target/.
+// and check what a newcomer should see — topics, each device's latest values (a quiet one
+// marked), a growing live list, a message they publish showing up within 2 s, and charts with
+// data points. Leaves a screenshot in target/.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
@@ -50,6 +51,9 @@ test("the demo's live page shows topics, live messages, a published message and 
       return r.messages.length ? Date.now() : undefined;
     }, 20000, "a first stored message");
     console.log(`time from demo start to first stored message: ${firstStored - started} ms`);
+    // A sensor that last reported ten minutes ago (its payload says when it measured).
+    const tenMinAgo = new Date(Date.now() - 10 * 60 * 1000).toISOString();
+    execFileSync("mosquitto_pub", ["-p", String(mqtt), "-q", "1", "-t", "demo/sensors/sensor-quiet/telemetry", "-m", JSON.stringify({ temp: 3.5, ts: tenMinAgo })]);
 
     for (const [width, height] of [[1280, 800], [390, 844]]) {
       const page = await browser.newPage({ viewport: { width, height } });
@@ -68,9 +72,15 @@ test("the demo's live page shows topics, live messages, a published message and 
         assert.deepEqual(mine.map(([, f]) => f), ["battery", "hum", "status", "temp"], "latest: " + JSON.stringify(latest));
         const [, , status] = mine.find(([, f]) => f === "status");
         assert.ok(["ok", "low-battery"].includes(status), "status: " + status);
-        const [, , temp] = mine.find(([, f]) => f === "temp");
+        const [, , temp, age] = mine.find(([, f]) => f === "temp");
         assert.ok(Number.isFinite(Number(temp)), "temp: " + temp);
+        assert.match(age, /^(now|\d+ s)$/, "a live sensor's age: " + age);
       }
+      // The quiet sensor's value, with its age, marked stale.
+      const quiet = page.locator("#latest tr", { hasText: "sensor-quiet" });
+      assert.deepEqual(await quiet.locator("td").allTextContents(), ["sensor-quiet", "temp", "3.5", "10 min"]);
+      assert.equal(await quiet.getAttribute("class"), "stale");
+      assert.equal(await page.locator("#latest tr.stale").count(), 1, "only the quiet sensor is stale");
 
       const n1 = await page.locator("#live li").count();
       await page.waitForFunction((n) => document.querySelectorAll("#live li").length > n + 3, n1, { timeout: 10000 });
