@@ -17,8 +17,35 @@ pub fn shared() -> String {
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// Drops, once per test process, the databases earlier test processes made and left behind
+/// (named after their process id, which no longer runs): on a developer's machine the shared
+/// server would otherwise gather a few dozen a run. A live process's are left alone.
+fn drop_leftovers(server: &str) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let names = psql(
+            server,
+            "postgres",
+            "SELECT datname FROM pg_database WHERE datname LIKE 'tidegate\\_t\\_%'",
+        );
+        for name in names.lines() {
+            let pid = name.split('_').nth(2).and_then(|p| p.parse::<u32>().ok());
+            if pid.is_some_and(|pid| {
+                pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            }) {
+                psql(
+                    server,
+                    "postgres",
+                    &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                );
+            }
+        }
+    });
+}
+
 /// Creates a fresh database on the shared server and returns its URL.
 pub fn fresh_database(server: &str) -> String {
+    drop_leftovers(server);
     let name = format!(
         "tidegate_t_{}_{}_{}",
         std::process::id(),
