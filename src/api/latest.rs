@@ -41,7 +41,7 @@ pub async fn get_latest(
     Query(p): Query<params::Params>,
 ) -> Result<Json<Latest>, ApiError> {
     params::only_known(&p, &["topic", "device", "field", "limit"])?;
-    let limit = params::limit(&p, 1000, 10_000)?;
+    let limit = params::limit(&p, 1000)?;
     let q = LatestQuery {
         topic: p.get("topic").cloned(),
         device: p.get("device").cloned(),

@@ -39,14 +39,17 @@ pub fn time(p: &Params, name: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
         .transpose()
 }
 
-/// `limit`: `default` when absent, else a whole number from 1 to `max`.
-pub fn limit(p: &Params, default: usize, max: usize) -> Result<usize, ApiError> {
+/// The most rows any read route answers at once.
+pub const MAX_LIMIT: usize = 10_000;
+
+/// `limit`: `default` when absent, else a whole number from 1 to `MAX_LIMIT`.
+pub fn limit(p: &Params, default: usize) -> Result<usize, ApiError> {
     match p.get("limit") {
         None => Ok(default),
         Some(v) => match v.parse::<usize>() {
-            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
             _ => Err(ApiError::bad_request(format!(
-                "limit must be a whole number from 1 to {max}"
+                "limit must be a whole number from 1 to {MAX_LIMIT}"
             ))),
         },
     }

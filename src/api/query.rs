@@ -14,8 +14,6 @@ use crate::{
     store::{MessageQuery, Order, StoredMessage, TopicStats},
 };
 
-pub const MAX_LIMIT: usize = 10_000;
-
 /// Query parameters of `GET /api/v1/messages`.
 #[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -57,7 +55,7 @@ pub async fn get_messages(
     }
     let since = params::time(&p, "since")?;
     let until = params::time(&p, "until")?;
-    let limit = params::limit(&p, 100, MAX_LIMIT)?;
+    let limit = params::limit(&p, 100)?;
     let after_id = p
         .get("after_id")
         .map(|v| v.parse::<i64>())

@@ -56,7 +56,7 @@ pub async fn get_readings(
     if since >= until {
         return Err(ApiError::bad_request("`since` must be before `until`"));
     }
-    let limit = params::limit(&p, 1000, 10_000)?;
+    let limit = params::limit(&p, 1000)?;
     let bucket = match p.get("bucket").map(String::as_str) {
         Some(b @ ("raw" | "1m" | "1h" | "1d")) => b.to_string(),
         Some(_) => return Err(ApiError::bad_request("bucket must be raw, 1m, 1h or 1d")),
@@ -86,7 +86,7 @@ pub async fn get_readings(
         since: Some(since),
         until: Some(until),
         resolution,
-        limit: if bucket == "1d" { 10_000 } else { limit },
+        limit: if bucket == "1d" { params::MAX_LIMIT } else { limit },
     };
     let mut points = s.store.readings(q).await?;
     if bucket == "1d" {

@@ -30,9 +30,7 @@ fn drop_leftovers(server: &str) {
         );
         for name in names.lines() {
             let pid = name.split('_').nth(2).and_then(|p| p.parse::<u32>().ok());
-            if pid.is_some_and(|pid| {
-                pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
-            }) {
+            if pid.is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists()) {
                 psql(
                     server,
                     "postgres",
