@@ -4,9 +4,15 @@
 //! is safe. A batch the database refuses for its data is split, and a single refused message is
 //! recorded in `rejected`, so one bad message can never stall the stream.
 
+mod commit_token;
+mod latest;
+mod mapped;
 mod read;
+mod retain;
+mod rollups;
 mod schema;
 mod series;
+mod stats;
 mod turn;
 mod write;
 
@@ -31,6 +37,16 @@ use crate::{
 };
 
 pub use schema::VERSION as SCHEMA_VERSION;
+
+/// PostgreSQL text cannot hold NUL; such text is kept with U+FFFD (the exact bytes go to
+/// `payload_raw`).
+fn pg_text(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') {
+        std::borrow::Cow::Owned(s.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
 
 /// How long one batch may take before the connection is presumed dead.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -60,7 +76,7 @@ pub struct PgStore {
     display: String,
     /// `messages.id`'s sequence, qualified.
     id_seq: String,
-    /// The latest batches, their tokens (`write::claim`) and, for the pipeline's, their turns
+    /// The latest batches, their tokens (`commit_token::claim`) and, for the pipeline's, their turns
     /// (`turn`). A retry hands over the same allocation, which the weak reference keeps from
     /// being reused by another batch.
     recent: Mutex<VecDeque<Recent>>,
@@ -231,7 +247,7 @@ impl PgStore {
                 .collect()
         };
         let client = self.client(StoreError::Write).await?;
-        write::prune_tokens(&client, self.own_tokens(), OWN_TOKENS_KEPT, &pending)
+        commit_token::prune_tokens(&client, self.own_tokens(), OWN_TOKENS_KEPT, &pending)
             .await
             .map_err(|e| StoreError::Write(describe_pg(&e)))
     }
@@ -397,7 +413,7 @@ impl PgStore {
         token: i64,
     ) -> Result<Vec<Outcome>, write::RowsError> {
         let mut tx = client.transaction().await?;
-        write::claim(&tx, token).await?;
+        commit_token::claim(&tx, token).await?;
         let mut series = series::Pending::new(&self.series);
         let mut outcomes = Vec::with_capacity(batch.len());
         for m in batch {
@@ -455,7 +471,7 @@ impl PgStore {
 enum WriteError {
     /// The database refused the data (bad encoding, a limit exceeded, ...).
     Data(String),
-    /// An earlier attempt at the batch committed it (`write::claim`).
+    /// An earlier attempt at the batch committed it (`commit_token::claim`).
     AlreadyCommitted,
     /// The batch before it is being written again (`turn`): this one is, too, behind it.
     Overtaken,
@@ -472,7 +488,7 @@ impl WriteError {
     }
 
     fn from_pg(e: &tokio_postgres::Error) -> Self {
-        if write::already_committed(e) {
+        if commit_token::already_committed(e) {
             WriteError::AlreadyCommitted
         } else if is_data_error(e) {
             WriteError::Data(describe_pg(e))
@@ -568,7 +584,7 @@ impl Store for PgStore {
 
     async fn retain(&self, policy: &crate::config::RetentionPolicy, chunk: usize) -> Result<u64, StoreError> {
         let mut client = self.client(StoreError::Write).await?;
-        write::retain(&mut client, policy, chunk)
+        retain::retain(&mut client, policy, chunk)
             .await
             .map_err(|e| StoreError::Write(describe_pg(&e)))
     }
@@ -578,7 +594,7 @@ impl Store for PgStore {
         rows: &std::collections::HashMap<crate::pipeline::stats::StatsKey, crate::pipeline::stats::StatsRow>,
     ) -> Result<(), StoreError> {
         let mut client = self.client(StoreError::Write).await?;
-        write::write_stats(&mut client, rows)
+        stats::write_stats(&mut client, rows)
             .await
             .map_err(|e| StoreError::Write(describe_pg(&e)))
     }

@@ -188,7 +188,7 @@ DROP INDEX messages_received_at;
 CREATE INDEX messages_received_at ON messages USING brin (received_at);
 "#;
 
-/// Version 9: one token per committed batch (`write::claim`), so a batch whose `COMMIT` went
+/// Version 9: one token per committed batch (`commit_token::claim`), so a batch whose `COMMIT` went
 /// unanswered is not stored twice when it is retried. Kept a day.
 const V9: &str = r#"
 CREATE TABLE commit_tokens (

@@ -11,7 +11,7 @@ use std::{collections::HashMap, sync::Mutex};
 
 use deadpool_postgres::Transaction;
 
-use super::write::pg_text;
+use super::pg_text;
 use crate::message::Message;
 
 /// The ids of series whose rows are committed, shared by the store's connections.

@@ -15,6 +15,11 @@ use tokio_postgres::{
 };
 
 use super::{
+    commit_token::{claim, CLAIM_TOKEN},
+    latest::{latest_rows, upsert_latest, UPSERT_LATEST},
+    mapped::write_mapped,
+    pg_text,
+    rollups::{rollup_rows, upsert_rollups, ROLLUP_UPSERTS},
     series::{self, Pending, SeriesError},
     turn::{Attempt, Overtaken},
 };
@@ -46,22 +51,12 @@ impl From<SeriesError> for RowsError {
     }
 }
 
-/// PostgreSQL text cannot hold NUL; such text is kept with U+FFFD (the exact bytes go to
-/// `payload_raw`).
-pub fn pg_text(s: &str) -> std::borrow::Cow<'_, str> {
-    if s.contains('\0') {
-        std::borrow::Cow::Owned(s.replace('\0', "\u{FFFD}"))
-    } else {
-        std::borrow::Cow::Borrowed(s)
-    }
-}
-
 /// The first key of the per-session advisory locks (two-key space, apart from migrations').
 const SESSION_LOCKS: i32 = 0x7469_6465; // "tide"
 
 /// Runs one of the fixed statements, prepared once per connection, so the server does not parse
 /// and plan it again for every batch (at low rates every message is a batch of its own).
-async fn exec(
+pub(super) async fn exec(
     tx: &Transaction<'_>,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
@@ -403,47 +398,6 @@ const UPSERT_TOPICS: &str = "INSERT INTO topics (topic, message_count, first_see
          first_seen = least(topics.first_seen, excluded.first_seen),
          last_seen = greatest(topics.last_seen, excluded.last_seen)";
 
-const UPSERT_LATEST: &str = "INSERT INTO series_latest (series_id, value, text, ts)
-     SELECT * FROM unnest($1::int[], $2::float8[], $3::text[], $4::timestamptz[])
-     ON CONFLICT (series_id) DO UPDATE SET value = excluded.value, text = excluded.text, ts = excluded.ts
-     WHERE excluded.ts >= series_latest.ts";
-
-const CLAIM_TOKEN: &str = "INSERT INTO commit_tokens (token, at) VALUES ($1, now())";
-const PRUNE_TOKENS: &str = "DELETE FROM commit_tokens
-     WHERE (token BETWEEN $1 AND $2 AND at < now() - make_interval(secs => $3) AND token <> ALL($4))
-        OR at < now() - interval '1 day'";
-
-/// Claims a batch's token in its transaction: one token per batch, the same for every attempt
-/// at it. When an attempt's `COMMIT` goes unanswered (the connection dropped, the answer timed
-/// out), the batch may or may not be stored; the retry's claim tells which. If the earlier
-/// attempt committed, the claim fails (`already_committed`) and the retry writes nothing. If that
-/// attempt is still running on the server, the claim waits for it. If it comes to the server
-/// later than the retry, its own claim fails and it stores nothing. Either way the batch is
-/// stored once.
-pub async fn claim(tx: &Transaction<'_>, token: i64) -> Result<(), tokio_postgres::Error> {
-    exec(tx, CLAIM_TOKEN, &[&token]).await.map(drop)
-}
-
-/// Whether `e` is a claim refused because the token is already committed.
-pub fn already_committed(e: &tokio_postgres::Error) -> bool {
-    e.as_db_error().is_some_and(|db| {
-        db.code() == &tokio_postgres::error::SqlState::UNIQUE_VIOLATION && db.table() == Some("commit_tokens")
-    })
-}
-
-/// Deletes the tokens in `own` (this process's) older than `keep` except `pending`, and
-/// anyone's older than a day (`PgStore::prune_commit_tokens` says why). Answers how many.
-pub async fn prune_tokens(
-    client: &Client,
-    own: (i64, i64),
-    keep: std::time::Duration,
-    pending: &[i64],
-) -> Result<u64, tokio_postgres::Error> {
-    client
-        .execute(PRUNE_TOKENS, &[&own.0, &own.1, &keep.as_secs_f64(), &pending])
-        .await
-}
-
 /// What `write_rows` runs, besides the rollup upserts (`ROLLUP_UPSERTS`).
 const FIXED_STATEMENTS: [&str; 14] = [
     CLAIM_TOKEN,
@@ -465,7 +419,7 @@ const FIXED_STATEMENTS: [&str; 14] = [
 /// The first error in statement order. That is the statement the server refused; every one
 /// pipelined after it only reports the transaction aborted, and the caller must see the first
 /// to tell refused data (written message by message) from a failed connection (retried).
-fn first_error(
+pub(super) fn first_error(
     done: impl IntoIterator<Item = Result<(), tokio_postgres::Error>>,
 ) -> Result<(), tokio_postgres::Error> {
     done.into_iter().collect()
@@ -649,37 +603,6 @@ const READING_TYPES: [Type; 6] = [
     Type::TEXT,
 ];
 
-/// The table a rollup width is stored in, by series (schema 14; `readings_1m` and
-/// `readings_1h` are views of them).
-fn rollup_table(w: crate::store::rollup::Width) -> &'static str {
-    match w {
-        crate::store::rollup::Width::Minute => "series_1m",
-        crate::store::rollup::Width::Hour => "series_1h",
-    }
-}
-
-/// The rollup upserts, in `rollup::WIDTHS` order: built once, not per batch.
-static ROLLUP_UPSERTS: std::sync::LazyLock<[String; 2]> =
-    std::sync::LazyLock::new(|| crate::store::rollup::WIDTHS.map(|w| rollup_upsert(rollup_table(w))));
-
-/// The rollup upsert for one table of `rollup::WIDTHS`.
-fn rollup_upsert(t: &str) -> String {
-    format!(
-        "INSERT INTO {t} (series_id, bucket, count, min, max, sum, avg, last, last_ts)
-         SELECT i, b, n, mn, mx, s, s / n, l, lt
-         FROM unnest($1::int[], $2::timestamptz[], $3::bigint[], $4::float8[], $5::float8[], $6::float8[], $7::float8[], $8::timestamptz[])
-              AS u(i, b, n, mn, mx, s, l, lt)
-         ON CONFLICT (series_id, bucket) DO UPDATE SET
-            count = {t}.count + excluded.count,
-            min = least({t}.min, excluded.min),
-            max = greatest({t}.max, excluded.max),
-            sum = {t}.sum + excluded.sum,
-            avg = ({t}.sum + excluded.sum) / ({t}.count + excluded.count),
-            last = CASE WHEN excluded.last_ts >= {t}.last_ts THEN excluded.last ELSE {t}.last END,
-            last_ts = greatest({t}.last_ts, excluded.last_ts)"
-    )
-}
-
 /// The series id of every reading of the stored messages, in order, finding or creating in
 /// `tx` the series no committed batch has.
 ///
@@ -767,358 +690,6 @@ async fn insert_notes(
     }
     if !notes.0.is_empty() {
         exec(tx, INSERT_NOTES, &[&notes.0, &notes.1]).await?;
-    }
-    Ok(())
-}
-
-/// A batch's buckets of one rollup table by series id, sorted by series and bucket (so two
-/// transactions upserting the same rows lock them in the same order), as columns.
-#[derive(Default)]
-struct RollupRows {
-    series: Vec<i32>,
-    bucket: Vec<DateTime<Utc>>,
-    count: Vec<i64>,
-    min: Vec<f64>,
-    max: Vec<f64>,
-    sum: Vec<f64>,
-    last: Vec<f64>,
-    last_ts: Vec<DateTime<Utc>>,
-}
-
-/// Both rollup tables' rows of a batch (`rollup::aggregate`), in `WIDTHS` order.
-fn rollup_rows(
-    series: &Pending<'_>,
-    buckets: [(
-        crate::store::rollup::Width,
-        Vec<(crate::store::rollup::Key<'_>, crate::store::rollup::Agg)>,
-    ); 2],
-) -> Result<[RollupRows; 2], SeriesError> {
-    let mut out: [RollupRows; 2] = Default::default();
-    for ((_, aggs), rows) in buckets.into_iter().zip(&mut out) {
-        let ids = series.ids_of(aggs.iter().map(|(k, _)| (k.topic, k.device, k.field)))?;
-        let mut keyed: Vec<(i32, crate::store::rollup::Agg, DateTime<Utc>)> = ids
-            .into_iter()
-            .zip(aggs)
-            .map(|(id, (k, a))| (id, a, k.bucket))
-            .collect();
-        keyed.sort_unstable_by_key(|(id, _, bucket)| (*id, *bucket));
-        for (id, a, bucket) in keyed {
-            rows.series.push(id);
-            rows.bucket.push(bucket);
-            rows.count.push(a.count);
-            rows.min.push(a.min);
-            rows.max.push(a.max);
-            rows.sum.push(a.sum);
-            rows.last.push(a.last);
-            rows.last_ts.push(a.last_ts);
-        }
-    }
-    Ok(out)
-}
-
-/// Adds a batch's buckets to the rollup tables, one upsert per table, both sent at once.
-async fn upsert_rollups(tx: &Transaction<'_>, tables: &[RollupRows; 2]) -> Result<(), tokio_postgres::Error> {
-    // `aggregate` answers in `WIDTHS` order, as `ROLLUP_UPSERTS` is built.
-    first_error(
-        futures::future::join_all(
-            tables
-                .iter()
-                .zip(ROLLUP_UPSERTS.iter())
-                .filter(|(c, _)| !c.series.is_empty())
-                .map(|(c, sql)| async move {
-                    exec(
-                        tx,
-                        sql,
-                        &[
-                            &c.series, &c.bucket, &c.count, &c.min, &c.max, &c.sum, &c.last, &c.last_ts,
-                        ],
-                    )
-                    .await
-                    .map(drop)
-                }),
-        )
-        .await,
-    )
-}
-
-/// A batch's newest reading of each series, by series id and sorted by it, as columns.
-#[derive(Default)]
-struct LatestRows<'a> {
-    series: Vec<i32>,
-    value: Vec<Option<f64>>,
-    text: Vec<Option<std::borrow::Cow<'a, str>>>,
-    ts: Vec<DateTime<Utc>>,
-}
-
-fn latest_rows<'a>(
-    series: &Pending<'_>,
-    newest: Vec<crate::store::latest::Latest<'a>>,
-) -> Result<LatestRows<'a>, SeriesError> {
-    let ids = series.ids_of(newest.iter().map(|l| (l.topic, l.device, l.field)))?;
-    let mut keyed: Vec<(i32, crate::store::latest::Latest<'a>)> = ids.into_iter().zip(newest).collect();
-    keyed.sort_unstable_by_key(|(id, _)| *id);
-    let mut rows = LatestRows::default();
-    for (id, l) in keyed {
-        rows.series.push(id);
-        rows.value.push(l.value);
-        rows.text.push(l.text.map(pg_text));
-        rows.ts.push(l.ts);
-    }
-    Ok(rows)
-}
-
-/// Brings `series_latest` up to a batch's newest readings, one upsert.
-async fn upsert_latest(tx: &Transaction<'_>, rows: &LatestRows<'_>) -> Result<(), tokio_postgres::Error> {
-    if rows.series.is_empty() {
-        return Ok(());
-    }
-    exec(
-        tx,
-        UPSERT_LATEST,
-        &[&rows.series, &rows.value, &rows.text, &rows.ts],
-    )
-    .await?;
-    Ok(())
-}
-
-/// One chunk of retention, in its own short transaction.
-pub async fn retain(
-    client: &mut Client,
-    policy: &crate::config::RetentionPolicy,
-    chunk: usize,
-) -> Result<u64, tokio_postgres::Error> {
-    let now = Utc::now();
-    let cutoff = |d: std::time::Duration| now - chrono::Duration::from_std(d).unwrap_or_default();
-    let chunk = chunk as i64;
-    let tx = client.transaction().await?;
-    let mut n = 0;
-    if let Some(d) = policy.raw {
-        let c = cutoff(d);
-        // Any expired chunk, not the oldest first: `messages_received_at` is a BRIN index too.
-        let gone = tx
-            .query(
-                "WITH gone AS (DELETE FROM messages
-                               WHERE ctid = ANY(ARRAY(SELECT ctid FROM messages WHERE received_at < $1 LIMIT $2))
-                               RETURNING topic)
-                 SELECT topic, count(*) FROM gone GROUP BY topic",
-                &[&c, &chunk],
-            )
-            .await?;
-        n += uncount_topics(&tx, &gone).await?;
-        n += tx
-            .execute(
-                "DELETE FROM rejected WHERE id IN (SELECT id FROM rejected WHERE received_at < $1 LIMIT $2)",
-                &[&c, &chunk],
-            )
-            .await?;
-    }
-    if let Some(d) = policy.readings {
-        let c = cutoff(d);
-        // Any expired chunk, not the oldest first: `series_points_ts` is a BRIN index, which
-        // finds the block ranges but cannot return rows in order without sorting them all.
-        // The series stay: their ids are remembered (`series`), and a series is one row.
-        n += tx
-            .execute(
-                "DELETE FROM series_points WHERE ctid = ANY(ARRAY(SELECT ctid FROM series_points WHERE ts < $1 LIMIT $2))",
-                &[&c, &chunk],
-            )
-            .await?;
-        // A series silent for longer than readings are kept has no current value either.
-        n += tx
-            .execute(
-                "DELETE FROM series_latest WHERE ctid = ANY(ARRAY(SELECT ctid FROM series_latest WHERE ts < $1 LIMIT $2))",
-                &[&c, &chunk],
-            )
-            .await?;
-    }
-    if let Some(d) = policy.rollups {
-        let c = cutoff(d);
-        for t in crate::store::rollup::WIDTHS.map(rollup_table) {
-            n += tx
-                .execute(
-                    &format!(
-                        "DELETE FROM {t} WHERE ctid IN (SELECT ctid FROM {t} WHERE bucket < $1 LIMIT $2)"
-                    ),
-                    &[&c, &chunk],
-                )
-                .await?;
-        }
-    }
-    tx.commit().await?;
-    Ok(n)
-}
-
-/// Takes what retention deleted (topic, count) off `topics`, which counts the messages stored;
-/// returns how many. The rows are locked in topic order first, the order the writers' upserts
-/// take them in, so retention cannot deadlock with a batch.
-async fn uncount_topics(
-    tx: &tokio_postgres::Transaction<'_>,
-    gone: &[Row],
-) -> Result<u64, tokio_postgres::Error> {
-    if gone.is_empty() {
-        return Ok(0);
-    }
-    let topics: Vec<String> = gone.iter().map(|r| r.get(0)).collect();
-    let counts: Vec<i64> = gone.iter().map(|r| r.get(1)).collect();
-    tx.execute(
-        "SELECT 1 FROM topics WHERE md5(topic) IN (SELECT md5(t) FROM unnest($1::text[]) t)
-         ORDER BY topic COLLATE \"C\" FOR UPDATE",
-        &[&topics],
-    )
-    .await?;
-    tx.execute(
-        "UPDATE topics SET message_count = greatest(topics.message_count - d.n, 0)
-         FROM unnest($1::text[], $2::bigint[]) AS d(topic, n)
-         WHERE md5(topics.topic) = md5(d.topic) AND topics.topic = d.topic",
-        &[&topics, &counts],
-    )
-    .await?;
-    Ok(counts.iter().sum::<i64>() as u64)
-}
-
-/// Adds statistics rows (counts add up, the max is kept, the mean recomputed).
-pub async fn write_stats(
-    client: &mut Client,
-    rows: &HashMap<crate::pipeline::stats::StatsKey, crate::pipeline::stats::StatsRow>,
-) -> Result<(), tokio_postgres::Error> {
-    let tx = client.transaction().await?;
-    let stmt = tx
-        .prepare(
-            "INSERT INTO tidegate_stats AS s (minute, topic, received, committed, duplicates, rejected, lag_ms_mean, lag_ms_max, lag_ms_sum, reconnects)
-             VALUES ($1, $2, $3, $4::bigint, $5, $6, CASE WHEN $4::bigint > 0 THEN $8::float8 / $4::bigint END,
-                     CASE WHEN $4::bigint > 0 THEN $7::float8 END, $8::float8, $9)
-             ON CONFLICT (minute, (md5(topic))) DO UPDATE SET
-                received = s.received + excluded.received,
-                committed = s.committed + excluded.committed,
-                duplicates = s.duplicates + excluded.duplicates,
-                rejected = s.rejected + excluded.rejected,
-                lag_ms_sum = s.lag_ms_sum + excluded.lag_ms_sum,
-                lag_ms_mean = CASE WHEN s.committed + excluded.committed > 0
-                                   THEN (s.lag_ms_sum + excluded.lag_ms_sum) / (s.committed + excluded.committed) END,
-                lag_ms_max = greatest(s.lag_ms_max, excluded.lag_ms_max),
-                reconnects = s.reconnects + excluded.reconnects",
-        )
-        .await?;
-    for ((minute, topic), r) in rows {
-        let topic = pg_text(topic);
-        tx.execute(
-            &stmt,
-            &[
-                minute,
-                &topic.as_ref(),
-                &r.received,
-                &r.committed,
-                &r.duplicates,
-                &r.rejected,
-                &r.lag_ms_max,
-                &r.lag_ms_sum,
-                &r.reconnects,
-            ],
-        )
-        .await?;
-    }
-    tx.commit().await
-}
-
-/// Rows of the mapping tables; a value that does not fit is recorded in `rejected`.
-async fn write_mapped(
-    tx: &Transaction<'_>,
-    batch: &[Message],
-    to_store: &[usize],
-    ids: &[i64],
-) -> Result<(), tokio_postgres::Error> {
-    use tokio_postgres::types::ToSql;
-
-    use crate::{
-        readings::mapping::{ColType, SqlValue},
-        store::mapped,
-    };
-    let mut shapes: HashMap<String, HashMap<String, ColType>> = HashMap::new();
-    for (&i, &id) in to_store.iter().zip(ids) {
-        let m = &batch[i];
-        let Some(d) = &m.derived else { continue };
-        for (mapping, result) in &d.mapped {
-            let t = mapping.table.quoted();
-            if !shapes.contains_key(mapping.table.as_str()) {
-                tx.batch_execute(&format!(
-                    "CREATE TABLE IF NOT EXISTS {t} (id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, message_id bigint NOT NULL,
-                                                     ts timestamptz NOT NULL, topic text NOT NULL, device text);
-                     CREATE INDEX IF NOT EXISTS \"{}_ts\" ON {t} (ts);",
-                    mapping.table.as_str()
-                ))
-                .await?;
-                let rows = tx
-                    .query(
-                        "SELECT column_name::text, data_type::text FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1",
-                        &[&mapping.table.as_str()],
-                    )
-                    .await?;
-                let cols = rows
-                    .iter()
-                    .map(|r| (r.get::<_, String>(0), mapped::col_type(&r.get::<_, String>(1))))
-                    .collect();
-                shapes.insert(mapping.table.as_str().to_string(), cols);
-            }
-            let shape = shapes.get_mut(mapping.table.as_str()).expect("loaded above");
-            match result.clone().and_then(|row| mapped::plan(mapping, &row, shape)) {
-                Ok((add, values)) => {
-                    for (name, ty) in add {
-                        tx.batch_execute(&format!(
-                            "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {} {}",
-                            name.quoted(),
-                            ty.postgres()
-                        ))
-                        .await?;
-                    }
-                    let topic = pg_text(&m.topic).into_owned();
-                    let device = d.device.as_deref().map(|x| pg_text(x).into_owned());
-                    let mut params: Vec<Box<dyn ToSql + Sync + Send>> =
-                        vec![Box::new(id), Box::new(d.ts), Box::new(topic), Box::new(device)];
-                    let mut names = Vec::new();
-                    for (name, v) in values {
-                        let ty = shape.get(name.as_str()).copied().unwrap_or(ColType::Text);
-                        params.push(match (v, ty) {
-                            (SqlValue::Null, ColType::Real) => Box::new(None::<f64>),
-                            (SqlValue::Null, ColType::Integer) => Box::new(None::<i64>),
-                            (SqlValue::Null, ColType::Boolean) => Box::new(None::<bool>),
-                            (SqlValue::Null, ColType::Timestamp) => Box::new(None::<DateTime<Utc>>),
-                            (SqlValue::Null, ColType::Text) => Box::new(None::<String>),
-                            (SqlValue::Integer(i), ColType::Real) => Box::new(i as f64),
-                            (SqlValue::Real(f), ColType::Integer) => Box::new(f as i64),
-                            (SqlValue::Real(f), _) => Box::new(f),
-                            (SqlValue::Integer(i), _) => Box::new(i),
-                            (SqlValue::Text(s), _) => Box::new(pg_text(&s).into_owned()),
-                            (SqlValue::Bool(b), _) => Box::new(b),
-                            (SqlValue::Time(t), _) => Box::new(t),
-                        });
-                        names.push(name.quoted());
-                    }
-                    let marks: Vec<String> = (1..=params.len()).map(|i| format!("${i}")).collect();
-                    let cols = if names.is_empty() {
-                        String::new()
-                    } else {
-                        format!(", {}", names.join(", "))
-                    };
-                    let refs: Vec<&(dyn ToSql + Sync)> =
-                        params.iter().map(|b| b.as_ref() as &(dyn ToSql + Sync)).collect();
-                    tx.execute(
-                        &format!(
-                            "INSERT INTO {t} (message_id, ts, topic, device{cols}) VALUES ({})",
-                            marks.join(", ")
-                        ),
-                        &refs,
-                    )
-                    .await?;
-                }
-                Err(reason) => {
-                    tx.execute(
-                        "INSERT INTO rejected (received_at, topic, size, qos, reason, source) VALUES ($1, $2, $3, $4, $5, 'mapping')",
-                        &[&m.received_at, &pg_text(&m.topic).as_ref(), &(m.size as i64), &i16::from(m.qos), &pg_text(&reason).as_ref()],
-                    )
-                    .await?;
-                }
-            }
-        }
     }
     Ok(())
 }

@@ -5,11 +5,15 @@
 
 mod checkpoint;
 mod durable;
+mod mapped;
 pub mod medium;
 mod read;
+mod retain;
+mod rollups;
 mod rows;
 mod schema;
 mod series;
+mod stats;
 mod subscriptions;
 mod write;
 
@@ -223,12 +227,12 @@ fn writer_thread(
             }
             Command::Retain(policy, chunk, reply) => {
                 let result =
-                    write::retain(&mut conn, &policy, chunk).map_err(|e| StoreError::Write(e.to_string()));
+                    retain::retain(&mut conn, &policy, chunk).map_err(|e| StoreError::Write(e.to_string()));
                 let _ = reply.send(result);
             }
             Command::Stats(rows, reply) => {
                 let result =
-                    write::write_stats(&mut conn, &rows).map_err(|e| StoreError::Write(e.to_string()));
+                    stats::write_stats(&mut conn, &rows).map_err(|e| StoreError::Write(e.to_string()));
                 let _ = reply.send(result);
             }
             Command::Subscriptions(client_id, filters, reply) => {

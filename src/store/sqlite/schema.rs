@@ -203,7 +203,7 @@ CREATE INDEX series_device ON series (device);
 /// message at 4.4–5.2k msg/s, against 27 KB at 12.0–12.1k split (docs/performance.md, session
 /// 30). Keyed by bucket alone, a chart read one series' buckets a page each. Now a batch
 /// rewrites the few pages of the open table, and a closed bucket moves once
-/// (`write::close_buckets`). The writer keeps the two apart: at every commit each bucket is in
+/// (`rollups::close_buckets`). The writer keeps the two apart: at every commit each bucket is in
 /// exactly one of them. The upgrade renames the table in place: no row is copied.
 const V10_ROLLUP: &str = r#"
 ALTER TABLE {t} RENAME TO {t}_closed;

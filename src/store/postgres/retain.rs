@@ -1,0 +1,102 @@
+//! Retention on PostgreSQL: one chunk of expired rows a table, in its own short transaction
+//! beside the writers. It must never lock `topics` rows in another order than the writers do.
+
+use chrono::Utc;
+use tokio_postgres::{Client, Row};
+
+use super::rollups::rollup_table;
+
+/// One chunk of retention, in its own short transaction.
+pub async fn retain(
+    client: &mut Client,
+    policy: &crate::config::RetentionPolicy,
+    chunk: usize,
+) -> Result<u64, tokio_postgres::Error> {
+    let now = Utc::now();
+    let cutoff = |d: std::time::Duration| now - chrono::Duration::from_std(d).unwrap_or_default();
+    let chunk = chunk as i64;
+    let tx = client.transaction().await?;
+    let mut n = 0;
+    if let Some(d) = policy.raw {
+        let c = cutoff(d);
+        // Any expired chunk, not the oldest first: `messages_received_at` is a BRIN index too.
+        let gone = tx
+            .query(
+                "WITH gone AS (DELETE FROM messages
+                               WHERE ctid = ANY(ARRAY(SELECT ctid FROM messages WHERE received_at < $1 LIMIT $2))
+                               RETURNING topic)
+                 SELECT topic, count(*) FROM gone GROUP BY topic",
+                &[&c, &chunk],
+            )
+            .await?;
+        n += uncount_topics(&tx, &gone).await?;
+        n += tx
+            .execute(
+                "DELETE FROM rejected WHERE id IN (SELECT id FROM rejected WHERE received_at < $1 LIMIT $2)",
+                &[&c, &chunk],
+            )
+            .await?;
+    }
+    if let Some(d) = policy.readings {
+        let c = cutoff(d);
+        // Any expired chunk, not the oldest first: `series_points_ts` is a BRIN index, which
+        // finds the block ranges but cannot return rows in order without sorting them all.
+        // The series stay: their ids are remembered (`series`), and a series is one row.
+        n += tx
+            .execute(
+                "DELETE FROM series_points WHERE ctid = ANY(ARRAY(SELECT ctid FROM series_points WHERE ts < $1 LIMIT $2))",
+                &[&c, &chunk],
+            )
+            .await?;
+        // A series silent for longer than readings are kept has no current value either.
+        n += tx
+            .execute(
+                "DELETE FROM series_latest WHERE ctid = ANY(ARRAY(SELECT ctid FROM series_latest WHERE ts < $1 LIMIT $2))",
+                &[&c, &chunk],
+            )
+            .await?;
+    }
+    if let Some(d) = policy.rollups {
+        let c = cutoff(d);
+        for t in crate::store::rollup::WIDTHS.map(rollup_table) {
+            n += tx
+                .execute(
+                    &format!(
+                        "DELETE FROM {t} WHERE ctid IN (SELECT ctid FROM {t} WHERE bucket < $1 LIMIT $2)"
+                    ),
+                    &[&c, &chunk],
+                )
+                .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(n)
+}
+
+/// Takes what retention deleted (topic, count) off `topics`, which counts the messages stored;
+/// returns how many. The rows are locked in topic order first, the order the writers' upserts
+/// take them in, so retention cannot deadlock with a batch.
+async fn uncount_topics(
+    tx: &tokio_postgres::Transaction<'_>,
+    gone: &[Row],
+) -> Result<u64, tokio_postgres::Error> {
+    if gone.is_empty() {
+        return Ok(0);
+    }
+    let topics: Vec<String> = gone.iter().map(|r| r.get(0)).collect();
+    let counts: Vec<i64> = gone.iter().map(|r| r.get(1)).collect();
+    tx.execute(
+        "SELECT 1 FROM topics WHERE md5(topic) IN (SELECT md5(t) FROM unnest($1::text[]) t)
+         ORDER BY topic COLLATE \"C\" FOR UPDATE",
+        &[&topics],
+    )
+    .await?;
+    tx.execute(
+        "UPDATE topics SET message_count = greatest(topics.message_count - d.n, 0)
+         FROM unnest($1::text[], $2::bigint[]) AS d(topic, n)
+         WHERE md5(topics.topic) = md5(d.topic) AND topics.topic = d.topic",
+        &[&topics, &counts],
+    )
+    .await?;
+    Ok(counts.iter().sum::<i64>() as u64)
+}

@@ -1,0 +1,87 @@
+//! Retention on SQLite: one short write transaction deleting at most a chunk of expired rows a
+//! table, run by the writer thread between batches. It must never hold the write lock for
+//! longer than a chunk takes.
+
+use rusqlite::{params, Connection, TransactionBehavior};
+
+/// One short transaction deleting at most `chunk` rows per table older than the policy allows.
+pub fn retain(
+    conn: &mut Connection,
+    policy: &crate::config::RetentionPolicy,
+    chunk: usize,
+) -> rusqlite::Result<u64> {
+    let now = crate::time::now();
+    let cutoff = |d: std::time::Duration| {
+        crate::time::to_sql_text(now - chrono::Duration::from_std(d).unwrap_or_default())
+    };
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut n = 0u64;
+    if let Some(d) = policy.raw {
+        let c = cutoff(d);
+        // `topics` counts the messages stored, so what retention deletes comes off it too.
+        let mut gone: std::collections::HashMap<String, i64> = Default::default();
+        {
+            let mut delete = tx.prepare(&format!(
+                "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE received_at < ?1 ORDER BY received_at LIMIT {chunk})
+                 RETURNING topic"
+            ))?;
+            let mut rows = delete.query([&c])?;
+            while let Some(r) = rows.next()? {
+                *gone.entry(r.get(0)?).or_default() += 1;
+            }
+        }
+        let mut uncount = tx.prepare_cached(
+            "UPDATE topics SET message_count = max(message_count - ?2, 0) WHERE topic = ?1",
+        )?;
+        for (topic, k) in &gone {
+            uncount.execute(params![topic, k])?;
+            n += *k as u64;
+        }
+        drop(uncount);
+        n += tx.execute(
+            &format!("DELETE FROM rejected WHERE id IN (SELECT id FROM rejected WHERE received_at < ?1 LIMIT {chunk})"),
+            [&c],
+        )? as u64;
+        n += tx.execute(
+            &format!(
+                "DELETE FROM tidegate_stats WHERE (minute, topic) IN
+                 (SELECT minute, topic FROM tidegate_stats WHERE minute < ?1 LIMIT {chunk})"
+            ),
+            [&c],
+        )? as u64;
+    }
+    if let Some(d) = policy.readings {
+        let c = cutoff(d);
+        n += tx.execute(
+            &format!("DELETE FROM series_points WHERE id IN (SELECT id FROM series_points WHERE ts < ?1 ORDER BY ts LIMIT {chunk})"),
+            [&c],
+        )? as u64;
+        // A series silent for longer than readings are kept has no current value either.
+        n += tx.execute(
+            &format!(
+                "DELETE FROM readings_latest WHERE (topic, device, field) IN
+                 (SELECT topic, device, field FROM readings_latest WHERE ts < ?1 LIMIT {chunk})"
+            ),
+            [&c],
+        )? as u64;
+    }
+    if let Some(d) = policy.rollups {
+        let c = cutoff(d);
+        for t in [
+            "readings_1m_closed",
+            "readings_1m_open",
+            "readings_1h_closed",
+            "readings_1h_open",
+        ] {
+            n += tx.execute(
+                &format!(
+                    "DELETE FROM {t} WHERE (topic, device, field, bucket) IN
+                     (SELECT topic, device, field, bucket FROM {t} WHERE bucket < ?1 LIMIT {chunk})"
+                ),
+                [&c],
+            )? as u64;
+        }
+    }
+    tx.commit()?;
+    Ok(n)
+}
