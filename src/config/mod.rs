@@ -5,7 +5,9 @@
 mod args;
 mod broker;
 pub mod current;
+mod mqtt;
 mod postgres;
+mod readings;
 pub mod reference;
 mod values;
 
@@ -13,6 +15,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 pub use args::RunArgs;
 pub use broker::{filter_matches, validate_filter, validate_topic_name, BrokerUrl, Transport};
+pub use mqtt::{MqttSettings, MqttVersion, TlsFiles};
 pub use postgres::{PgTarget, PgTls};
 pub use values::{Size, Span};
 
@@ -31,35 +34,6 @@ impl ConfigError {
         Self {
             setting,
             problem: problem.into(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MqttVersion {
-    V5,
-    V311,
-}
-
-/// As `--mqtt-version` takes it, for logs.
-impl std::fmt::Display for MqttVersion {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            MqttVersion::V5 => "5",
-            MqttVersion::V311 => "3.1.1",
-        })
-    }
-}
-
-impl MqttVersion {
-    /// How many deliveries the broker may send before it waits for tidegate's acknowledgements.
-    /// MQTT 5: the Receive Maximum tidegate announces. MQTT 3.1.1 has no way to announce one,
-    /// and brokers keep their own: 20 is Mosquitto's and VerneMQ's default, and the smallest
-    /// common one.
-    pub fn ack_window(self) -> usize {
-        match self {
-            MqttVersion::V5 => usize::from(crate::source::RECEIVE_MAXIMUM),
-            MqttVersion::V311 => 20,
         }
     }
 }
@@ -116,33 +90,6 @@ impl std::fmt::Display for DbUrl {
             DbUrl::Postgres(t) => f.write_str(&t.display),
         }
     }
-}
-
-/// TLS material, paths checked to exist.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct TlsFiles {
-    pub ca_file: Option<PathBuf>,
-    pub client_cert: Option<PathBuf>,
-    pub client_key: Option<PathBuf>,
-}
-
-/// Everything the MQTT source needs.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MqttSettings {
-    pub broker: BrokerUrl,
-    pub topics: Vec<String>,
-    pub qos: u8,
-    pub client_id: String,
-    pub username: Option<String>,
-    pub password: Option<Secret>,
-    pub version: MqttVersion,
-    pub tls: TlsFiles,
-    pub session_expiry: Duration,
-    pub keep_alive: Duration,
-    /// How long a connected session may go without a message before it is subscribed again and
-    /// reported not ready; `None` when the watchdog is off.
-    pub stale_after: Option<Duration>,
-    pub max_payload: usize,
 }
 
 /// How the writer batches and commits.
@@ -360,7 +307,7 @@ impl Settings {
                     (None, Some(r)) => r.url.clone(),
                     _ => String::new(),
                 };
-                Some(resolve_mqtt(&a, &target, max_payload)?)
+                Some(mqtt::resolve_mqtt(&a, &target, max_payload)?)
             }
             Mode::Serve => None,
         };
@@ -390,7 +337,7 @@ impl Settings {
             }
         };
         let metabase = resolve_metabase(&a, mode)?;
-        let readings = resolve_readings(&a)?;
+        let readings = readings::resolve_readings(&a)?;
         let retention = RetentionPolicy {
             raw: a.retain_raw.map(|s| s.0),
             readings: a.retain_readings.map(|s| s.0),
@@ -488,219 +435,6 @@ impl Settings {
         );
         changed
     }
-}
-
-fn resolve_mqtt(a: &RunArgs, target: &str, max_payload: usize) -> Result<MqttSettings, ConfigError> {
-    let broker = match (a.broker.as_deref(), env("BROKER_ADDR")) {
-        (Some(b), _) => BrokerUrl::parse(b)?,
-        (None, Some(seed)) => BrokerUrl::from_seed_host(&seed)?,
-        (None, None) => {
-            return Err(ConfigError::new(
-                "broker",
-                "no broker given; pass --broker mqtts://HOST:8883 or set TIDEGATE_BROKER (or BROKER_ADDR in .env)",
-            ))
-        }
-    };
-
-    let topics: Vec<String> = a
-        .topics
-        .clone()
-        .unwrap_or_else(|| vec!["#".into()])
-        .into_iter()
-        .map(|t| t.trim().to_string())
-        .collect();
-    if topics.is_empty() {
-        return Err(ConfigError::new("topic", "at least one topic filter is needed"));
-    }
-    for t in &topics {
-        validate_filter(t).map_err(|e| ConfigError::new("topic", e))?;
-    }
-
-    let topics = match &a.share_group {
-        None => topics,
-        Some(g) => {
-            if g.is_empty() || g.contains(['/', '+', '#']) || g.chars().any(char::is_control) {
-                return Err(ConfigError::new(
-                    "share-group",
-                    format!("`{g}` must be a name without /, + or #"),
-                ));
-            }
-            if let Some(t) = topics.iter().find(|t| t.starts_with("$share/")) {
-                return Err(ConfigError::new(
-                    "share-group",
-                    format!("topic `{t}` is already a shared subscription"),
-                ));
-            }
-            topics.into_iter().map(|t| format!("$share/{g}/{t}")).collect()
-        }
-    };
-
-    let qos = a.qos.unwrap_or(1);
-    if qos > 1 {
-        return Err(ConfigError::new(
-            "qos",
-            format!("{qos} is not supported; use 1 (at least once, nothing lost) or 0"),
-        ));
-    }
-
-    let version = match a.mqtt_version.as_deref().map(str::trim) {
-        None | Some("5") | Some("5.0") => MqttVersion::V5,
-        Some("3.1.1") | Some("3") | Some("4") | Some("311") => MqttVersion::V311,
-        Some(other) => {
-            return Err(ConfigError::new(
-                "mqtt-version",
-                format!("`{other}` is not 5 or 3.1.1"),
-            ))
-        }
-    };
-
-    let client_id = a.client_id.clone().unwrap_or_else(|| default_client_id(target));
-    if client_id.is_empty() || client_id.len() > 256 || client_id.chars().any(char::is_control) {
-        return Err(ConfigError::new(
-            "client-id",
-            "must be 1 to 256 printable characters, stable and unique per instance",
-        ));
-    }
-
-    let username = a.username.clone().or_else(|| env("HIVE_USER"));
-    let password = match (&a.password, &a.password_file) {
-        (Some(p), _) => Some(Secret::new(p.clone())),
-        (None, Some(path)) => Some(read_secret_file("password-file", path)?),
-        (None, None) => env("HIVE_PSWD").map(Secret::new),
-    };
-    if password.is_some() && username.is_none() {
-        return Err(ConfigError::new(
-            "username",
-            "a password is set but no user name; pass --username",
-        ));
-    }
-
-    let tls = TlsFiles {
-        ca_file: a.ca_file.clone(),
-        client_cert: a.client_cert.clone(),
-        client_key: a.client_key.clone(),
-    };
-    check_file("ca-file", &tls.ca_file)?;
-    check_file("client-cert", &tls.client_cert)?;
-    check_file("client-key", &tls.client_key)?;
-    if tls.client_cert.is_some() != tls.client_key.is_some() {
-        return Err(ConfigError::new(
-            "client-cert",
-            "--client-cert and --client-key go together",
-        ));
-    }
-    if !broker.transport.is_tls() && (tls.ca_file.is_some() || tls.client_cert.is_some()) {
-        return Err(ConfigError::new(
-            "ca-file",
-            format!("TLS files were given but the broker URL `{broker}` is not TLS; use mqtts:// or wss://"),
-        ));
-    }
-
-    let session_expiry = a.session_expiry.map(|s| s.0).unwrap_or(Duration::from_secs(3600));
-    if session_expiry.as_secs() > u32::MAX as u64 {
-        return Err(ConfigError::new(
-            "session-expiry",
-            "is longer than MQTT allows (about 136 years)",
-        ));
-    }
-    let keep_alive = a.keep_alive.map(|s| s.0).unwrap_or(Duration::from_secs(30));
-    // rumqttc refuses (panics on) keep-alives under 5 s.
-    if keep_alive < Duration::from_secs(5) || keep_alive.as_secs() > u16::MAX as u64 {
-        return Err(ConfigError::new("keep-alive", "must be between 5s and 18h"));
-    }
-    let stale_after = a.stale_after.map(|s| s.0);
-    if stale_after.is_some_and(|d| d < Duration::from_secs(1)) {
-        return Err(ConfigError::new(
-            "stale-after",
-            "must be at least 1s (leave it unset to turn the watchdog off)",
-        ));
-    }
-    Ok(MqttSettings {
-        broker,
-        topics,
-        qos,
-        client_id,
-        username,
-        password,
-        version,
-        tls,
-        session_expiry,
-        keep_alive,
-        stale_after,
-        max_payload,
-    })
-}
-
-fn resolve_readings(a: &RunArgs) -> Result<crate::readings::ReadingsConfig, ConfigError> {
-    let enabled = match a.readings.as_deref().map(str::to_ascii_lowercase).as_deref() {
-        None | Some("on") | Some("true") => true,
-        Some("off") | Some("false") => false,
-        Some(other) => {
-            return Err(ConfigError::new(
-                "readings",
-                format!("`{other}` is not on or off"),
-            ))
-        }
-    };
-    let mut r = crate::readings::ReadingsConfig {
-        enabled,
-        ..Default::default()
-    };
-    let mut tables = std::collections::HashSet::new();
-    for spec in a.mappings.iter().flatten() {
-        let m =
-            crate::readings::mapping::Mapping::from_spec(spec).map_err(|e| ConfigError::new("mapping", e))?;
-        if !tables.insert(m.table.clone()) {
-            return Err(ConfigError::new(
-                "mapping",
-                format!("table `{}` is mapped twice", m.table.as_str()),
-            ));
-        }
-        r.mappings.push(std::sync::Arc::new(m));
-    }
-    if let Some(d) = &a.device_from {
-        r.device = crate::readings::DeviceRule::parse(d).map_err(|e| ConfigError::new("device-from", e))?;
-    }
-    if let Some(t) = &a.time_fields {
-        if t.iter().any(|f| f.trim().is_empty()) {
-            return Err(ConfigError::new("time-field", "field names cannot be empty"));
-        }
-        r.time_fields = t.iter().map(|f| f.trim().to_string()).collect();
-    }
-    if let Some(z) = &a.time_zone {
-        r.time_zone = z.trim().parse().map_err(|_| {
-            ConfigError::new(
-                "time-zone",
-                format!("`{z}` is not a time zone name; use an IANA name such as America/Sao_Paulo, Europe/Lisbon or UTC"),
-            )
-        })?;
-    }
-    if let Some(d) = a.readings_max_depth {
-        if !(1..=64).contains(&d) {
-            return Err(ConfigError::new("readings-max-depth", "must be between 1 and 64"));
-        }
-        r.max_depth = d;
-    }
-    if let Some(n) = a.readings_max_fields {
-        if !(1..=100_000).contains(&n) {
-            return Err(ConfigError::new(
-                "readings-max-fields",
-                "must be between 1 and 100000",
-            ));
-        }
-        r.max_fields = n;
-    }
-    if let Some(root) = &a.readings_root {
-        let root = root.trim();
-        if root.is_empty() || root.split('.').any(str::is_empty) {
-            return Err(ConfigError::new(
-                "readings-root",
-                format!("`{root}` is not a dotted path to a payload field, such as uplink_message.decoded_payload"),
-            ));
-        }
-        r.root = Some(root.to_string());
-    }
-    Ok(r)
 }
 
 fn batch_size(a: &RunArgs) -> Result<usize, ConfigError> {

@@ -1,6 +1,6 @@
 //! The `[[mapping]]` tables on PostgreSQL: created, widened and filled inside the batch's
-//! transaction. A value that does not fit is recorded in `rejected`; it must never fail the
-//! batch, whose message is already stored.
+//! transaction. It must never fail a batch over a value that does not fit its column: that is
+//! recorded in `rejected`, and the message is stored all the same.
 
 use std::collections::HashMap;
 
