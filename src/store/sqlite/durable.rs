@@ -19,7 +19,7 @@ use std::{
     thread::JoinHandle,
 };
 
-use super::WriteReply;
+use super::writer_thread::WriteReply;
 use crate::store::{Outcome, StoreError};
 
 /// A write's answer, held until the WAL is on disk.
