@@ -5,6 +5,7 @@
 //! recorded in `rejected`, so one bad message can never stall the stream.
 
 mod commit_token;
+mod error;
 mod latest;
 mod mapped;
 mod read;
@@ -36,6 +37,7 @@ use crate::{
     message::Message,
 };
 
+use error::{describe_pg, is_data_error, pool_error, WriteError};
 pub use schema::VERSION as SCHEMA_VERSION;
 
 /// PostgreSQL text cannot hold NUL; such text is kept with U+FFFD (the exact bytes go to
@@ -109,30 +111,6 @@ fn tls_config(target: &PgTarget) -> Result<rustls::ClientConfig, String> {
     Ok(rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth())
-}
-
-fn describe_pg(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => {
-            let mut s = e.to_string();
-            let mut src = std::error::Error::source(e);
-            while let Some(inner) = src {
-                s.push_str(": ");
-                s.push_str(&inner.to_string());
-                src = inner.source();
-            }
-            s
-        }
-    }
-}
-
-/// Errors caused by the data of the batch rather than by the connection or the server state.
-fn is_data_error(e: &tokio_postgres::Error) -> bool {
-    e.as_db_error().is_some_and(|db| {
-        let class = &db.code().code()[..2];
-        matches!(class, "22" | "23" | "54")
-    })
 }
 
 impl PgStore {
@@ -465,43 +443,6 @@ impl PgStore {
         tx.commit().await?;
         series.commit();
         Ok(outcomes)
-    }
-}
-
-enum WriteError {
-    /// The database refused the data (bad encoding, a limit exceeded, ...).
-    Data(String),
-    /// An earlier attempt at the batch committed it (`commit_token::claim`).
-    AlreadyCommitted,
-    /// The batch before it is being written again (`turn`): this one is, too, behind it.
-    Overtaken,
-    Other(String),
-}
-
-impl WriteError {
-    fn from_rows(e: &write::RowsError) -> Self {
-        match e {
-            write::RowsError::Pg(e) => Self::from_pg(e),
-            write::RowsError::Overtaken(_) => WriteError::Overtaken,
-            write::RowsError::Series(e) => WriteError::Other(e.clone()),
-        }
-    }
-
-    fn from_pg(e: &tokio_postgres::Error) -> Self {
-        if commit_token::already_committed(e) {
-            WriteError::AlreadyCommitted
-        } else if is_data_error(e) {
-            WriteError::Data(describe_pg(e))
-        } else {
-            WriteError::Other(describe_pg(e))
-        }
-    }
-}
-
-fn pool_error(e: &deadpool_postgres::PoolError) -> String {
-    match e {
-        deadpool_postgres::PoolError::Backend(pg) => describe_pg(pg),
-        other => other.to_string(),
     }
 }
 
