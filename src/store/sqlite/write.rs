@@ -1,5 +1,6 @@
-//! One batch, one transaction: messages, rejections and the marks that recognise redeliveries
-//! (the rule itself is `store::dedup`). It must never commit part of a batch.
+//! One batch, one transaction: messages, rejections, readings, the marks that recognise
+//! redeliveries (the rule itself is `store::dedup`), topic counts and latest values, then the
+//! rollups (`rollups`) and mapped tables (`mapped`). It must never commit part of a batch.
 
 use std::{collections::HashSet, rc::Rc};
 
