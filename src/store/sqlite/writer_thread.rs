@@ -203,7 +203,7 @@ mod tests {
         super::{connect, schema},
         *,
     };
-    use crate::{message::Origin, store::Outcome};
+    use crate::message::Origin;
 
     fn batch(topic: &str) -> Arc<Vec<Message>> {
         let m = Message::new(
