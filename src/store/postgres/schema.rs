@@ -239,8 +239,8 @@ CREATE TABLE mqtt_subscriptions (
 /// `readings_latest`), so that those updates stay heap-only. On full pages each update moved
 /// its row to another page and added an entry to every index of the table, at a place the
 /// md5 keys scatter; with 1,000 topics of 3 fields through the API, 4.4–5.0k msg/s against
-/// 6.9–7.1k with the room (docs/performance.md, session 30). Pages already written keep their
-/// rows until those rows next move; the tables are small beside `readings`.
+/// 6.9–7.1k with the room (docs/performance-history.md, session 30). Pages already written keep
+/// their rows until those rows next move; the tables are small beside `readings`.
 const V12: &str = r#"
 ALTER TABLE readings_1m SET (fillfactor = 50);
 ALTER TABLE readings_1h SET (fillfactor = 50);

@@ -73,7 +73,7 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", sync_level)
             .map_err(|e| open_err(e.to_string()))?;
         // An 8 MiB page cache: 16 MiB took 9–11 MiB more peak memory and measured no faster,
-        // with 3 series or with 3,000 and 12,000 (docs/performance.md, session 29).
+        // with 3 series or with 3,000 and 12,000 (docs/performance-history.md, session 29).
         conn.pragma_update(None, "cache_size", -8_192)
             .map_err(|e| open_err(e.to_string()))?;
         // A long reader (a Metabase dashboard) keeps the WAL from restarting, so it grows past
@@ -229,7 +229,7 @@ impl Store for SqliteStore {
 
     /// The writer thread takes the next batches the moment a commit ends, instead of waiting for
     /// the pipeline to answer the last one and send another (9–21 % more API ingest than one at a
-    /// time, docs/performance.md, session 11), and commits all of them together.
+    /// time, docs/performance-history.md, session 11), and commits all of them together.
     fn queue_depth(&self) -> usize {
         QUEUE_DEPTH
     }

@@ -187,8 +187,8 @@ CREATE TABLE mqtt_subscriptions (
 /// through the series index. Without it, and without planner statistics (tidegate gathers none:
 /// docs/metabase.md), SQLite walked the time index and joined every reading in the range to its
 /// series. On 10 million readings: a week of one device's field 356 → 24 ms,
-/// `DISTINCT device` (Metabase's field values) 3.4 → 0.49 s (docs/performance.md, session 28).
-/// `series` has a row per series, so the index costs the write path nothing.
+/// `DISTINCT device` (Metabase's field values) 3.4 → 0.49 s (docs/performance-history.md,
+/// session 28). `series` has a row per series, so the index costs the write path nothing.
 const V9: &str = r#"
 CREATE INDEX series_device ON series (device);
 "#;
@@ -200,8 +200,8 @@ CREATE INDEX series_device ON series (device);
 /// series: in one table keyed by series those rows sat on a page per series once the table held
 /// some history, and a batch touching many series rewrote a page of each table per series. With
 /// 3,000 series and a few hours of history, `scripts/bench`'s many-series case wrote 69 KB a
-/// message at 4.4–5.2k msg/s, against 27 KB at 12.0–12.1k split (docs/performance.md, session
-/// 30). Keyed by bucket alone, a chart read one series' buckets a page each. Now a batch
+/// message at 4.4–5.2k msg/s, against 27 KB at 12.0–12.1k split (docs/performance-history.md,
+/// session 30). Keyed by bucket alone, a chart read one series' buckets a page each. Now a batch
 /// rewrites the few pages of the open table, and a closed bucket moves once
 /// (`rollups::close_buckets`). The writer keeps the two apart: at every commit each bucket is in
 /// exactly one of them. The upgrade renames the table in place: no row is copied.

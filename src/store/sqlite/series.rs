@@ -4,8 +4,8 @@
 //!
 //! Why: with the texts in every reading and in the series index, SQLite compared long shared
 //! topic prefixes on every index insert and wrote each text again per reading; an integer key
-//! took a fifth of the write transaction's instructions off (docs/performance.md). `readings`
-//! stays, as a view with the same columns.
+//! took a fifth of the write transaction's instructions off (docs/performance-history.md,
+//! session 24). `readings` stays, as a view with the same columns.
 
 use rusqlite::{params, Connection, OptionalExtension};
 
