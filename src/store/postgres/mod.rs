@@ -5,9 +5,11 @@
 //! recorded in `rejected`, so one bad message can never stall the stream.
 
 mod commit_token;
+mod copy;
 mod error;
 mod latest;
 mod mapped;
+mod marks;
 mod read;
 mod retain;
 mod rollups;

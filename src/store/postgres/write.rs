@@ -4,20 +4,21 @@
 //! the same topics lock rows in the same order and cannot deadlock. Dedup follows
 //! `store::dedup`, with the marks this batch needs read up front.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{ClientWrapper, Transaction};
-use tokio_postgres::{
-    binary_copy::BinaryCopyInWriter,
-    types::{Json, ToSql, Type},
-    Client, Row,
-};
+use tokio_postgres::{types::ToSql, Client, Row};
 
 use super::{
     commit_token::{claim, CLAIM_TOKEN},
+    copy::{copy_messages, copy_readings, source_of, COPY_MESSAGES, COPY_READINGS},
     latest::{latest_rows, upsert_latest, UPSERT_LATEST},
     mapped::write_mapped,
+    marks::{
+        append_marks, hash_of, lock_sessions, upsert_retained, Prefetched, APPEND_MARKS, LOCK_SESSIONS,
+        READ_DELIVERY, READ_RETAINED, UPSERT_RETAINED,
+    },
     pg_text,
     rollups::{rollup_rows, upsert_rollups, ROLLUP_UPSERTS},
     series::{self, Pending, SeriesError},
@@ -26,7 +27,7 @@ use super::{
 use crate::{
     message::{Message, Origin},
     store::{
-        dedup::{self, Hash, Marks, Verdict},
+        dedup::{self, Hash, Verdict},
         delivery_marks, Outcome, SpoolPosition,
     },
 };
@@ -51,9 +52,6 @@ impl From<SeriesError> for RowsError {
     }
 }
 
-/// The first key of the per-session advisory locks (two-key space, apart from migrations').
-const SESSION_LOCKS: i32 = 0x7469_6465; // "tide"
-
 /// Runs one of the fixed statements, prepared once per connection, so the server does not parse
 /// and plan it again for every batch (at low rates every message is a batch of its own).
 pub(super) async fn exec(
@@ -72,39 +70,6 @@ async fn query(
 ) -> Result<Vec<Row>, tokio_postgres::Error> {
     let st = tx.prepare_cached(sql).await?;
     tx.query(&st, params).await
-}
-
-/// Marks prefetched for the batch, updated in memory as the batch is decided.
-#[derive(Default)]
-struct Prefetched {
-    /// Only for the packet ids redelivered in this batch: no other delivery mark is looked up.
-    delivery: delivery_marks::Lookup,
-    /// Per topic, the last stored hash and whether this batch changed it.
-    retained: HashMap<String, (Hash, bool)>,
-}
-
-impl Marks for Prefetched {
-    type Error = std::convert::Infallible;
-    fn delivery(&mut self, session: &str, pkid: u16) -> Result<Option<Hash>, Self::Error> {
-        Ok(self.delivery.get(session, pkid))
-    }
-    fn last_stored(&mut self, topic: &str) -> Result<Option<Hash>, Self::Error> {
-        Ok(self.retained.get(topic).map(|(h, _)| *h))
-    }
-    fn set_last_stored(&mut self, topic: &str, hash: Hash) -> Result<(), Self::Error> {
-        // Every stored message lands here: no allocation once a topic is known.
-        match self.retained.get_mut(topic) {
-            Some(e) => *e = (hash, true),
-            None => {
-                self.retained.insert(topic.to_string(), (hash, true));
-            }
-        }
-        Ok(())
-    }
-}
-
-fn hash_of(v: Vec<u8>) -> Option<Hash> {
-    v.try_into().ok()
 }
 
 /// Writes `batch` in its own transaction, claiming its token first (`claim`), in its `turn`
@@ -359,36 +324,11 @@ pub async fn write_rows(
         .collect())
 }
 
-/// Takes the advisory lock of each MQTT session in `own` (sorted), until the transaction ends.
-async fn lock_sessions(tx: &Transaction<'_>, own: &[&str]) -> Result<(), tokio_postgres::Error> {
-    if !own.is_empty() {
-        exec(tx, LOCK_SESSIONS, &[&SESSION_LOCKS, &own]).await?;
-    }
-    Ok(())
-}
-
-const LOCK_SESSIONS: &str = "SELECT pg_advisory_xact_lock($1, hashtext(s)) FROM unnest($2::text[]) AS s";
-const READ_DELIVERY: &str =
-    "SELECT session, marks FROM delivery_batches WHERE session = ANY($1) ORDER BY session, total";
-const READ_RETAINED: &str =
-    "SELECT topic, hash FROM retained_marks WHERE md5(topic) IN (SELECT md5(t) FROM unnest($1::text[]) t)";
 /// One row holding the ids as an array: a row per id cost tidegate a parsed row each (about a
 /// thousand instructions a message). Sorted by the caller; sorting here cost the server more.
 const NEXT_IDS: &str = "SELECT array_agg(nextval($2::text::regclass)) FROM generate_series(1, $1::int)";
-const COPY_MESSAGES: &str = "COPY messages (id, received_at, topic, payload, payload_raw, payload_size, qos, retain, content_type, user_properties, source)
-     FROM STDIN (FORMAT binary)";
 const INSERT_REJECTED: &str = "INSERT INTO rejected (received_at, topic, size, qos, reason, source)
      SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::bigint[], $4::smallint[], $5::text[], $6::text[])";
-const APPEND_MARKS: &str =
-    "WITH prev AS (SELECT coalesce(max(total), 0) AS total FROM delivery_batches WHERE session = $1),
-          ins AS (INSERT INTO delivery_batches (session, total, n, marks)
-                  SELECT $1, total + $2::int, $2::int, $3 FROM prev RETURNING total)
-     DELETE FROM delivery_batches WHERE session = $1 AND total <= (SELECT total FROM ins) - $4";
-const UPSERT_RETAINED: &str =
-    "INSERT INTO retained_marks (topic, hash) SELECT * FROM unnest($1::text[], $2::bytea[])
-     ON CONFLICT ((md5(topic))) DO UPDATE SET hash = excluded.hash";
-const COPY_READINGS: &str =
-    "COPY series_points (message_id, series_id, ts, value, text, ts_source) FROM STDIN (FORMAT binary)";
 const INSERT_NOTES: &str =
     "INSERT INTO reading_notes (message_id, note) SELECT * FROM unnest($1::bigint[], $2::text[])
      ON CONFLICT (message_id) DO UPDATE SET note = excluded.note";
@@ -423,24 +363,6 @@ pub(super) fn first_error(
     done: impl IntoIterator<Item = Result<(), tokio_postgres::Error>>,
 ) -> Result<(), tokio_postgres::Error> {
     done.into_iter().collect()
-}
-
-/// One row of delivery marks per MQTT session of the batch.
-async fn append_marks(
-    tx: &Transaction<'_>,
-    rows: Vec<(&str, Vec<(u16, Hash)>)>,
-) -> Result<(), tokio_postgres::Error> {
-    first_error(
-        futures::future::join_all(rows.into_iter().map(|(session, marks)| async move {
-            let n = marks.len() as i32;
-            let packed = delivery_marks::pack(&marks);
-            // The session's advisory lock (taken above) makes `max(total)` safe to build on.
-            exec(tx, APPEND_MARKS, &[&session, &n, &packed, &delivery_marks::KEPT])
-                .await
-                .map(drop)
-        }))
-        .await,
-    )
 }
 
 /// `n` new message ids, in order.
@@ -483,19 +405,6 @@ async fn insert_rejected(
     Ok(())
 }
 
-/// The topics whose last stored message this batch changed, sorted.
-async fn upsert_retained(
-    tx: &Transaction<'_>,
-    changed: &[(&String, &Hash)],
-) -> Result<(), tokio_postgres::Error> {
-    if changed.is_empty() {
-        return Ok(());
-    }
-    let (t, h): (Vec<&String>, Vec<Vec<u8>>) = changed.iter().map(|(t, h)| (*t, h.to_vec())).unzip();
-    exec(tx, UPSERT_RETAINED, &[&t, &h]).await?;
-    Ok(())
-}
-
 /// Counts and first/last times per topic, keys sorted.
 async fn upsert_topics(tx: &Transaction<'_>, stored: &[&Message]) -> Result<(), tokio_postgres::Error> {
     if stored.is_empty() {
@@ -523,85 +432,6 @@ async fn upsert_topics(tx: &Transaction<'_>, stored: &[&Message]) -> Result<(), 
     exec(tx, UPSERT_TOPICS, &[&t, &n, &first, &last]).await?;
     Ok(())
 }
-
-fn source_of(m: &Message) -> &'static str {
-    match m.origin {
-        Origin::Mqtt { .. } => "mqtt",
-        Origin::Http => "http",
-    }
-}
-
-/// MQTT 5 user properties as stored in `jsonb`: `[[name, value], ...]`.
-type UserProperties = Json<Vec<(String, String)>>;
-
-const MESSAGE_TYPES: [Type; 11] = [
-    Type::INT8,
-    Type::TIMESTAMPTZ,
-    Type::TEXT,
-    Type::TEXT,
-    Type::BYTEA,
-    Type::INT4,
-    Type::INT2,
-    Type::BOOL,
-    Type::TEXT,
-    Type::JSONB,
-    Type::TEXT,
-];
-
-/// The stored messages (`to_store[i]` becomes row `ids[i]`), streamed with binary `COPY`.
-async fn copy_messages(
-    tx: &Transaction<'_>,
-    batch: &[Message],
-    to_store: &[usize],
-    ids: &[i64],
-) -> Result<(), tokio_postgres::Error> {
-    if to_store.is_empty() {
-        return Ok(());
-    }
-    let copy = tx.prepare_cached(COPY_MESSAGES).await?;
-    let sink = tx.copy_in(&copy).await?;
-    let writer = BinaryCopyInWriter::new(sink, &MESSAGE_TYPES);
-    futures::pin_mut!(writer);
-    for (&i, id) in to_store.iter().zip(ids) {
-        let m = &batch[i];
-        let text = m.payload_lossy();
-        let exact = m.payload_text().is_some() && !text.contains('\0');
-        let raw: Option<&[u8]> = (!exact).then_some(&m.payload[..]);
-        let props: Option<UserProperties> = (!m.user_properties.is_empty()).then(|| {
-            Json(
-                m.user_properties
-                    .iter()
-                    .map(|(k, v)| (pg_text(k).into_owned(), pg_text(v).into_owned()))
-                    .collect(),
-            )
-        });
-        let row: [&(dyn ToSql + Sync); 11] = [
-            id,
-            &m.received_at,
-            &pg_text(&m.topic),
-            &pg_text(&text),
-            &raw,
-            &i32::try_from(m.size).unwrap_or(i32::MAX),
-            &i16::from(m.qos),
-            &m.retain,
-            &m.content_type.as_deref().map(pg_text),
-            &props,
-            &source_of(m),
-        ];
-        writer.as_mut().write(&row).await?;
-    }
-    writer.finish().await?;
-    Ok(())
-}
-
-const READING_TYPES: [Type; 6] = [
-    Type::INT8,
-    Type::INT4,
-    Type::TIMESTAMPTZ,
-    Type::FLOAT8,
-    Type::TEXT,
-    Type::TEXT,
-];
 
 /// The series id of every reading of the stored messages, in order, finding or creating in
 /// `tx` the series no committed batch has.
@@ -634,44 +464,6 @@ async fn reading_series(
             k.replace('\0', "|")
         ))),
     }
-}
-
-/// The readings of the stored messages (`to_store[i]` became row `ids[i]`), streamed with
-/// binary `COPY`, each with its series' id (`series_ids`, in the same order: `reading_series`).
-async fn copy_readings(
-    tx: &Transaction<'_>,
-    series_ids: &[i32],
-    batch: &[Message],
-    to_store: &[usize],
-    ids: &[i64],
-) -> Result<(), tokio_postgres::Error> {
-    use crate::readings::Value;
-    if !to_store
-        .iter()
-        .any(|&i| batch[i].derived.as_ref().is_some_and(|d| !d.readings.is_empty()))
-    {
-        return Ok(());
-    }
-    let copy = tx.prepare_cached(COPY_READINGS).await?;
-    let sink = tx.copy_in(&copy).await?;
-    let writer = BinaryCopyInWriter::new(sink, &READING_TYPES);
-    futures::pin_mut!(writer);
-    let mut series_ids = series_ids.iter();
-    for (&i, &id) in to_store.iter().zip(ids) {
-        let m = &batch[i];
-        let Some(d) = &m.derived else { continue };
-        for (r, series_id) in d.readings.iter().zip(&mut series_ids) {
-            let (value, text) = match &r.value {
-                Value::Number(v) => (Some(*v), None),
-                Value::Text(t) => (None, Some(pg_text(t))),
-            };
-            let row: [&(dyn ToSql + Sync); 6] =
-                [&id, &series_id, &d.ts, &value, &text, &d.ts_source.as_str()];
-            writer.as_mut().write(&row).await?;
-        }
-    }
-    writer.finish().await?;
-    Ok(())
 }
 
 /// Notes on stored payloads that gave no readings.
