@@ -2,21 +2,27 @@
 //! `Settings`. Everything is checked here, before anything connects; this module must never open
 //! a socket or a database.
 
+mod api;
 mod args;
 mod broker;
 pub mod current;
+mod metabase;
 mod mqtt;
 mod postgres;
 mod readings;
 pub mod reference;
+mod store;
 mod values;
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
+pub use api::{ApiSettings, RemoteSettings};
 pub use args::RunArgs;
 pub use broker::{filter_matches, validate_filter, validate_topic_name, BrokerUrl, Transport};
+pub use metabase::MetabaseSettings;
 pub use mqtt::{MqttSettings, MqttVersion, TlsFiles};
 pub use postgres::{PgTarget, PgTls};
+pub use store::{DbUrl, RetentionPolicy, SpoolSettings, SqliteSync, StoreSettings};
 pub use values::{Size, Span};
 
 use crate::secret::Secret;
@@ -38,60 +44,6 @@ impl ConfigError {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SqliteSync {
-    Full,
-    Normal,
-}
-
-/// Where rows go, chosen once from the `--db` value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DbUrl {
-    Sqlite(PathBuf),
-    Postgres(Box<PgTarget>),
-}
-
-impl DbUrl {
-    pub fn parse(input: &str) -> Result<Self, ConfigError> {
-        Self::parse_with_password(input, None)
-    }
-
-    /// As `parse`; `password` is used for PostgreSQL when the URL has none.
-    pub fn parse_with_password(input: &str, password: Option<Secret>) -> Result<Self, ConfigError> {
-        let bad = |why: String| ConfigError::new("db", why);
-        if input.trim().is_empty() {
-            return Err(bad("is empty; give a file path such as tidegate.db".into()));
-        }
-        if let Some(path) = input
-            .strip_prefix("sqlite://")
-            .or_else(|| input.strip_prefix("sqlite:"))
-        {
-            if path.is_empty() {
-                return Err(bad(format!("`{input}` has no file path")));
-            }
-            return Ok(DbUrl::Sqlite(PathBuf::from(path)));
-        }
-        if input.starts_with("postgres://") || input.starts_with("postgresql://") {
-            return Ok(DbUrl::Postgres(Box::new(postgres::parse(input, password)?)));
-        }
-        if let Some((scheme, _)) = input.split_once("://") {
-            return Err(bad(format!(
-                "unknown database scheme `{scheme}`; use a SQLite path or sqlite://PATH"
-            )));
-        }
-        Ok(DbUrl::Sqlite(PathBuf::from(input)))
-    }
-}
-
-impl std::fmt::Display for DbUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            DbUrl::Sqlite(p) => write!(f, "sqlite://{}", p.display()),
-            DbUrl::Postgres(t) => f.write_str(&t.display),
-        }
-    }
-}
-
 /// How the writer batches and commits.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PipelineSettings {
@@ -101,62 +53,6 @@ pub struct PipelineSettings {
     /// `batch_delay`: the broker's in-flight window (`MqttVersion::ack_window`), unbounded
     /// without MQTT.
     pub ack_window: usize,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoreSettings {
-    pub db: DbUrl,
-    pub sqlite_sync: SqliteSync,
-    /// `--batch-size`: the most messages one transaction holds. The pipeline cuts batches at it,
-    /// and SQLite commits the batches queued for it together up to it.
-    pub batch_size: usize,
-}
-
-/// The HTTP API this process serves.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ApiSettings {
-    pub listen: SocketAddr,
-    pub token: Option<Secret>,
-    pub max_body: usize,
-    /// Requests a second per client address; `None` when the limit is off.
-    pub rate_limit: Option<std::num::NonZeroU32>,
-}
-
-/// `subscribe`: the tidegate API that stores for us.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RemoteSettings {
-    pub url: String,
-    pub token: Option<Secret>,
-}
-
-/// The Metabase told to read the schema again when tables or columns appear (`metabase`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct MetabaseSettings {
-    /// Without a trailing slash.
-    pub url: String,
-    pub database: u32,
-    pub api_key: Secret,
-}
-
-/// The local spool in front of PostgreSQL or the remote API.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SpoolSettings {
-    pub dir: PathBuf,
-    pub max_bytes: u64,
-}
-
-/// How long each kind of data is kept; `None` keeps it forever.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RetentionPolicy {
-    pub raw: Option<Duration>,
-    pub readings: Option<Duration>,
-    pub rollups: Option<Duration>,
-}
-
-impl RetentionPolicy {
-    pub fn is_off(&self) -> bool {
-        self.raw.is_none() && self.readings.is_none() && self.rollups.is_none()
-    }
 }
 
 /// Which command the settings are for; each needs a different part.
@@ -255,17 +151,6 @@ pub fn default_client_id(target: &str) -> String {
     format!("tidegate-{host}-{:08x}", hash as u32)
 }
 
-fn db_key(db: &DbUrl) -> String {
-    match db {
-        DbUrl::Sqlite(path) => std::fs::canonicalize(path)
-            .or_else(|_| std::env::current_dir().map(|d| d.join(path)))
-            .unwrap_or_else(|_| path.clone())
-            .to_string_lossy()
-            .into_owned(),
-        DbUrl::Postgres(t) => t.display.clone(),
-    }
-}
-
 impl Settings {
     /// Merges flags/env (already in `cli`), the TOML file and the seed script's variables, then
     /// validates every value the command needs.
@@ -289,21 +174,21 @@ impl Settings {
         }
         let mut pipeline = resolve_pipeline(&a)?;
         let store = match mode {
-            Mode::Run | Mode::Serve => Some(resolve_store(&a)?),
+            Mode::Run | Mode::Serve => Some(store::resolve_store(&a)?),
             Mode::Subscribe => None,
         };
         let remote = match mode {
-            Mode::Subscribe => Some(resolve_remote(&a)?),
+            Mode::Subscribe => Some(api::resolve_remote(&a)?),
             _ => None,
         };
         let api = match mode {
-            Mode::Run | Mode::Serve => resolve_api(&a, mode)?,
+            Mode::Run | Mode::Serve => api::resolve_api(&a, mode)?,
             Mode::Subscribe => None,
         };
         let mqtt = match mode {
             Mode::Run | Mode::Subscribe => {
                 let target = match (&store, &remote) {
-                    (Some(s), _) => db_key(&s.db),
+                    (Some(s), _) => store::db_key(&s.db),
                     (None, Some(r)) => r.url.clone(),
                     _ => String::new(),
                 };
@@ -314,44 +199,10 @@ impl Settings {
         if let Some(m) = &mqtt {
             pipeline.ack_window = m.version.ack_window();
         }
-        let spool = match &a.spool {
-            None => None,
-            Some(dir) => {
-                if let Some(StoreSettings {
-                    db: DbUrl::Sqlite(_), ..
-                }) = &store
-                {
-                    return Err(ConfigError::new(
-                        "spool",
-                        "a SQLite file is already local and durable; --spool is for PostgreSQL or `subscribe`",
-                    ));
-                }
-                let max_bytes = a.spool_max.map(|s| s.0 as u64).unwrap_or(1 << 30);
-                if max_bytes < 1 << 20 {
-                    return Err(ConfigError::new("spool-max", "must be at least 1MiB"));
-                }
-                Some(SpoolSettings {
-                    dir: dir.clone(),
-                    max_bytes,
-                })
-            }
-        };
-        let metabase = resolve_metabase(&a, mode)?;
+        let spool = store::resolve_spool(&a, store.as_ref())?;
+        let metabase = metabase::resolve_metabase(&a, mode)?;
         let readings = readings::resolve_readings(&a)?;
-        let retention = RetentionPolicy {
-            raw: a.retain_raw.map(|s| s.0),
-            readings: a.retain_readings.map(|s| s.0),
-            rollups: a.retain_rollups.map(|s| s.0),
-        };
-        for (name, d) in [
-            ("retain-raw", retention.raw),
-            ("retain-readings", retention.readings),
-            ("retain-rollups", retention.rollups),
-        ] {
-            if d.is_some_and(|d| d < Duration::from_secs(60)) {
-                return Err(ConfigError::new(name, "must be at least 1m"));
-            }
-        }
+        let retention = store::resolve_retention(&a)?;
         Ok(Settings {
             mqtt,
             pipeline,
@@ -459,147 +310,6 @@ fn resolve_pipeline(a: &RunArgs) -> Result<PipelineSettings, ConfigError> {
         batch_delay,
         ack_window: usize::MAX,
     })
-}
-
-fn resolve_store(a: &RunArgs) -> Result<StoreSettings, ConfigError> {
-    let password = match &a.db_password_file {
-        Some(path) => Some(read_secret_file("db-password-file", path)?),
-        None => env("TIDEGATE_DB_PASSWORD").map(Secret::new),
-    };
-    let db = DbUrl::parse_with_password(a.db.as_deref().unwrap_or("tidegate.db"), password)?;
-    let sqlite_sync = match a.sqlite_sync.as_deref().map(str::to_ascii_lowercase).as_deref() {
-        None | Some("full") => SqliteSync::Full,
-        Some("normal") => SqliteSync::Normal,
-        Some(other) => {
-            return Err(ConfigError::new(
-                "sqlite-sync",
-                format!("`{other}` is not full or normal"),
-            ))
-        }
-    };
-    Ok(StoreSettings {
-        db,
-        sqlite_sync,
-        batch_size: batch_size(a)?,
-    })
-}
-
-fn api_token(a: &RunArgs) -> Result<Option<Secret>, ConfigError> {
-    let token = match (&a.api_token, &a.api_token_file) {
-        (Some(t), _) => Some(Secret::new(t.clone())),
-        (None, Some(path)) => Some(read_secret_file("api-token-file", path)?),
-        (None, None) => None,
-    };
-    if let Some(t) = &token {
-        if t.expose().len() < 16 {
-            return Err(ConfigError::new(
-                "api-token",
-                "is shorter than 16 characters; use a long random token",
-            ));
-        }
-    }
-    Ok(token)
-}
-
-fn resolve_api(a: &RunArgs, mode: Mode) -> Result<Option<ApiSettings>, ConfigError> {
-    let listen = a.listen.as_deref().unwrap_or("127.0.0.1:8080").trim();
-    if listen.eq_ignore_ascii_case("off") {
-        if mode == Mode::Serve {
-            return Err(ConfigError::new("listen", "`serve` is the API; it cannot be off"));
-        }
-        return Ok(None);
-    }
-    let listen: SocketAddr = listen.parse().map_err(|_| {
-        ConfigError::new(
-            "listen",
-            format!("`{listen}` is not an address such as 127.0.0.1:8080 (or `off`)"),
-        )
-    })?;
-    let token = api_token(a)?;
-    if !listen.ip().is_loopback() && token.is_none() {
-        return Err(ConfigError::new(
-            "listen",
-            format!("{listen} is reachable from other machines; set TIDEGATE_API_TOKEN (or --api-token-file) first"),
-        ));
-    }
-    let max_body = a.max_body.map(|s| s.0).unwrap_or(8 << 20);
-    if max_body < 1024 {
-        return Err(ConfigError::new("max-body", "must be at least 1KiB"));
-    }
-    Ok(Some(ApiSettings {
-        listen,
-        token,
-        max_body,
-        rate_limit: std::num::NonZeroU32::new(a.api_rate_limit.unwrap_or(1000)),
-    }))
-}
-
-fn resolve_remote(a: &RunArgs) -> Result<RemoteSettings, ConfigError> {
-    let url = a.api.as_deref().ok_or_else(|| {
-        ConfigError::new(
-            "api",
-            "`subscribe` needs the API to forward to, e.g. --api http://127.0.0.1:8080",
-        )
-    })?;
-    let parsed =
-        url::Url::parse(url).map_err(|e| ConfigError::new("api", format!("`{url}` is not a URL: {e}")))?;
-    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-        return Err(ConfigError::new(
-            "api",
-            format!("`{url}` must be an http:// or https:// URL"),
-        ));
-    }
-    Ok(RemoteSettings {
-        url: url.trim_end_matches('/').to_string(),
-        token: api_token(a)?,
-    })
-}
-
-fn resolve_metabase(a: &RunArgs, mode: Mode) -> Result<Option<MetabaseSettings>, ConfigError> {
-    let Some(url) = a.metabase_url.as_deref() else {
-        if a.metabase_database.is_some() || a.metabase_api_key.is_some() {
-            return Err(ConfigError::new(
-                "metabase-url",
-                "is missing: --metabase-database and TIDEGATE_METABASE_API_KEY are for the Metabase at that URL",
-            ));
-        }
-        return Ok(None);
-    };
-    if mode == Mode::Subscribe {
-        return Err(ConfigError::new(
-            "metabase-url",
-            "`subscribe` stores nothing; set it on the tidegate that writes the database",
-        ));
-    }
-    let parsed = url::Url::parse(url)
-        .map_err(|e| ConfigError::new("metabase-url", format!("`{url}` is not a URL: {e}")))?;
-    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-        return Err(ConfigError::new(
-            "metabase-url",
-            format!("`{url}` must be an http:// or https:// URL, such as http://127.0.0.1:3000"),
-        ));
-    }
-    let database = match a.metabase_database {
-        Some(0) | None => return Err(ConfigError::new(
-            "metabase-database",
-            "is missing: give the database's id in Metabase (the number in its URL under Admin → Databases)",
-        )),
-        Some(id) => id,
-    };
-    let api_key = match a.metabase_api_key.as_deref().map(str::trim) {
-        Some(k) if !k.is_empty() => Secret::new(k),
-        _ => {
-            return Err(ConfigError::new(
-                "metabase-api-key",
-                "is missing: create an API key in Metabase (Admin → Settings → Authentication → API keys) and set TIDEGATE_METABASE_API_KEY",
-            ))
-        }
-    };
-    Ok(Some(MetabaseSettings {
-        url: url.trim_end_matches('/').to_string(),
-        database,
-        api_key,
-    }))
 }
 
 #[cfg(test)]

@@ -1,0 +1,96 @@
+//! The HTTP API settings: the address this process serves on, its token, body size and rate
+//! limit, and for `subscribe` the tidegate API it forwards to. It must never accept a token
+//! shorter than 16 characters, nor an address other machines reach without a token.
+
+use std::net::SocketAddr;
+
+use super::{read_secret_file, ConfigError, Mode, RunArgs};
+use crate::secret::Secret;
+
+/// The HTTP API this process serves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiSettings {
+    pub listen: SocketAddr,
+    pub token: Option<Secret>,
+    pub max_body: usize,
+    /// Requests a second per client address; `None` when the limit is off.
+    pub rate_limit: Option<std::num::NonZeroU32>,
+}
+
+/// `subscribe`: the tidegate API that stores for us.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteSettings {
+    pub url: String,
+    pub token: Option<Secret>,
+}
+
+fn api_token(a: &RunArgs) -> Result<Option<Secret>, ConfigError> {
+    let token = match (&a.api_token, &a.api_token_file) {
+        (Some(t), _) => Some(Secret::new(t.clone())),
+        (None, Some(path)) => Some(read_secret_file("api-token-file", path)?),
+        (None, None) => None,
+    };
+    if let Some(t) = &token {
+        if t.expose().len() < 16 {
+            return Err(ConfigError::new(
+                "api-token",
+                "is shorter than 16 characters; use a long random token",
+            ));
+        }
+    }
+    Ok(token)
+}
+
+pub(super) fn resolve_api(a: &RunArgs, mode: Mode) -> Result<Option<ApiSettings>, ConfigError> {
+    let listen = a.listen.as_deref().unwrap_or("127.0.0.1:8080").trim();
+    if listen.eq_ignore_ascii_case("off") {
+        if mode == Mode::Serve {
+            return Err(ConfigError::new("listen", "`serve` is the API; it cannot be off"));
+        }
+        return Ok(None);
+    }
+    let listen: SocketAddr = listen.parse().map_err(|_| {
+        ConfigError::new(
+            "listen",
+            format!("`{listen}` is not an address such as 127.0.0.1:8080 (or `off`)"),
+        )
+    })?;
+    let token = api_token(a)?;
+    if !listen.ip().is_loopback() && token.is_none() {
+        return Err(ConfigError::new(
+            "listen",
+            format!("{listen} is reachable from other machines; set TIDEGATE_API_TOKEN (or --api-token-file) first"),
+        ));
+    }
+    let max_body = a.max_body.map(|s| s.0).unwrap_or(8 << 20);
+    if max_body < 1024 {
+        return Err(ConfigError::new("max-body", "must be at least 1KiB"));
+    }
+    Ok(Some(ApiSettings {
+        listen,
+        token,
+        max_body,
+        rate_limit: std::num::NonZeroU32::new(a.api_rate_limit.unwrap_or(1000)),
+    }))
+}
+
+pub(super) fn resolve_remote(a: &RunArgs) -> Result<RemoteSettings, ConfigError> {
+    let url = a.api.as_deref().ok_or_else(|| {
+        ConfigError::new(
+            "api",
+            "`subscribe` needs the API to forward to, e.g. --api http://127.0.0.1:8080",
+        )
+    })?;
+    let parsed =
+        url::Url::parse(url).map_err(|e| ConfigError::new("api", format!("`{url}` is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(ConfigError::new(
+            "api",
+            format!("`{url}` must be an http:// or https:// URL"),
+        ));
+    }
+    Ok(RemoteSettings {
+        url: url.trim_end_matches('/').to_string(),
+        token: api_token(a)?,
+    })
+}
