@@ -1,8 +1,12 @@
 //! The pipeline between sources and the store: `envelope` (a message and the promise to
-//! acknowledge it), `batcher` (groups envelopes) and `writer` (commits a batch, then acks it).
+//! acknowledge it), `batcher` (groups envelopes), `derive` (readings, as a message joins a
+//! batch), `writer` (the loop that hands batches over) and `commit` (commits a batch, then acks
+//! it).
 //! Nothing here may acknowledge a message before the store has committed it.
 
 pub mod batcher;
+mod commit;
+mod derive;
 pub mod envelope;
 pub mod stats;
 pub mod writer;

@@ -1,20 +1,18 @@
-//! The writer: commits each batch and only then acknowledges it. A failed commit is retried with
+//! The writer: takes ingests off the queue into the next batch (deriving their readings), hands
+//! each sealed batch to `commit`, which commits it and only then acknowledges it, and keeps the
+//! acknowledgements in the order the batches were handed over. A failed commit is retried with
 //! backoff, forever, without acknowledging anything — the broker holds the backlog meanwhile.
 //! It must never drop a batch while it can still be committed.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use futures::{stream::FuturesOrdered, StreamExt};
 use tokio::sync::{broadcast, mpsc, watch};
 
-use super::{
-    batcher::Batcher,
-    envelope::{Ingest, SealedBatch},
-};
+use super::{batcher::Batcher, commit::Committer, derive::Deriver, envelope::Ingest};
 use crate::{
     config::{current::Current, PipelineSettings},
-    store::{Committed, Outcome, Store, StoredMessage},
-    telemetry as t,
+    store::{Store, StoredMessage},
 };
 
 /// The size from which a batch is handed to a store that groups queued batches
@@ -64,11 +62,7 @@ impl Writer {
         // Below this, a batch waits behind a running commit, growing: for a store that commits
         // what is queued together, it would join that store's next commit anyway.
         let queue_at = if store.groups_queued() { QUEUE_AT } else { 1 };
-        let mut derive = Deriver {
-            config: readings.get(),
-            readings,
-            on: store.uses_derived(),
-        };
+        let mut derive = Deriver::new(readings, store.uses_derived());
         let committer = Arc::new(Committer {
             store,
             fault,
@@ -140,136 +134,9 @@ impl Writer {
     }
 }
 
-/// Readings and mapped rows are derived as a message is taken into a batch, before it is sealed,
-/// with the config in force at that moment.
-struct Deriver {
-    readings: Current<crate::readings::ReadingsConfig>,
-    config: Arc<crate::readings::ReadingsConfig>,
-    /// False for the remote API: the receiving tidegate derives.
-    on: bool,
-}
-
-impl Deriver {
-    fn derive(&mut self, ingest: &mut Ingest) {
-        if let Some(new) = self.readings.fresh() {
-            self.config = new;
-        }
-        let r = &*self.config;
-        let nothing_to_derive = !r.enabled && r.mappings.is_empty();
-        if !self.on || nothing_to_derive {
-            return;
-        }
-        for m in ingest.messages_mut() {
-            if m.rejection.is_none() && m.derived.is_none() {
-                m.derived = crate::readings::derive(r, &m.topic, &m.payload, m.received_at);
-            }
-        }
-    }
-}
-
-/// Commits batches and acknowledges them.
-struct Committer {
-    store: Arc<dyn Store>,
-    fault: watch::Sender<Option<String>>,
-    stop: watch::Receiver<bool>,
-    live: Live,
-    stats: Arc<super::stats::StatsBook>,
-}
-
-impl Committer {
-    /// Commits, retrying with backoff. `None` when stopping before it could commit: the batch
-    /// is dropped unacknowledged, so it is redelivered.
-    async fn commit(self: Arc<Self>, batch: SealedBatch) -> Option<(SealedBatch, Committed)> {
-        let mut stop = self.stop.clone();
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let started = std::time::Instant::now();
-            match self.store.write(batch.messages.clone()).await {
-                Ok(committed) => {
-                    // Handed over to committed: behind a queueing store this includes the wait
-                    // for the batch ahead, which is what an acknowledgement waits for too.
-                    metrics::histogram!(t::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
-                    metrics::histogram!(t::BATCH_SIZE).record(batch.messages.len() as f64);
-                    metrics::counter!(t::BATCHES).increment(1);
-                    if self.fault.borrow().is_some() {
-                        tracing::info!(store = %self.store.describe(), "store writable again; resuming acknowledgements");
-                        let _ = self.fault.send(None);
-                        metrics::gauge!(t::STORE_WRITABLE).set(1.0);
-                    }
-                    return Some((batch, committed));
-                }
-                Err(e) => {
-                    let reason = e.to_string();
-                    if self.fault.borrow().as_deref() != Some(reason.as_str()) {
-                        tracing::error!(
-                            store = %self.store.describe(),
-                            error = %reason,
-                            "cannot write to the store; nothing is acknowledged until it works again (retrying)"
-                        );
-                        let _ = self.fault.send(Some(reason));
-                        metrics::gauge!(t::STORE_WRITABLE).set(0.0);
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = stop.changed() => {}
-                    }
-                    if *stop.borrow() {
-                        tracing::warn!(
-                            rows = batch.messages.len(),
-                            "stopping with an uncommitted batch; it was not acknowledged and will be redelivered"
-                        );
-                        return None;
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-    }
-
-    /// Everything owed once a batch is committed, in the order batches were handed over: the
-    /// live stream, the statistics, and the acknowledgements. Returns how many messages the
-    /// batch held.
-    fn acknowledge(&self, batch: SealedBatch, committed: &Committed) -> usize {
-        let held = batch.messages.len();
-        self.publish_live(&batch.messages, committed);
-        self.stats
-            .record(&batch.messages, committed.outcomes(), crate::time::now());
-        record_outcomes(committed);
-        let acked = batch.acknowledge(committed);
-        metrics::counter!(t::ACKED).increment(acked as u64);
-        held
-    }
-
-    fn publish_live(&self, messages: &[crate::message::Message], committed: &Committed) {
-        if self.live.receiver_count() == 0 {
-            return;
-        }
-        for (m, outcome) in messages.iter().zip(committed.outcomes()) {
-            if let Outcome::Stored { id } = outcome {
-                let _ = self.live.send(Arc::new(StoredMessage::from_message(*id, m)));
-            }
-        }
-    }
-}
-
-fn record_outcomes(committed: &Committed) {
-    let (mut stored, mut dup, mut rejected) = (0u64, 0u64, 0u64);
-    for o in committed.outcomes() {
-        match o {
-            Outcome::Stored { .. } | Outcome::Spooled => stored += 1,
-            Outcome::Duplicate => dup += 1,
-            Outcome::Rejected => rejected += 1,
-        }
-    }
-    metrics::counter!(t::COMMITTED).increment(stored);
-    metrics::counter!(t::DUPLICATES).increment(dup);
-    metrics::counter!(t::REJECTED).increment(rejected);
-    metrics::gauge!(t::IN_FLIGHT).decrement((stored + dup + rejected) as f64);
-}
-
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
+    use std::{sync::Mutex, time::Duration};
 
     use tokio::sync::Semaphore;
 
@@ -277,7 +144,7 @@ mod tests {
     use crate::{
         message::{Message, Origin},
         pipeline::Ack,
-        store::{MessageQuery, StoreError, StoredMessage, TopicStats},
+        store::{Committed, MessageQuery, Outcome, StoreError, StoredMessage, TopicStats},
     };
 
     /// Records the size of each batch handed over; a commit ends when the test lets it.
