@@ -19,6 +19,16 @@ pub enum Origin {
     Http,
 }
 
+impl Origin {
+    /// The value of the stores' `source` column.
+    pub fn source(&self) -> &'static str {
+        match self {
+            Origin::Mqtt { .. } => "mqtt",
+            Origin::Http => "http",
+        }
+    }
+}
+
 /// One message, normalised.
 #[derive(Debug, Clone)]
 pub struct Message {

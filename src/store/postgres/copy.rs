@@ -9,20 +9,12 @@ use tokio_postgres::{
 };
 
 use super::pg_text;
-use crate::message::{Message, Origin};
+use crate::message::Message;
 
 pub(super) const COPY_MESSAGES: &str = "COPY messages (id, received_at, topic, payload, payload_raw, payload_size, qos, retain, content_type, user_properties, source)
      FROM STDIN (FORMAT binary)";
 pub(super) const COPY_READINGS: &str =
     "COPY series_points (message_id, series_id, ts, value, text, ts_source) FROM STDIN (FORMAT binary)";
-
-/// The `source` column: where the message came from.
-pub(super) fn source_of(m: &Message) -> &'static str {
-    match m.origin {
-        Origin::Mqtt { .. } => "mqtt",
-        Origin::Http => "http",
-    }
-}
 
 /// MQTT 5 user properties as stored in `jsonb`: `[[name, value], ...]`.
 type UserProperties = Json<Vec<(String, String)>>;
@@ -79,7 +71,7 @@ pub(super) async fn copy_messages(
             &m.retain,
             &m.content_type.as_deref().map(pg_text),
             &props,
-            &source_of(m),
+            &m.origin.source(),
         ];
         writer.as_mut().write(&row).await?;
     }

@@ -12,7 +12,7 @@ use tokio_postgres::{types::ToSql, Client, Row};
 
 use super::{
     commit_token::{claim, CLAIM_TOKEN},
-    copy::{copy_messages, copy_readings, source_of, COPY_MESSAGES, COPY_READINGS},
+    copy::{copy_messages, copy_readings, COPY_MESSAGES, COPY_READINGS},
     latest::{latest_rows, upsert_latest, UPSERT_LATEST},
     mapped::write_mapped,
     marks::{
@@ -400,7 +400,7 @@ async fn insert_rejected(
         .iter()
         .map(|m| pg_text(m.rejection.as_deref().unwrap_or("rejected")).into_owned())
         .collect();
-    let source: Vec<&str> = rejected.iter().map(|m| source_of(m)).collect();
+    let source: Vec<&str> = rejected.iter().map(|m| m.origin.source()).collect();
     exec(tx, INSERT_REJECTED, &[&at, &topic, &size, &qos, &reason, &source]).await?;
     Ok(())
 }

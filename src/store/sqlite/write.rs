@@ -8,7 +8,7 @@ use rusqlite::{params, CachedStatement, Connection, OptionalExtension, Transacti
 
 use super::{mapped::write_mapped, rollups::upsert_rollups, rows, series::Series};
 use crate::{
-    message::{Message, Origin},
+    message::Message,
     store::{
         dedup::{self, Hash, Marks, Verdict},
         delivery_marks, rollup, Outcome,
@@ -168,10 +168,7 @@ fn write_in_transaction(
         let mut hashes = Vec::with_capacity(batch.len());
         for (&m, received_at) in batch.iter().zip(&received) {
             let hash = m.content_hash();
-            let source = match m.origin {
-                Origin::Mqtt { .. } => "mqtt",
-                Origin::Http => "http",
-            };
+            let source = m.origin.source();
             let verdict = dedup::verdict(m, hash, &mut marks)?;
             marks.delivery.decided(m, hash, verdict, &redelivered);
             verdicts.push(verdict);
