@@ -30,7 +30,7 @@ pub enum Command {
     Config(ConfigCommand),
     /// Load tool: publish numbered messages and measure throughput, latency and loss through
     /// tidegate (its live stream) or a null subscriber.
-    Bench(crate::bench::BenchArgs),
+    Bench(Box<crate::bench::BenchArgs>),
     /// Mapping helpers.
     #[command(subcommand)]
     Mapping(MappingCommand),

@@ -21,7 +21,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => {
             return match runtime()
                 .map_err(anyhow::Error::from)
-                .and_then(|r| r.block_on(tidegate::bench::run(args)))
+                .and_then(|r| r.block_on(tidegate::bench::run(*args)))
             {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

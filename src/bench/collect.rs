@@ -4,11 +4,11 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, Packet, QoS};
 use tokio::sync::mpsc;
 
 use super::{Report, Tally};
-use crate::config::BrokerUrl;
+use crate::{config::BrokerAccess, source::reach};
 
 pub struct Collector {
     rx: mpsc::UnboundedReceiver<Seen>,
@@ -76,12 +76,9 @@ impl Collector {
     }
 
     /// A subscriber that acknowledges on receipt and stores nothing: the ceiling.
-    pub async fn null(broker: &BrokerUrl, topic: &str, qos: u8) -> anyhow::Result<Collector> {
-        let mut opts = MqttOptions::new(
-            format!("tidegate-bench-null-{}", rand::random::<u32>()),
-            broker.host.clone(),
-            broker.port,
-        );
+    pub async fn null(broker: &BrokerAccess, topic: &str, qos: u8) -> anyhow::Result<Collector> {
+        let client_id = format!("tidegate-bench-null-{}", rand::random::<u32>());
+        let mut opts = reach::v4_options(client_id, broker)?;
         opts.set_keep_alive(Duration::from_secs(30))
             .set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut eventloop) = AsyncClient::new(opts, 1000);
@@ -104,7 +101,7 @@ impl Collector {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
                         if let Some(r) = ready.take() {
-                            let _ = r.send(());
+                            let _ = r.send(Ok(()));
                         }
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -113,12 +110,25 @@ impl Collector {
                         }
                     }
                     Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    // Before the subscription is confirmed, a failure is the user's to fix
+                    // (address, password, CA); later, a dropped connection is tried again.
+                    Err(e) => match ready.take() {
+                        Some(r) => {
+                            let _ = r.send(Err(reach::describe_v4(&e)));
+                            return;
+                        }
+                        None => tokio::time::sleep(Duration::from_millis(100)).await,
+                    },
                 }
             }
         });
-        tokio::time::timeout(Duration::from_secs(10), ready_rx).await.ok();
-        Ok(Collector { rx, _task: task })
+        match tokio::time::timeout(Duration::from_secs(10), ready_rx).await {
+            Ok(Ok(Ok(()))) => Ok(Collector { rx, _task: task }),
+            Ok(Ok(Err(e))) => {
+                anyhow::bail!("the null subscriber could not connect to {}: {e}", broker.broker)
+            }
+            _ => anyhow::bail!("the broker did not confirm the null subscriber's subscription within 10 s"),
+        }
     }
 
     /// Collects until every sequence number arrived or was skipped, or nothing new came for

@@ -15,13 +15,16 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 
-use crate::config::BrokerUrl;
+use crate::config::{resolve_access, AccessArgs, BrokerAccess, BrokerUrl};
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    /// Broker to publish to (mqtt:// only: the load tool is for local or lab brokers).
+    /// Broker to publish to: mqtt://, mqtts://, ws:// or wss://, as for `tidegate run`.
     #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
     pub broker: String,
+    /// The broker's user name, password and TLS files, as for `tidegate run`.
+    #[command(flatten)]
+    pub access: AccessArgs,
     /// The tidegate API whose live stream shows what was committed, e.g. http://127.0.0.1:8080.
     #[arg(long)]
     pub api: Option<String>,
@@ -144,10 +147,7 @@ fn per_msg(before: Option<f64>, after: Option<f64>, messages: u64) -> Option<f64
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let broker = BrokerUrl::parse(&args.broker)?;
-    if broker.transport != crate::config::Transport::Tcp {
-        anyhow::bail!("tidegate bench publishes over plain mqtt:// only");
-    }
+    let broker = resolve_access(BrokerUrl::parse(&args.broker)?, args.access.clone())?;
     if args.api.is_none() && !args.null && !args.publish_only {
         anyhow::bail!(
             "say what to measure: --api http://HOST:PORT (tidegate's live stream), --null, or --publish-only"
@@ -166,7 +166,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         None => args.messages,
     };
     let (rate, size, qos, connections) = (args.rate, args.size, args.qos, args.connections);
-    let publisher = move |broker: BrokerUrl, topic: String| {
+    let publisher = move |broker: BrokerAccess, topic: String| {
         publish::run(broker, topic, total, rate, size, qos, connections)
     };
     if args.publish_only {
@@ -198,23 +198,40 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let started = Start::now();
-    let publishing = tokio::spawn(publisher(broker.clone(), topic.clone()));
+    let mut publishing = tokio::spawn(publisher(broker, topic.clone()));
     let idle = Duration::from_secs(15);
-    let report = match receiver {
-        Receiver::Events(c) => {
-            let seen = c.wait(total, &bar, idle, started).await;
-            // Only the live stream skips: a client that falls behind misses events, not rows.
-            if seen.skipped > 0 {
-                let rows = count::Counter::new(&api, token).await?;
-                let stored = rows.stored(&topic, total, idle).await?;
-                seen.report.with_stored(&stored, seen.skipped)
-            } else {
-                seen.report
+    let receiving = async {
+        Ok::<_, anyhow::Error>(match receiver {
+            Receiver::Events(c) => {
+                let seen = c.wait(total, &bar, idle, started).await;
+                // Only the live stream skips: a client that falls behind misses events, not rows.
+                if seen.skipped > 0 {
+                    let rows = count::Counter::new(&api, token).await?;
+                    let stored = rows.stored(&topic, total, idle).await?;
+                    seen.report.with_stored(&stored, seen.skipped)
+                } else {
+                    seen.report
+                }
+            }
+            Receiver::Rows(c) => c.wait(&topic, total, &bar, idle, started).await?,
+        })
+    };
+    tokio::pin!(receiving);
+    // A publisher the broker refuses ends the run at once, not after the receiving side's
+    // idle wait.
+    let mut published = false;
+    let report = loop {
+        tokio::select! {
+            report = &mut receiving => break report?,
+            done = &mut publishing, if !published => {
+                done.context("publisher")??;
+                published = true;
             }
         }
-        Receiver::Rows(c) => c.wait(&topic, total, &bar, idle, started).await?,
     };
-    publishing.await.context("publisher")??;
+    if !published {
+        publishing.await.context("publisher")??;
+    }
     bar.finish_and_clear();
     if args.json {
         println!("{}", serde_json::to_string(&report)?);

@@ -3,12 +3,12 @@
 
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
 
-use crate::config::BrokerUrl;
+use crate::{config::BrokerAccess, source::reach};
 
 pub async fn run(
-    broker: BrokerUrl,
+    broker: BrokerAccess,
     topic: String,
     total: u64,
     rate: Option<u64>,
@@ -20,11 +20,8 @@ pub async fn run(
     for c in 0..connections as u64 {
         let (broker, topic) = (broker.clone(), topic.clone());
         tasks.push(tokio::spawn(async move {
-            let mut opts = MqttOptions::new(
-                format!("tidegate-bench-pub-{}-{c}", rand::random::<u32>()),
-                broker.host,
-                broker.port,
-            );
+            let client_id = format!("tidegate-bench-pub-{}-{c}", rand::random::<u32>());
+            let mut opts = reach::v4_options(client_id, &broker)?;
             opts.set_keep_alive(Duration::from_secs(30)).set_inflight(1000);
             let (client, mut eventloop) = AsyncClient::new(opts, 1000);
             let q = if qos == 0 {
@@ -58,7 +55,11 @@ pub async fn run(
                     Ok(Event::Incoming(Packet::PubAck(_))) if qos == 1 => done += 1,
                     Ok(Event::Outgoing(Outgoing::Publish(_))) if qos == 0 => done += 1,
                     Ok(_) => {}
-                    Err(e) => return Err(anyhow::anyhow!("publisher connection failed: {e}")),
+                    Err(e) => anyhow::bail!(
+                        "publishing to {} failed: {}",
+                        broker.broker,
+                        reach::describe_v4(&e)
+                    ),
                 }
             }
             let client = sender.await?;

@@ -20,7 +20,7 @@ pub use api::{ApiSettings, RemoteSettings};
 pub use args::RunArgs;
 pub use broker::{filter_matches, validate_filter, validate_topic_name, BrokerUrl, Transport};
 pub use metabase::MetabaseSettings;
-pub use mqtt::{MqttSettings, MqttVersion, TlsFiles};
+pub use mqtt::{resolve_access, AccessArgs, BrokerAccess, MqttSettings, MqttVersion, TlsFiles};
 pub use postgres::{PgTarget, PgTls};
 pub use store::{DbUrl, RetentionPolicy, SpoolSettings, SqliteSync, StoreSettings};
 pub use values::{Size, Span};
@@ -255,14 +255,14 @@ impl Settings {
         };
         match (&self.mqtt, &new.mqtt) {
             (Some(a), Some(b)) => {
-                check("broker", a.broker == b.broker);
+                check("broker", a.access.broker == b.access.broker);
                 check("client-id", a.client_id == b.client_id);
                 check(
                     "username/password",
-                    a.username == b.username && a.password == b.password,
+                    a.access.username == b.access.username && a.access.password == b.access.password,
                 );
                 check("mqtt-version", a.version == b.version);
-                check("ca-file/client-cert/client-key", a.tls == b.tls);
+                check("ca-file/client-cert/client-key", a.access.tls == b.access.tls);
                 check("session-expiry", a.session_expiry == b.session_expiry);
                 check("keep-alive", a.keep_alive == b.keep_alive);
                 check("stale-after", a.stale_after == b.stale_after);

@@ -46,17 +46,93 @@ pub struct TlsFiles {
     pub client_key: Option<PathBuf>,
 }
 
+/// How a client reaches a broker and proves who it is, as given: flags, or the TIDEGATE_* and
+/// seed-script variables. `tidegate run` takes these among its settings; `tidegate bench`
+/// takes them alone, so a load test reaches the same broker the same way.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AccessArgs {
+    /// MQTT user name.
+    #[arg(long, env = "TIDEGATE_USERNAME")]
+    pub username: Option<String>,
+    /// MQTT password (prefer the env var or --password-file: flags show up in `ps`).
+    #[arg(long, env = "TIDEGATE_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// File whose first line is the MQTT password.
+    #[arg(long, env = "TIDEGATE_PASSWORD_FILE")]
+    pub password_file: Option<PathBuf>,
+    /// PEM file with extra CA certificates to trust (for a private or self-signed broker).
+    #[arg(long, env = "TIDEGATE_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS (needs --client-key).
+    #[arg(long, env = "TIDEGATE_CLIENT_CERT")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key for --client-cert.
+    #[arg(long, env = "TIDEGATE_CLIENT_KEY")]
+    pub client_key: Option<PathBuf>,
+}
+
+/// A broker, and what a client needs to be let in: checked, the password read, TLS files
+/// known to exist.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BrokerAccess {
+    pub broker: BrokerUrl,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub tls: TlsFiles,
+}
+
+/// Checks credentials and TLS files against the broker URL. The seed script's HIVE_USER and
+/// HIVE_PSWD stand in for a user name and password not given.
+pub fn resolve_access(broker: BrokerUrl, a: AccessArgs) -> Result<BrokerAccess, ConfigError> {
+    let username = a.username.or_else(|| env("HIVE_USER"));
+    let password = match (a.password, &a.password_file) {
+        (Some(p), _) => Some(Secret::new(p)),
+        (None, Some(path)) => Some(read_secret_file("password-file", path)?),
+        (None, None) => env("HIVE_PSWD").map(Secret::new),
+    };
+    if password.is_some() && username.is_none() {
+        return Err(ConfigError::new(
+            "username",
+            "a password is set but no user name; pass --username",
+        ));
+    }
+
+    let tls = TlsFiles {
+        ca_file: a.ca_file,
+        client_cert: a.client_cert,
+        client_key: a.client_key,
+    };
+    check_file("ca-file", &tls.ca_file)?;
+    check_file("client-cert", &tls.client_cert)?;
+    check_file("client-key", &tls.client_key)?;
+    if tls.client_cert.is_some() != tls.client_key.is_some() {
+        return Err(ConfigError::new(
+            "client-cert",
+            "--client-cert and --client-key go together",
+        ));
+    }
+    if !broker.transport.is_tls() && (tls.ca_file.is_some() || tls.client_cert.is_some()) {
+        return Err(ConfigError::new(
+            "ca-file",
+            format!("TLS files were given but the broker URL `{broker}` is not TLS; use mqtts:// or wss://"),
+        ));
+    }
+    Ok(BrokerAccess {
+        broker,
+        username,
+        password,
+        tls,
+    })
+}
+
 /// Everything the MQTT source needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MqttSettings {
-    pub broker: BrokerUrl,
+    pub access: BrokerAccess,
     pub topics: Vec<String>,
     pub qos: u8,
     pub client_id: String,
-    pub username: Option<String>,
-    pub password: Option<Secret>,
     pub version: MqttVersion,
-    pub tls: TlsFiles,
     pub session_expiry: Duration,
     pub keep_alive: Duration,
     /// How long a connected session may go without a message before it is subscribed again and
@@ -141,39 +217,17 @@ pub(super) fn resolve_mqtt(
         ));
     }
 
-    let username = a.username.clone().or_else(|| env("HIVE_USER"));
-    let password = match (&a.password, &a.password_file) {
-        (Some(p), _) => Some(Secret::new(p.clone())),
-        (None, Some(path)) => Some(read_secret_file("password-file", path)?),
-        (None, None) => env("HIVE_PSWD").map(Secret::new),
-    };
-    if password.is_some() && username.is_none() {
-        return Err(ConfigError::new(
-            "username",
-            "a password is set but no user name; pass --username",
-        ));
-    }
-
-    let tls = TlsFiles {
-        ca_file: a.ca_file.clone(),
-        client_cert: a.client_cert.clone(),
-        client_key: a.client_key.clone(),
-    };
-    check_file("ca-file", &tls.ca_file)?;
-    check_file("client-cert", &tls.client_cert)?;
-    check_file("client-key", &tls.client_key)?;
-    if tls.client_cert.is_some() != tls.client_key.is_some() {
-        return Err(ConfigError::new(
-            "client-cert",
-            "--client-cert and --client-key go together",
-        ));
-    }
-    if !broker.transport.is_tls() && (tls.ca_file.is_some() || tls.client_cert.is_some()) {
-        return Err(ConfigError::new(
-            "ca-file",
-            format!("TLS files were given but the broker URL `{broker}` is not TLS; use mqtts:// or wss://"),
-        ));
-    }
+    let access = resolve_access(
+        broker,
+        AccessArgs {
+            username: a.username.clone(),
+            password: a.password.clone(),
+            password_file: a.password_file.clone(),
+            ca_file: a.ca_file.clone(),
+            client_cert: a.client_cert.clone(),
+            client_key: a.client_key.clone(),
+        },
+    )?;
 
     let session_expiry = a.session_expiry.map(|s| s.0).unwrap_or(Duration::from_secs(3600));
     if session_expiry.as_secs() > u32::MAX as u64 {
@@ -195,14 +249,11 @@ pub(super) fn resolve_mqtt(
         ));
     }
     Ok(MqttSettings {
-        broker,
+        access,
         topics,
         qos,
         client_id,
-        username,
-        password,
         version,
-        tls,
         session_expiry,
         keep_alive,
         stale_after,

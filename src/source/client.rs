@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttc::{v5, Transport as RTransport};
+use rumqttc::v5;
 
-use super::tls::{self, TlsError};
+use super::{reach, tls::TlsError};
 use crate::{
-    config::{MqttSettings, MqttVersion, Transport},
+    config::{MqttSettings, MqttVersion},
     message::{Message, Origin},
 };
 
@@ -64,37 +64,15 @@ pub enum Event {
     Other,
 }
 
-fn transport(s: &MqttSettings) -> Result<RTransport, TlsError> {
-    Ok(match s.broker.transport {
-        Transport::Tcp => RTransport::Tcp,
-        Transport::Ws => RTransport::Ws,
-        Transport::Tls => {
-            RTransport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls::client_config(&s.tls)?))
-        }
-        Transport::Wss => {
-            RTransport::wss_with_config(rumqttc::TlsConfiguration::Rustls(tls::client_config(&s.tls)?))
-        }
-    })
-}
-
-fn host(s: &MqttSettings) -> String {
-    match s.broker.transport {
-        // rumqttc takes the whole URL as the host for WebSockets and reads the port from it.
-        Transport::Ws | Transport::Wss => s.broker.ws_url(),
-        _ => s.broker.host.clone(),
-    }
-}
-
 /// Nagle's algorithm stays on for the MQTT socket: rumqttc writes one PUBACK per syscall, and
 /// after a commit the acks of a whole batch leave together, so coalescing them into a few
 /// segments saves the broker thousands of packets (measured: ~20 % more throughput than
 /// TCP_NODELAY). Latency does not suffer: the broker's next PUBLISH carries the TCP ACK.
 pub fn build(s: &MqttSettings) -> Result<(Client, EventLoop), TlsError> {
-    let transport = transport(s)?;
     let keep_alive = s.keep_alive.max(Duration::from_secs(5));
     Ok(match s.version {
         MqttVersion::V5 => {
-            let mut o = v5::MqttOptions::new(s.client_id.clone(), host(s), s.broker.port);
+            let mut o = reach::v5_options(s.client_id.clone(), &s.access)?;
             o.set_keep_alive(keep_alive)
                 .set_clean_start(false)
                 .set_session_expiry_interval(Some(s.session_expiry.as_secs() as u32))
@@ -102,36 +80,16 @@ pub fn build(s: &MqttSettings) -> Result<(Client, EventLoop), TlsError> {
                 .set_receive_maximum(Some(RECEIVE_MAXIMUM))
                 .set_outgoing_inflight_upper_limit(OUTGOING_INFLIGHT)
                 .set_max_packet_size(Some(MAX_PACKET))
-                .set_connection_timeout(10)
-                .set_transport(transport);
-            if let Some(u) = &s.username {
-                o.set_credentials(
-                    u.clone(),
-                    s.password
-                        .as_ref()
-                        .map(|p| p.expose().to_string())
-                        .unwrap_or_default(),
-                );
-            }
+                .set_connection_timeout(10);
             let (c, e) = v5::AsyncClient::new(o, REQUEST_CAPACITY);
             (Client::V5(c), EventLoop::V5(Box::new(e)))
         }
         MqttVersion::V311 => {
-            let mut o = rumqttc::MqttOptions::new(s.client_id.clone(), host(s), s.broker.port);
+            let mut o = reach::v4_options(s.client_id.clone(), &s.access)?;
             o.set_keep_alive(keep_alive)
                 .set_clean_session(false)
                 .set_manual_acks(true)
-                .set_max_packet_size(MAX_PACKET as usize, 256 * 1024)
-                .set_transport(transport);
-            if let Some(u) = &s.username {
-                o.set_credentials(
-                    u.clone(),
-                    s.password
-                        .as_ref()
-                        .map(|p| p.expose().to_string())
-                        .unwrap_or_default(),
-                );
-            }
+                .set_max_packet_size(MAX_PACKET as usize, 256 * 1024);
             let (c, e) = rumqttc::AsyncClient::new(o, REQUEST_CAPACITY);
             (Client::V4(c), EventLoop::V4(Box::new(e)))
         }
@@ -262,7 +220,11 @@ impl EventLoop {
         match self {
             EventLoop::V5(e) => {
                 use v5::{mqttbytes::v5::Packet, Event as E};
-                match e.poll().await.map_err(|e| ConnectionError(describe_v5(&e)))? {
+                match e
+                    .poll()
+                    .await
+                    .map_err(|e| ConnectionError(reach::describe_v5(&e)))?
+                {
                     E::Incoming(Packet::ConnAck(ca)) => Ok(Event::ConnAck {
                         session_present: ca.session_present,
                         detail: connack_detail(ca.properties.as_ref()),
@@ -313,7 +275,11 @@ impl EventLoop {
             }
             EventLoop::V4(e) => {
                 use rumqttc::{Event as E, Packet};
-                match e.poll().await.map_err(|e| ConnectionError(describe_v4(&e)))? {
+                match e
+                    .poll()
+                    .await
+                    .map_err(|e| ConnectionError(reach::describe_v4(&e)))?
+                {
                     E::Incoming(Packet::ConnAck(ca)) => Ok(Event::ConnAck {
                         session_present: ca.session_present,
                         detail: connack_detail(None),
@@ -360,28 +326,6 @@ impl EventLoop {
             EventLoop::V5(e) => e.clean(),
             EventLoop::V4(e) => e.clean(),
         }
-    }
-}
-
-fn describe_v5(e: &v5::ConnectionError) -> String {
-    match e {
-        v5::ConnectionError::ConnectionRefused(code) => format!(
-            "the broker refused the connection ({code:?}); check --username/--password and the client id"
-        ),
-        v5::ConnectionError::Tls(t) => format!("TLS failed: {t} (is the broker's CA trusted? see --ca-file)"),
-        other => other.to_string(),
-    }
-}
-
-fn describe_v4(e: &rumqttc::ConnectionError) -> String {
-    match e {
-        rumqttc::ConnectionError::ConnectionRefused(code) => format!(
-            "the broker refused the connection ({code:?}); check --username/--password and the client id"
-        ),
-        rumqttc::ConnectionError::Tls(t) => {
-            format!("TLS failed: {t} (is the broker's CA trusted? see --ca-file)")
-        }
-        other => other.to_string(),
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod ack;
 mod client;
 mod memory;
+pub mod reach;
 mod session;
 mod strays;
 mod subscription;

@@ -103,7 +103,7 @@ impl MqttSource {
                 )
             });
         tracing::info!(
-            broker = %settings.broker,
+            broker = %settings.access.broker,
             client_id = %settings.client_id,
             topics = ?settings.topics,
             version = %settings.version,
@@ -263,13 +263,13 @@ async fn session_loop(
                 });
                 match (ever_connected, session_present) {
                     (_, true) => {
-                        tracing::info!(broker = %s.broker, %detail, "connected; the broker kept our session")
+                        tracing::info!(broker = %s.access.broker, %detail, "connected; the broker kept our session")
                     }
                     (false, false) => {
-                        tracing::info!(broker = %s.broker, %detail, "connected with a new session; subscribing")
+                        tracing::info!(broker = %s.access.broker, %detail, "connected with a new session; subscribing")
                     }
                     (true, false) => tracing::warn!(
-                        broker = %s.broker,
+                        broker = %s.access.broker,
                         "connected, but the broker had lost our session: messages published while we were away may be missing (possible gap); subscribing again"
                     ),
                 }
