@@ -26,7 +26,11 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
+                    // A bad setting, as for `run`; anything else went wrong while measuring.
+                    match e.downcast_ref::<tidegate::config::ConfigError>() {
+                        Some(_) => ExitCode::from(2),
+                        None => ExitCode::FAILURE,
+                    }
                 }
             };
         }

@@ -67,6 +67,39 @@ fn bad_settings_exit_2_with_one_line_naming_the_setting() {
     }
 }
 
+/// The load tool's numbers are bounded before anything is allocated or connected: a run of 10^11
+/// messages, or a rate times a duration past the bound, is a setting to fix, not a crash.
+#[test]
+fn bench_settings_out_of_range_exit_2_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["--null", "--messages", "100000000000"], "--messages"),
+        (&["--null", "--messages", "0"], "--messages"),
+        (&["--null", "--rate", "18446744073709551615"], "--rate"),
+        (&["--null", "--rate", "10000000", "--duration", "1h"], "duration"),
+        (&["--null", "--size", "100000000000"], "--size"),
+        (&["--null", "--size", "10"], "--size"),
+        (&["--null", "--qos", "2"], "--qos"),
+        (&["--null", "--connections", "0"], "--connections"),
+        (&["--null", "--broker", "http://x"], "broker"),
+        (
+            &["--null", "--broker", "mqtt://h", "--ca-file", "/no/such/ca.pem"],
+            "ca-file",
+        ),
+        (&["--messages", "10"], "api"),
+    ];
+    for (args, setting) in cases {
+        let args = [&["bench"], *args].concat();
+        let (status, out) = run_to_end(&args, &[], dir.path());
+        assert_eq!(status.code(), Some(2), "{args:?}: {out}");
+        assert!(
+            out.contains(setting),
+            "{args:?}: `{out}` does not name `{setting}`"
+        );
+        assert!(!out.contains("panicked"), "{args:?}: {out}");
+    }
+}
+
 #[test]
 fn a_config_file_with_a_typo_is_refused_with_its_key() {
     let dir = tempfile::tempdir().unwrap();

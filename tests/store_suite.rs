@@ -671,6 +671,39 @@ fn every_store_keeps_pipeline_statistics_and_adds_them_up() {
     }
 }
 
+/// A retention period longer than time itself (a typo such as `9999999999999d`) keeps
+/// everything: it must neither delete every row nor bring the writer down.
+#[test]
+fn a_retention_period_past_the_calendar_keeps_everything() {
+    use tidegate::config::RetentionPolicy;
+    const YEAR: u64 = 365 * 86400;
+    for (name, settings, _dir) in stores() {
+        rt().block_on(async {
+            let s = store::open(&settings).await.unwrap();
+            let now = chrono::Utc::now();
+            let mut batch = Vec::new();
+            for days_ago in [40i64, 1] {
+                let mut m = msg("ret/forever", format!("{{\"v\":{days_ago}}}").as_bytes());
+                m.received_at = now - chrono::Duration::days(days_ago);
+                batch.push(with_readings(m));
+            }
+            write(&s, batch).await;
+            // Past what a time span can hold, and past the earliest date a time can hold.
+            for keep in [u64::MAX, 400_000 * YEAR] {
+                let keep = Some(std::time::Duration::from_secs(keep));
+                let policy = RetentionPolicy {
+                    raw: keep,
+                    readings: keep,
+                    rollups: keep,
+                };
+                assert_eq!(s.retain(&policy, 100).await.unwrap(), 0, "{name}: {keep:?}");
+            }
+            let left = s.messages(all(Some("ret/forever"))).await.unwrap();
+            assert_eq!(left.len(), 2, "{name}");
+        });
+    }
+}
+
 #[test]
 fn retention_deletes_exactly_what_is_older() {
     use tidegate::config::RetentionPolicy;

@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 
-use crate::config::{resolve_access, AccessArgs, BrokerAccess, BrokerUrl};
+use crate::config::{resolve_access, AccessArgs, BrokerAccess, BrokerUrl, ConfigError};
+
+/// The most messages one run publishes: the receiving side keeps a flag for each.
+const MAX_MESSAGES: u64 = 100_000_000;
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
@@ -44,23 +47,23 @@ pub struct BenchArgs {
     /// e.g. to build a backlog for a stopped tidegate. Publishes to exactly --topic.
     #[arg(long, conflicts_with_all = ["api", "null"])]
     pub publish_only: bool,
-    /// Messages to publish in all (ignored with --rate).
-    #[arg(long, default_value_t = 100_000)]
+    /// Messages to publish in all (ignored with --rate), up to 100,000,000.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=MAX_MESSAGES))]
     pub messages: u64,
     /// Publish at this many messages per second in all, for --duration.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_MESSAGES))]
     pub rate: Option<u64>,
     /// With --rate: for how long.
     #[arg(long, default_value = "10s")]
     pub duration: crate::config::Span,
-    /// Payload size in bytes (at least 60; JSON with seq, send time and padding).
-    #[arg(long, default_value_t = 100)]
+    /// Payload size in bytes, 60 to 1,000,000 (JSON with seq, send time and padding).
+    #[arg(long, default_value_t = 100, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(60..=1_000_000))]
     pub size: usize,
     /// Publisher QoS: 0 or 1.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
     pub qos: u8,
     /// Publishing connections.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
     pub connections: usize,
     /// Topic prefix; each run uses PREFIX/<random>.
     #[arg(long, default_value = "bench/tidegate")]
@@ -149,12 +152,11 @@ fn per_msg(before: Option<f64>, after: Option<f64>, messages: u64) -> Option<f64
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let broker = resolve_access(BrokerUrl::parse(&args.broker)?, args.access.clone())?;
     if args.api.is_none() && !args.null && !args.publish_only {
-        anyhow::bail!(
-            "say what to measure: --api http://HOST:PORT (tidegate's live stream), --null, or --publish-only"
-        );
-    }
-    if args.qos > 1 || args.size < 60 || args.connections == 0 || args.connections > 256 {
-        anyhow::bail!("--qos is 0 or 1, --size at least 60, --connections 1 to 256");
+        return Err(ConfigError::new(
+            "api",
+            "say what to measure: --api http://HOST:PORT (tidegate's live stream), --null, or --publish-only",
+        )
+        .into());
     }
     let topic = format!(
         "{}/{:08x}",
@@ -162,7 +164,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         rand::random::<u32>()
     );
     let total = match args.rate {
-        Some(r) => r * args.duration.0.as_secs().max(1),
+        Some(r) => r
+            .checked_mul(args.duration.0.as_secs().max(1))
+            .filter(|&n| n <= MAX_MESSAGES)
+            .ok_or_else(|| {
+                ConfigError::new(
+                    "duration",
+                    format!("--rate times --duration is more than {MAX_MESSAGES} messages; shorten it"),
+                )
+            })?,
         None => args.messages,
     };
     let (rate, size, qos, connections) = (args.rate, args.size, args.qos, args.connections);

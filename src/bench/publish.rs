@@ -29,8 +29,9 @@ pub async fn run(
             } else {
                 QoS::AtLeastOnce
             };
-            let mine: Vec<u64> = (c..total).step_by(connections).collect();
-            let expected = mine.len() as u64;
+            // This connection's share of the sequence numbers: c, c + connections, …
+            let mine = (c..total).step_by(connections);
+            let expected = total.saturating_sub(c).div_ceil(connections as u64);
             let per_conn_rate = rate.map(|r| (r as f64 / connections as f64).max(0.001));
             let sender = tokio::spawn(async move {
                 let start = Instant::now();

@@ -4,6 +4,8 @@
 
 use std::{path::PathBuf, time::Duration};
 
+use chrono::{DateTime, Utc};
+
 use super::{batch_size, env, postgres, read_secret_file, ConfigError, PgTarget, RunArgs};
 use crate::secret::Secret;
 
@@ -90,6 +92,13 @@ pub struct RetentionPolicy {
 impl RetentionPolicy {
     pub fn is_off(&self) -> bool {
         self.raw.is_none() && self.readings.is_none() && self.rollups.is_none()
+    }
+
+    /// The time before which rows kept for `keep` have expired at `now`. `None` when nothing
+    /// expires: no period, or one reaching back past what a time can hold (a typo such as
+    /// `9999999999999d`), which keeps everything rather than deleting everything.
+    pub fn cutoff(now: DateTime<Utc>, keep: Option<Duration>) -> Option<DateTime<Utc>> {
+        now.checked_sub_signed(chrono::TimeDelta::from_std(keep?).ok()?)
     }
 }
 

@@ -55,7 +55,8 @@ impl Watchdog {
     /// Runs until aborted (the source aborts it when it stops).
     pub async fn run(self) {
         let every = (self.after / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
-        let after_ms = self.after.as_millis() as i64;
+        // Saturating: a period past i64 milliseconds means never, not at once.
+        let after_ms = i64::try_from(self.after.as_millis()).unwrap_or(i64::MAX);
         loop {
             tokio::time::sleep(every).await;
             if self.store_fault.borrow().is_some() {

@@ -5,20 +5,20 @@ use chrono::Utc;
 use tokio_postgres::{Client, Row};
 
 use super::rollups::rollup_table;
+use crate::config::RetentionPolicy;
 
 /// One chunk of retention, in its own short transaction.
 pub async fn retain(
     client: &mut Client,
-    policy: &crate::config::RetentionPolicy,
+    policy: &RetentionPolicy,
     chunk: usize,
 ) -> Result<u64, tokio_postgres::Error> {
     let now = Utc::now();
-    let cutoff = |d: std::time::Duration| now - chrono::Duration::from_std(d).unwrap_or_default();
+    let cutoff = |keep| RetentionPolicy::cutoff(now, keep);
     let chunk = chunk as i64;
     let tx = client.transaction().await?;
     let mut n = 0;
-    if let Some(d) = policy.raw {
-        let c = cutoff(d);
+    if let Some(c) = cutoff(policy.raw) {
         // Any expired chunk, not the oldest first: `messages_received_at` is a BRIN index too.
         let gone = tx
             .query(
@@ -37,8 +37,7 @@ pub async fn retain(
             )
             .await?;
     }
-    if let Some(d) = policy.readings {
-        let c = cutoff(d);
+    if let Some(c) = cutoff(policy.readings) {
         // Any expired chunk, not the oldest first: `series_points_ts` is a BRIN index, which
         // finds the block ranges but cannot return rows in order without sorting them all.
         // The series stay: their ids are remembered (`series`), and a series is one row.
@@ -56,8 +55,7 @@ pub async fn retain(
             )
             .await?;
     }
-    if let Some(d) = policy.rollups {
-        let c = cutoff(d);
+    if let Some(c) = cutoff(policy.rollups) {
         for t in crate::store::rollup::WIDTHS.map(rollup_table) {
             n += tx
                 .execute(

@@ -4,20 +4,15 @@
 
 use rusqlite::{params, Connection, TransactionBehavior};
 
+use crate::config::RetentionPolicy;
+
 /// One short transaction deleting at most `chunk` rows per table older than the policy allows.
-pub fn retain(
-    conn: &mut Connection,
-    policy: &crate::config::RetentionPolicy,
-    chunk: usize,
-) -> rusqlite::Result<u64> {
+pub fn retain(conn: &mut Connection, policy: &RetentionPolicy, chunk: usize) -> rusqlite::Result<u64> {
     let now = crate::time::now();
-    let cutoff = |d: std::time::Duration| {
-        crate::time::to_sql_text(now - chrono::Duration::from_std(d).unwrap_or_default())
-    };
+    let cutoff = |keep| RetentionPolicy::cutoff(now, keep).map(crate::time::to_sql_text);
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut n = 0u64;
-    if let Some(d) = policy.raw {
-        let c = cutoff(d);
+    if let Some(c) = cutoff(policy.raw) {
         // `topics` counts the messages stored, so what retention deletes comes off it too.
         let mut gone: std::collections::HashMap<String, i64> = Default::default();
         {
@@ -50,8 +45,7 @@ pub fn retain(
             [&c],
         )? as u64;
     }
-    if let Some(d) = policy.readings {
-        let c = cutoff(d);
+    if let Some(c) = cutoff(policy.readings) {
         n += tx.execute(
             &format!("DELETE FROM series_points WHERE id IN (SELECT id FROM series_points WHERE ts < ?1 ORDER BY ts LIMIT {chunk})"),
             [&c],
@@ -65,8 +59,7 @@ pub fn retain(
             [&c],
         )? as u64;
     }
-    if let Some(d) = policy.rollups {
-        let c = cutoff(d);
+    if let Some(c) = cutoff(policy.rollups) {
         for t in [
             "readings_1m_closed",
             "readings_1m_open",
