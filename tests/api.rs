@@ -402,6 +402,16 @@ fn bad_requests_get_clear_4xx_and_nothing_is_half_stored() {
         let name = q.split('=').next().unwrap();
         assert!(v["error"].as_str().unwrap().contains(name), "{q}: {v}");
     }
+    // The readings routes take one exact topic: a filter could only match nothing, so it is
+    // refused, naming the parameter and the routes that take filters.
+    for route in ["readings", "readings/latest"] {
+        for filter in ["sensors/+/temp", "sensors/#"] {
+            let (s, v) = get(&c, &format!("{base}/api/v1/{route}?topic={}", urlencode(filter)));
+            assert_eq!(s, StatusCode::BAD_REQUEST, "{route} {filter}: {v}");
+            assert_eq!(v["detail"]["parameter"], "topic", "{route} {filter}: {v}");
+            assert!(v["error"].as_str().unwrap().contains("/api/v1/messages"), "{v}");
+        }
+    }
     // As a live-stream filter it is a valid (if odd) topic filter: a stream, not an error.
     let r = c
         .get(format!("{base}/api/v1/stream?topic={}", urlencode(sql)))

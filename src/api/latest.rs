@@ -16,7 +16,7 @@ use crate::store::{LatestQuery, LatestReading};
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)] // documents the parameters; they are parsed by hand for precise errors
 pub struct LatestParams {
-    /// Exact topic.
+    /// One exact topic (a filter with + or # is refused: /api/v1/messages takes filters).
     topic: Option<String>,
     /// Exact device.
     device: Option<String>,
@@ -43,7 +43,7 @@ pub async fn get_latest(
     params::only_known(&p, &["topic", "device", "field", "limit"])?;
     let limit = params::limit(&p, 1000)?;
     let q = LatestQuery {
-        topic: p.get("topic").cloned(),
+        topic: params::exact_topic(&p)?,
         device: p.get("device").cloned(),
         field: p.get("field").cloned(),
         limit,

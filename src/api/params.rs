@@ -39,6 +39,19 @@ pub fn time(p: &Params, name: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
         .transpose()
 }
 
+/// `topic` where a route takes one exact topic. A topic name never holds `+` or `#`, so a
+/// filter here could only match nothing: it is refused, pointing at the routes that take one.
+pub fn exact_topic(p: &Params) -> Result<Option<String>, ApiError> {
+    match p.get("topic") {
+        Some(t) if t.contains(['+', '#']) => Err(ApiError::bad_request(format!(
+            "`topic` is one exact topic here, and `{t}` is a filter; \
+             /api/v1/messages and /api/v1/stream take filters"
+        ))
+        .detail(json!({"parameter": "topic"}))),
+        t => Ok(t.cloned()),
+    }
+}
+
 /// The most rows any read route answers at once.
 pub const MAX_LIMIT: usize = 10_000;
 

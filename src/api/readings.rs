@@ -18,7 +18,7 @@ use crate::store::{Point, ReadingsQuery, Resolution};
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)] // documents the parameters; they are parsed by hand for precise errors
 pub struct ReadingsParams {
-    /// Exact topic.
+    /// One exact topic (a filter with + or # is refused: /api/v1/messages takes filters).
     topic: Option<String>,
     device: Option<String>,
     /// Field name, e.g. `temp` or `a.b[0]`.
@@ -80,7 +80,7 @@ pub async fn get_readings(
         _ => Resolution::Hour,
     };
     let q = ReadingsQuery {
-        topic: p.get("topic").cloned(),
+        topic: params::exact_topic(&p)?,
         device: p.get("device").cloned(),
         field: p.get("field").cloned(),
         since: Some(since),
