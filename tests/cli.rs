@@ -18,6 +18,8 @@ fn bad_settings_exit_2_with_one_line_naming_the_setting() {
         (&["run", "--broker", "http://x"], "broker"),
         (&["run", "--broker", "mqtt://h:0"], "broker"),
         (&["run", "--broker", "mqtt://h", "--topic", "a/#/b"], "topic"),
+        (&["run", "--broker", "mqtt://h", "--topic", "$share/g"], "topic"),
+        (&["run", "--broker", "mqtt://h:1:2"], "broker"),
         (&["run", "--broker", "mqtt://h", "--qos", "2"], "qos"),
         (
             &["run", "--broker", "mqtt://h", "--mqtt-version", "4.0"],

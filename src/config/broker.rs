@@ -52,19 +52,40 @@ impl BrokerUrl {
                 "contains credentials; pass --username and --password instead",
             ));
         }
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
-                let port: u16 = p
-                    .parse()
-                    .map_err(|_| bad(&format!("has an invalid port `{p}`")))?;
-                if port == 0 {
-                    return Err(bad("has port 0"));
-                }
+        // `host`, `host:port`, `[IPv6]` or `[IPv6]:port`; a bare IPv6 address would be
+        // ambiguous with its port.
+        let (host, port) = match authority.strip_prefix('[') {
+            Some(rest) => {
+                let (h, after) = rest
+                    .split_once(']')
+                    .ok_or_else(|| bad("has an unclosed `[` in its host"))?;
+                let port = match after {
+                    "" => None,
+                    p => Some(
+                        p.strip_prefix(':')
+                            .ok_or_else(|| bad("has text after `]`; write [IPv6]:port"))?,
+                    ),
+                };
                 (h, port)
             }
-            _ => (authority, default_port),
+            None => match authority.split_once(':') {
+                Some((_, p)) if p.contains(':') => {
+                    return Err(bad(
+                        "has more than one `:` in host:port; write an IPv6 address as [IPv6]:port",
+                    ))
+                }
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            },
         };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = match port {
+            None => default_port,
+            Some(p) => match p.parse::<u16>() {
+                Ok(0) => return Err(bad("has port 0")),
+                Ok(port) => port,
+                Err(_) => return Err(bad(&format!("has an invalid port `{p}`"))),
+            },
+        };
         if host.is_empty() {
             return Err(bad("has no host"));
         }
@@ -85,12 +106,22 @@ impl BrokerUrl {
         })
     }
 
-    /// The seed script's `BROKER_ADDR` is a bare host name on port 8883 with TLS.
+    /// The seed script's `BROKER_ADDR` is a bare host name with TLS, on port 8883 unless it
+    /// names one (`host:8883`); a full URL is taken as it is.
     pub fn from_seed_host(host: &str) -> Result<Self, ConfigError> {
         if host.contains("://") {
             Self::parse(host)
         } else {
-            Self::parse(&format!("mqtts://{host}:8883"))
+            Self::parse(&format!("mqtts://{host}"))
+        }
+    }
+
+    /// `host:port`, with an IPv6 address in brackets.
+    fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
         }
     }
 
@@ -101,7 +132,7 @@ impl BrokerUrl {
         } else {
             "ws"
         };
-        format!("{scheme}://{}:{}{}", self.host, self.port, self.path)
+        format!("{scheme}://{}{}", self.authority(), self.path)
     }
 }
 
@@ -113,7 +144,7 @@ impl std::fmt::Display for BrokerUrl {
             Transport::Ws => "ws",
             Transport::Wss => "wss",
         };
-        write!(f, "{scheme}://{}:{}{}", self.host, self.port, self.path)
+        write!(f, "{scheme}://{}{}", self.authority(), self.path)
     }
 }
 
@@ -128,6 +159,17 @@ pub fn validate_filter(filter: &str) -> Result<(), String> {
     }
     if filter.contains('\0') {
         return Err("a topic filter cannot contain NUL".into());
+    }
+    if let Some(shared) = filter.strip_prefix("$share/") {
+        // MQTT 5 §4.8.2: `$share/{ShareName}/{filter}`, the name without wildcards.
+        return match shared.split_once('/') {
+            Some((group, inner)) if !group.is_empty() && !group.contains(['+', '#']) => {
+                validate_filter(inner).map_err(|e| format!("`{filter}`: {e}"))
+            }
+            _ => Err(format!(
+                "`{filter}` is not a shared subscription: write $share/GROUP/FILTER (or use --share-group)"
+            )),
+        };
     }
     let levels: Vec<&str> = filter.split('/').collect();
     for (i, level) in levels.iter().enumerate() {
@@ -189,17 +231,31 @@ mod tests {
         let u = BrokerUrl::parse("wss://abc.hivemq.cloud:8884/mqtt").unwrap();
         assert_eq!(u.ws_url(), "wss://abc.hivemq.cloud:8884/mqtt");
         assert_eq!(BrokerUrl::parse("mqtt://h").unwrap().port, 1883);
-        assert_eq!(
-            BrokerUrl::from_seed_host("x.y").unwrap().to_string(),
-            "mqtts://x.y:8883"
-        );
+        for (seed, url) in [
+            ("x.y", "mqtts://x.y:8883"),
+            // The port in the seed's host form, as a course's .env might give it.
+            ("x.y:8884", "mqtts://x.y:8884"),
+            ("[::1]:8883", "mqtts://[::1]:8883"),
+            ("mqtt://x.y", "mqtt://x.y:1883"),
+        ] {
+            assert_eq!(BrokerUrl::from_seed_host(seed).unwrap().to_string(), url);
+        }
+        let v6 = BrokerUrl::parse("ws://[::1]/mqtt").unwrap();
+        assert_eq!((v6.host.as_str(), v6.port), ("::1", 80));
+        assert_eq!(v6.ws_url(), "ws://[::1]:80/mqtt");
         for bad in [
             "h:1883",
             "http://h",
             "mqtt://h:99999",
+            "mqtt://h:0",
+            "mqtt://h:",
             "mqtt://:1883",
             "mqtt://u:p@h",
             "mqtt://h/x",
+            "mqtt://h:1:2",
+            "mqtt://::1",
+            "mqtt://[::1",
+            "mqtt://[::1]x",
         ] {
             assert!(BrokerUrl::parse(bad).is_err(), "{bad}");
         }
@@ -210,7 +266,18 @@ mod tests {
         for ok in ["#", "a/+/c", "a/#", "+", "$share/g/a/#"] {
             validate_filter(ok).unwrap();
         }
-        for bad in ["", "a/#/b", "a#", "a/b+", "x\0"] {
+        for bad in [
+            "",
+            "a/#/b",
+            "a#",
+            "a/b+",
+            "x\0",
+            "$share/g",
+            "$share/g/",
+            "$share//a",
+            "$share/+/a",
+            "$share/g/a/#/b",
+        ] {
             assert!(validate_filter(bad).is_err(), "{bad:?}");
         }
         assert!(filter_matches("a/+/c", "a/b/c"));
