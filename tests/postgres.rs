@@ -426,3 +426,79 @@ fn the_database_password_is_checked_and_never_shown() {
         "a password in the error:\n{text}"
     );
 }
+
+/// TLS to PostgreSQL: verified whenever it is asked for, and not in the way of a server on this
+/// machine whose certificate cannot be verified (as a distribution's self-signed one), where a
+/// URL without `sslmode` connects without TLS.
+#[test]
+fn tls_to_postgresql_is_verified_and_a_local_url_without_sslmode_needs_none() {
+    let (server, tls) = PgServer::start_with_tls();
+    let url = pg::fresh_database(&server.url());
+    let name = pg_url_without_params(&url)
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = tls.ca_pem.to_str().unwrap();
+    // tidegate's connections to the server, and how many of them use TLS.
+    let sessions = || {
+        pg::psql(
+            &server.url(),
+            &name,
+            "SELECT count(*) FILTER (WHERE s.ssl) || ' of ' || count(*) FROM pg_stat_ssl s \
+             JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'tidegate'",
+        )
+    };
+    let serve = |db: &str| {
+        let t = Tidegate::start(&["serve", "--db", db], dir.path());
+        assert!(
+            t.wait_log("API listening", Duration::from_secs(20)),
+            "{db}:\n{}",
+            t.log_text()
+        );
+        t
+    };
+
+    // No sslmode, the server on this machine: no TLS, although it offers TLS.
+    let plain = format!("postgres://postgres@127.0.0.1:{}/{name}", server.port);
+    let t = serve(&plain);
+    let seen = sessions();
+    assert!(seen.starts_with("0 of ") && seen != "0 of 0", "{seen}");
+    drop(t);
+
+    // Asked for and verifiable (the CA given, the name the certificate holds): TLS it is.
+    let verified = format!(
+        "postgres://postgres@localhost:{}/{name}?sslmode=verify-full&sslrootcert={ca}",
+        server.port
+    );
+    let t = serve(&verified);
+    let seen = sessions();
+    let (with_tls, all) = seen.split_once(" of ").unwrap();
+    assert!(with_tls == all && all != "0", "{seen}");
+    drop(t);
+
+    // Asked for and not verifiable: refused, saying why, whatever the CA says of the rest.
+    for (db, why) in [
+        // The certificate names localhost, not 127.0.0.1.
+        (
+            format!(
+                "postgres://postgres@127.0.0.1:{}/{name}?sslmode=require&sslrootcert={ca}",
+                server.port
+            ),
+            "not valid for name",
+        ),
+        // Signed by a CA nobody told tidegate about.
+        (
+            format!(
+                "postgres://postgres@localhost:{}/{name}?sslmode=require",
+                server.port
+            ),
+            "certificate",
+        ),
+    ] {
+        let (status, out) = support::tidegate::run_to_end(&["serve", "--db", &db], &[], dir.path());
+        assert!(!status.success(), "{db}: {out}");
+        assert!(out.contains(why), "{db}: {out}");
+    }
+}

@@ -39,7 +39,8 @@ pub struct RunArgs {
     pub qos: Option<u8>,
 
     /// Database: a SQLite path or sqlite://PATH (default tidegate.db), or
-    /// postgres://user@host:port/db?sslmode=disable|prefer|require|verify-full.
+    /// postgres://user@host:port/db?sslmode=disable|prefer|require|verify-full (without
+    /// sslmode: no TLS to this machine, TLS when the server offers it elsewhere).
     #[arg(long, env = "TIDEGATE_DB")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub db: Option<String>,

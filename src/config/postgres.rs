@@ -1,6 +1,8 @@
 //! PostgreSQL connection URLs: `postgres://user[:pass]@host[:port]/db?sslmode=…&sslrootcert=…`.
 //! libpq's `verify-ca`/`verify-full` are accepted (rustls always verifies chain and host name);
 //! the password may come from the URL, TIDEGATE_DB_PASSWORD or a file, and is never displayed.
+//! Without `sslmode`, a server on this machine is reached without TLS, any other with TLS when it
+//! offers it.
 
 use std::{path::PathBuf, str::FromStr};
 
@@ -38,13 +40,13 @@ pub fn parse(input: &str, password: Option<Secret>) -> Result<PgTarget, ConfigEr
     if host.is_empty() {
         return Err(bad("the PostgreSQL URL has no host".into()));
     }
-    let mut tls = PgTls::Prefer;
+    let mut tls = None;
     let mut ca_file = None;
     let mut rest: Vec<(String, String)> = Vec::new();
     for (k, v) in url.query_pairs() {
         match k.as_ref() {
             "sslmode" => {
-                tls = match v.as_ref() {
+                tls = Some(match v.as_ref() {
                     "disable" => PgTls::Disable,
                     "allow" | "prefer" => PgTls::Prefer,
                     "require" | "verify-ca" | "verify-full" => PgTls::Require,
@@ -53,12 +55,21 @@ pub fn parse(input: &str, password: Option<Secret>) -> Result<PgTarget, ConfigEr
                             "sslmode `{other}` is not disable, prefer, require or verify-full"
                         )))
                     }
-                }
+                })
             }
             "sslrootcert" => ca_file = Some(PathBuf::from(v.as_ref())),
             _ => rest.push((k.into_owned(), v.into_owned())),
         }
     }
+    // Without an sslmode: a server on this machine is reached without TLS, which guards nothing
+    // there, and a distribution's PostgreSQL offers TLS with a self-signed certificate that no
+    // verification accepts (Debian's `ssl-cert-snakeoil`); any other host gets TLS whenever the
+    // server offers it, verified.
+    let tls = tls.unwrap_or(if is_loopback(&host) {
+        PgTls::Disable
+    } else {
+        PgTls::Prefer
+    });
     if let Some(ca) = &ca_file {
         if !ca.is_file() {
             return Err(bad(format!("sslrootcert {} does not exist", ca.display())));
@@ -93,21 +104,20 @@ pub fn parse(input: &str, password: Option<Secret>) -> Result<PgTarget, ConfigEr
 }
 
 fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// `localhost`, a loopback address, or a Unix socket directory.
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host.starts_with('/')
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]
@@ -128,6 +138,31 @@ mod tests {
         let t = parse("postgresql://u@h/d", Some(Secret::new("fromenv"))).unwrap();
         assert_eq!(t.config.get_password(), Some(&b"fromenv"[..]));
         assert!(parse("postgres://u@h/d?sslmode=sometimes", None).is_err());
+    }
+
+    #[test]
+    fn tls_when_unsaid_is_off_on_this_machine_and_verified_elsewhere() {
+        for local in [
+            "postgres://u@127.0.0.1/d",
+            "postgres://u@127.0.0.2:5433/d",
+            "postgres://u@localhost/d",
+            "postgres://u@[::1]/d",
+        ] {
+            assert_eq!(parse(local, None).unwrap().tls, PgTls::Disable, "{local}");
+        }
+        assert_eq!(
+            parse("postgres://u@db.example/d", None).unwrap().tls,
+            PgTls::Prefer
+        );
+        assert_eq!(parse("postgres://u@10.0.0.5/d", None).unwrap().tls, PgTls::Prefer);
+        // Said, it is as said.
+        for (url, want) in [
+            ("postgres://u@127.0.0.1/d?sslmode=require", PgTls::Require),
+            ("postgres://u@localhost/d?sslmode=prefer", PgTls::Prefer),
+            ("postgres://u@db.example/d?sslmode=disable", PgTls::Disable),
+        ] {
+            assert_eq!(parse(url, None).unwrap().tls, want, "{url}");
+        }
         assert!(parse("postgres:///d", None).is_err());
     }
 }

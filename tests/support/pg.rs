@@ -99,6 +99,13 @@ pub struct PgServer {
     dir: tempfile::TempDir,
     child: Option<Child>,
     password: Option<String>,
+    tls: bool,
+}
+
+/// The certificates of a PostgreSQL server started with TLS: its own names only `localhost`, as
+/// a distribution's self-signed one names the machine, and is signed by `ca_pem`.
+pub struct PgTls {
+    pub ca_pem: PathBuf,
 }
 
 impl PgServer {
@@ -111,7 +118,45 @@ impl PgServer {
         Self::start_with(Some(password))
     }
 
+    /// A server that offers TLS (and still allows connections without it).
+    pub fn start_with_tls() -> (PgServer, PgTls) {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "tidegate test PostgreSQL CA");
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        let mut s = Self::prepare(None);
+        let data = s.dir.path().join("data");
+        std::fs::write(data.join("server.crt"), cert.pem()).unwrap();
+        std::fs::write(data.join("server.key"), key.serialize_pem()).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(data.join("server.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        if let Some((uid, gid)) = user_ids() {
+            for f in ["server.crt", "server.key"] {
+                std::os::unix::fs::chown(data.join(f), Some(uid), Some(gid)).unwrap();
+            }
+        }
+        let ca_pem = s.dir.path().join("ca.pem");
+        std::fs::write(&ca_pem, ca.pem()).unwrap();
+        s.tls = true;
+        s.spawn();
+        (s, PgTls { ca_pem })
+    }
+
     fn start_with(password: Option<&str>) -> PgServer {
+        let mut s = Self::prepare(password);
+        s.spawn();
+        s
+    }
+
+    /// A data directory, initialised; the server not started.
+    fn prepare(password: Option<&str>) -> PgServer {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let pwfile = dir.path().join("pw");
@@ -149,14 +194,13 @@ impl PgServer {
             initdb.uid(uid).gid(gid);
         }
         assert!(initdb.status().unwrap().success(), "initdb failed");
-        let mut s = PgServer {
+        PgServer {
             port: super::free_port(),
             dir,
             child: None,
             password: password.map(str::to_string),
-        };
-        s.spawn();
-        s
+            tls: false,
+        }
     }
 
     fn spawn(&mut self) {
@@ -171,6 +215,18 @@ impl PgServer {
             self.dir.path().to_str().unwrap(),
         ])
         .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+        .args(if self.tls {
+            &[
+                "-c",
+                "ssl=on",
+                "-c",
+                "ssl_cert_file=server.crt",
+                "-c",
+                "ssl_key_file=server.key",
+            ][..]
+        } else {
+            &[]
+        })
         .stdout(Stdio::null())
         .stderr(Stdio::null());
         if let (Some((uid, gid)), true) = (user_ids(), is_root()) {
