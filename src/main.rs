@@ -11,7 +11,7 @@ use tidegate::{
 
 fn main() -> ExitCode {
     // The seed script's .env (BROKER_ADDR, HIVE_USER, HIVE_PSWD) works as it is.
-    let _ = dotenvy::dotenv();
+    tidegate::config::dotenv::load();
     let cli = Cli::parse();
     tidegate::logging::init(&cli.log_format);
     let _ = rustls::crypto::ring::default_provider().install_default();

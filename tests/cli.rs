@@ -115,15 +115,20 @@ fn a_config_file_with_a_typo_is_refused_with_its_key() {
 #[test]
 fn the_seed_scripts_env_file_works_and_the_password_stays_secret() {
     let broker = Mosquitto::start(BrokerOptions {
-        password: Some(("aluno".into(), "segredo-da-turma".into())),
+        password: Some(("aluno".into(), "segredo da turma".into())),
         ..Default::default()
     });
     let dir = tempfile::tempdir().unwrap();
     // The course's .env names a bare host (TLS on 8883); tidegate's own variable overrides the
     // address for this plain-TCP test broker while the user and password come from the seed's names.
+    // Written as python-dotenv, which the script uses, accepts it: spaces around `=`, and a
+    // password with spaces left unquoted, which dotenvy alone refuses.
     std::fs::write(
         dir.path().join(".env"),
-        format!("BROKER_ADDR=ignored.example\nHIVE_USER=aluno\nHIVE_PSWD=segredo-da-turma\nTIDEGATE_BROKER=mqtt://127.0.0.1:{}\n", broker.port),
+        format!(
+            "# .env do curso\nBROKER_ADDR = ignored.example\nHIVE_USER=aluno\nHIVE_PSWD=segredo da turma\nTIDEGATE_BROKER=mqtt://127.0.0.1:{}\n",
+            broker.port
+        ),
     )
     .unwrap();
     let log = dir.path().join("log.txt");
@@ -153,7 +158,7 @@ fn the_seed_scripts_env_file_works_and_the_password_stays_secret() {
         "my/test/topic",
         1,
         &["42".into()],
-        &["-u", "aluno", "-P", "segredo-da-turma"],
+        &["-u", "aluno", "-P", "segredo da turma"],
     );
     assert_eq!(
         db::wait_count(&dbp, "SELECT count(*) FROM dados", 1, Duration::from_secs(10)),
@@ -164,7 +169,7 @@ fn the_seed_scripts_env_file_works_and_the_password_stays_secret() {
         .status();
     assert!(child.wait().unwrap().success());
     let text = std::fs::read_to_string(&log).unwrap();
-    assert!(!text.contains("segredo-da-turma"), "password in the log:\n{text}");
+    assert!(!text.contains("segredo da turma"), "password in the log:\n{text}");
 }
 
 #[test]

@@ -6,6 +6,7 @@ mod api;
 mod args;
 mod broker;
 pub mod current;
+pub mod dotenv;
 mod metabase;
 mod mqtt;
 mod postgres;
