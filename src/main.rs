@@ -40,9 +40,16 @@ fn main() -> ExitCode {
             payload,
         }) => {
             let payload = if payload == "-" {
+                // MQTT's largest payload, and one byte to tell a larger one.
+                const MAX: u64 = 256 << 20;
                 let mut read = Vec::new();
-                if let Err(e) = std::io::Read::read_to_end(&mut std::io::stdin(), &mut read) {
+                let stdin = std::io::Read::take(std::io::stdin(), MAX + 1);
+                if let Err(e) = std::io::Read::read_to_end(&mut { stdin }, &mut read) {
                     eprintln!("error: cannot read the payload from standard input: {e}");
+                    return ExitCode::from(2);
+                }
+                if read.len() as u64 > MAX {
+                    eprintln!("error: the payload on standard input is larger than MQTT allows (256 MiB)");
                     return ExitCode::from(2);
                 }
                 read

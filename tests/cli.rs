@@ -53,6 +53,20 @@ fn bad_settings_exit_2_with_one_line_naming_the_setting() {
             "readings-root",
         ),
         (&["run"], "broker"),
+        // A device named by mistake is refused, not read until the memory runs out.
+        (&["run", "--config", "/dev/zero"], "config"),
+        (
+            &[
+                "run",
+                "--broker",
+                "mqtt://h",
+                "--username",
+                "u",
+                "--password-file",
+                "/dev/zero",
+            ],
+            "password-file",
+        ),
     ];
     for (args, setting) in cases {
         let (status, out) = run_to_end(args, &[], dir.path());

@@ -7,7 +7,7 @@
 
 /// Loads `.env` into the environment; a missing or unreadable file loads nothing.
 pub fn load() {
-    let Some(text) = find().and_then(|path| std::fs::read_to_string(path).ok()) else {
+    let Some(text) = find().and_then(|path| super::read_bounded(&path, 1 << 20).ok()) else {
         return;
     };
     let text = text.trim_start_matches('\u{feff}');

@@ -105,9 +105,26 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
+/// A settings file's text, refused past `max` bytes: a device or a wrong file named by mistake
+/// (`/dev/zero`, a database) must not fill the memory before it is found wrong.
+pub(crate) fn read_bounded(path: &std::path::Path, max: u64) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(max + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("it is larger than {max} bytes; is it the right file?"),
+        ));
+    }
+    Ok(text)
+}
+
 /// Reads the TOML file named by `--config`, if any.
 pub fn load_file(path: &std::path::Path) -> Result<RunArgs, ConfigError> {
-    let text = std::fs::read_to_string(path)
+    let text = read_bounded(path, 16 << 20)
         .map_err(|e| ConfigError::new("config", format!("cannot read {}: {e}", path.display())))?;
     toml::from_str(&text).map_err(|e| {
         ConfigError::new(
@@ -130,8 +147,14 @@ fn check_file(setting: &'static str, path: &Option<PathBuf>) -> Result<(), Confi
 }
 
 fn read_secret_file(setting: &'static str, path: &std::path::Path) -> Result<Secret, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::new(setting, format!("cannot read {}: {}", path.display(), e.kind())))?;
+    // The error's kind only: its text is never the file's, but say no more than needed.
+    let text = read_bounded(path, 64 << 10).map_err(|e| {
+        let why = match e.kind() {
+            std::io::ErrorKind::InvalidData => "larger than 64 KiB, or not text".to_string(),
+            kind => kind.to_string(),
+        };
+        ConfigError::new(setting, format!("cannot read {}: {why}", path.display()))
+    })?;
     Ok(Secret::new(
         text.lines().next().unwrap_or("").trim_end().to_string(),
     ))
