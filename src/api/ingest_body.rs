@@ -129,6 +129,9 @@ pub fn parse(format: Format, body: &[u8], max_payload: usize) -> Result<Vec<Mess
             None,
         )
     })?;
+    // A byte-order mark, as Windows tools write at the head of a UTF-8 file (RFC 8259 lets a
+    // parser ignore it), is not the first message's text.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let messages = match format {
         Format::Json => {
             let items: Vec<IncomingMessage> = match text.trim_start().as_bytes().first() {
@@ -240,6 +243,21 @@ mod tests {
 
     fn p(f: Format, body: &str) -> Result<Vec<Message>, BodyError> {
         parse(f, body.as_bytes(), 1024)
+    }
+
+    #[test]
+    fn a_byte_order_mark_at_the_head_is_not_part_of_the_body() {
+        for (format, body) in [
+            (
+                Format::Ndjson,
+                "\u{feff}{\"topic\":\"a\",\"payload\":1}\n{\"topic\":\"b\",\"payload\":2}\n",
+            ),
+            (Format::Json, "\u{feff}[{\"topic\":\"a\",\"payload\":1}]"),
+        ] {
+            assert_eq!(p(format, body).unwrap()[0].topic, "a");
+        }
+        // Anywhere else it is text, and a line that is not JSON is named.
+        assert!(p(Format::Ndjson, "{\"topic\":\"a\",\"payload\":1}\n\u{feff}x\n").is_err());
     }
 
     #[test]
