@@ -40,15 +40,15 @@ fn main() -> ExitCode {
             payload,
         }) => {
             let payload = if payload == "-" {
+                use std::io::Read;
                 // MQTT's largest payload, and one byte to tell a larger one.
-                const MAX: u64 = 256 << 20;
+                let max = tidegate::config::MAX_PAYLOAD as u64;
                 let mut read = Vec::new();
-                let stdin = std::io::Read::take(std::io::stdin(), MAX + 1);
-                if let Err(e) = std::io::Read::read_to_end(&mut { stdin }, &mut read) {
+                if let Err(e) = std::io::stdin().take(max + 1).read_to_end(&mut read) {
                     eprintln!("error: cannot read the payload from standard input: {e}");
                     return ExitCode::from(2);
                 }
-                if read.len() as u64 > MAX {
+                if read.len() as u64 > max {
                     eprintln!("error: the payload on standard input is larger than MQTT allows (256 MiB)");
                     return ExitCode::from(2);
                 }

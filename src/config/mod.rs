@@ -101,6 +101,9 @@ impl std::fmt::Debug for Origin {
     }
 }
 
+/// MQTT's largest payload (a packet is at most 256 MiB), the most `--max-payload` allows.
+pub const MAX_PAYLOAD: usize = 256 << 20;
+
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
@@ -190,7 +193,7 @@ impl Settings {
         let a = cli.or(file).or(RunArgs::defaults());
 
         let max_payload = a.max_payload.map(|s| s.0).unwrap_or(1 << 20);
-        if max_payload == 0 || max_payload > 256 << 20 {
+        if max_payload == 0 || max_payload > MAX_PAYLOAD {
             return Err(ConfigError::new(
                 "max-payload",
                 "must be between 1 byte and 256MiB",
