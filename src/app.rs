@@ -144,7 +144,13 @@ pub async fn run_until(
             };
             let router = api::router(state, a.max_body, a.rate_limit);
             let (bound_tx, bound_rx) = oneshot::channel();
-            let task = tokio::spawn(api::serve(a.listen, router, stop_rx.clone(), bound_tx));
+            let task = tokio::spawn(api::serve(
+                a.listen,
+                router,
+                a.tls.clone(),
+                stop_rx.clone(),
+                bound_tx,
+            ));
             match bound_rx.await {
                 Ok(addr) => {
                     if let Some(b) = bound {

@@ -9,6 +9,7 @@ use reqwest::{blocking::Client, StatusCode};
 use serde_json::{json, Value};
 use support::{
     broker::{BrokerOptions, Mosquitto},
+    certs::Certs,
     db,
     tidegate::Tidegate,
 };
@@ -1008,6 +1009,147 @@ fn split_deployment_survives_kill9_of_serve_exactly_once() {
         "{} duplicated: {:?}",
         dup.len(),
         &dup[..dup.len().min(10)]
+    );
+}
+
+/// HTTPS end to end. `serve` with a certificate from a private CA answers only over TLS: a
+/// client trusting the CA gets answers, one that does not refuses the certificate, plain HTTP to
+/// the port gets no answer. A `subscribe` trusting the CA (`--api-ca-file`) forwards a stream
+/// through it exactly once; one trusting another CA stores nothing, says what to do, and never
+/// shows the token.
+#[test]
+fn the_api_serves_https_and_subscribe_forwards_through_it_trusting_a_private_ca() {
+    const TOTAL: usize = 2_000;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::write(dir.path(), "tidegate test API CA");
+    let dbp = dir.path().join("tls.db");
+    let server = Tidegate::start(
+        &[
+            "serve",
+            "--db",
+            dbp.to_str().unwrap(),
+            "--api-tls-cert",
+            certs.server_pem.to_str().unwrap(),
+            "--api-tls-key",
+            certs.server_key.to_str().unwrap(),
+            "--api-token",
+            TOKEN,
+        ],
+        dir.path(),
+    );
+    let api = server.api();
+    assert!(api.starts_with("https://127.0.0.1:"), "{api}");
+    let port = api.rsplit(':').next().unwrap().to_string();
+    // The certificate names `localhost`.
+    let base = format!("https://localhost:{port}");
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&certs.ca_pem).unwrap()).unwrap();
+    let trusting = Client::builder()
+        .add_root_certificate(ca)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let r = trusting
+        .post(format!("{base}/api/v1/messages"))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body(r#"{"topic":"tls/direct","payload":{"t":1.5}}"#)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "{:?}", r.text());
+    assert_eq!(get(&trusting, &format!("{base}/healthz")).0, StatusCode::OK);
+
+    let untrusting = client().get(format!("{base}/healthz")).send().unwrap_err();
+    assert!(
+        format!("{untrusting:?}").contains("UnknownIssuer"),
+        "a client without the CA must refuse the certificate: {untrusting:?}"
+    );
+    let plain = client().get(format!("http://127.0.0.1:{port}/healthz")).send();
+    assert!(
+        plain.is_err(),
+        "plain HTTP got an answer from the HTTPS port: {plain:?}"
+    );
+
+    let broker = Mosquitto::start(BrokerOptions::default());
+    let url = broker.url();
+    let subscribe = |topic: &str, ca: &std::path::Path, id: &str| {
+        vec![
+            "subscribe".to_string(),
+            "--broker".into(),
+            url.clone(),
+            "--topic".into(),
+            topic.into(),
+            "--api".into(),
+            base.clone(),
+            "--api-ca-file".into(),
+            ca.to_str().unwrap().into(),
+            "--api-token".into(),
+            TOKEN.into(),
+            "--client-id".into(),
+            id.into(),
+        ]
+    };
+    let args = subscribe("tls/#", &certs.ca_pem, "tls-sub");
+    let _sub = Tidegate::subscribed(&args.iter().map(String::as_str).collect::<Vec<_>>(), dir.path());
+    broker.publish_lines("tls/x", 1, &db::seq_lines(0, TOTAL));
+    db::wait_count(
+        &dbp,
+        "SELECT count(*) FROM messages WHERE topic = 'tls/x'",
+        TOTAL as i64,
+        Duration::from_secs(60),
+    );
+    let (missing, dup) = db::exactly_once(&dbp, "tls/x", TOTAL);
+    assert!(
+        missing.is_empty() && dup.is_empty(),
+        "{} missing, {} duplicated",
+        missing.len(),
+        dup.len()
+    );
+
+    // The load tool reaches the API the same way, following its live stream over TLS.
+    let ca = certs.ca_pem.to_str().unwrap();
+    let bench = [
+        "bench",
+        "--json",
+        "--messages",
+        "500",
+        "--broker",
+        &url,
+        "--topic",
+        "tls/bench",
+        "--api",
+        &base,
+        "--api-ca-file",
+        ca,
+        "--api-token",
+        TOKEN,
+    ];
+    let (status, out) = support::tidegate::run_to_end(&bench, &[], dir.path());
+    assert!(status.success(), "{out}");
+    let r: Value = serde_json::from_str(out.lines().find(|l| l.starts_with('{')).unwrap()).unwrap();
+    assert_eq!(
+        [&r["received"], &r["lost"], &r["duplicates"]],
+        [&json!(500), &json!(0), &json!(0)],
+        "{r}"
+    );
+
+    let args = subscribe("wrong/#", &certs.other_ca_pem, "tls-wrong");
+    let wrong = Tidegate::start(&args.iter().map(String::as_str).collect::<Vec<_>>(), dir.path());
+    broker.publish_lines("wrong/x", 1, &db::seq_lines(0, 10));
+    assert!(
+        wrong.wait_log("--api-ca-file", Duration::from_secs(30)),
+        "no hint to trust the API's CA:\n{}",
+        wrong.log_text()
+    );
+    let log = wrong.log_text();
+    assert!(log.contains("certificate"), "{log}");
+    assert!(!log.contains(TOKEN), "the token is in the log:\n{log}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        db::count(&dbp, "SELECT count(*) FROM messages WHERE topic = 'wrong/x'"),
+        0,
+        "a subscriber that cannot trust the API stored something"
     );
 }
 

@@ -7,9 +7,27 @@ use std::time::Duration;
 
 use support::{
     broker::{BrokerOptions, Mosquitto},
+    certs::Certs,
     db,
     tidegate::{run_to_end, Tidegate},
 };
+
+/// Runs tidegate with `args` in `dir` and checks it exits 2 with a short error naming
+/// `setting`, before creating a database. Returns what it printed.
+fn refused_before_start(args: &[&str], setting: &str, dir: &std::path::Path) -> String {
+    let (status, out) = run_to_end(args, &[], dir);
+    assert_eq!(status.code(), Some(2), "{args:?}: {out}");
+    assert!(
+        out.contains(setting),
+        "{args:?}: `{out}` does not name `{setting}`"
+    );
+    assert!(out.trim().lines().count() <= 3, "{args:?}: too chatty: {out}");
+    assert!(
+        !dir.join("tidegate.db").exists(),
+        "{args:?} created a database before failing"
+    );
+    out
+}
 
 #[test]
 fn bad_settings_exit_2_with_one_line_naming_the_setting() {
@@ -69,16 +87,99 @@ fn bad_settings_exit_2_with_one_line_naming_the_setting() {
         ),
     ];
     for (args, setting) in cases {
-        let (status, out) = run_to_end(args, &[], dir.path());
-        assert_eq!(status.code(), Some(2), "{args:?}: {out}");
+        refused_before_start(args, setting, dir.path());
+    }
+}
+
+/// The API's HTTPS settings are read and checked before anything starts: a certificate without
+/// its key, a file that is not PEM, a key that belongs to another certificate, a CA file for a
+/// plain-HTTP API. Each exits 2 naming the setting, and no error shows a key's contents.
+#[test]
+fn api_tls_settings_are_checked_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Certs::write(dir.path(), "tidegate test API CA");
+    let p = |path: &std::path::Path| path.to_str().unwrap().to_string();
+    let (cert, key, other_key, ca) = (p(&c.server_pem), p(&c.server_key), p(&c.client_key), p(&c.ca_pem));
+    let db = p(&dir.path().join("tidegate.db"));
+    let serve = |tls: &[&str]| {
+        let mut a = vec!["serve".to_string(), "--db".into(), db.clone()];
+        a.extend(tls.iter().map(|s| s.to_string()));
+        a
+    };
+    let subscribe = |api: &str, ca: &str| {
+        [
+            "subscribe",
+            "--broker",
+            "mqtt://h",
+            "--api",
+            api,
+            "--api-ca-file",
+            ca,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (serve(&["--api-tls-cert", &cert]), "api-tls-key"),
+        (serve(&["--api-tls-key", &key]), "api-tls-cert"),
+        (
+            serve(&["--api-tls-cert", "/no/such.pem", "--api-tls-key", &key]),
+            "api-tls-cert",
+        ),
+        (
+            serve(&["--api-tls-cert", "/dev/zero", "--api-tls-key", &key]),
+            "api-tls-cert",
+        ),
+        (
+            serve(&["--api-tls-cert", &key, "--api-tls-key", &key]),
+            "api-tls-cert",
+        ),
+        (
+            serve(&["--api-tls-cert", &cert, "--api-tls-key", &cert]),
+            "api-tls-key",
+        ),
+        (
+            serve(&["--api-tls-cert", &cert, "--api-tls-key", &other_key]),
+            "api-tls-key",
+        ),
+        (subscribe("http://127.0.0.1:8080", &ca), "api-ca-file"),
+        (subscribe("https://127.0.0.1:8080", &key), "api-ca-file"),
+        (
+            [
+                "run",
+                "--broker",
+                "mqtt://h",
+                "--db",
+                &db,
+                "--listen",
+                "off",
+                "--api-tls-cert",
+                &cert,
+                "--api-tls-key",
+                &key,
+            ]
+            .map(String::from)
+            .to_vec(),
+            "api-tls-cert",
+        ),
+    ];
+    let secret_lines: Vec<String> = [&c.server_key, &c.client_key]
+        .iter()
+        .flat_map(|k| {
+            std::fs::read_to_string(k)
+                .unwrap()
+                .lines()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    for (args, setting) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = refused_before_start(&args, setting, dir.path());
         assert!(
-            out.contains(setting),
-            "{args:?}: `{out}` does not name `{setting}`"
-        );
-        assert!(out.trim().lines().count() <= 3, "{args:?}: too chatty: {out}");
-        assert!(
-            !dir.path().join("tidegate.db").exists(),
-            "{args:?} created a database before failing"
+            secret_lines.iter().all(|l| !out.contains(l.as_str())),
+            "{args:?}: a key's contents in the error: {out}"
         );
     }
 }

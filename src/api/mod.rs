@@ -17,6 +17,7 @@ mod readings;
 mod reload;
 mod stream;
 mod subscriptions;
+pub mod tls;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -125,22 +126,52 @@ async fn count_requests(req: Request<axum::body::Body>, next: middleware::Next) 
     resp
 }
 
-/// Binds `addr` and serves until `stop` fires. Returns the bound address through `bound`.
+/// Binds `addr` and serves until `stop` fires, over HTTPS when `tls` is given. Returns the bound
+/// address through `bound`.
 pub async fn serve(
     addr: SocketAddr,
     router: Router,
-    mut stop: watch::Receiver<bool>,
+    tls: Option<tls::ServerTls>,
+    stop: watch::Receiver<bool>,
     bound: tokio::sync::oneshot::Sender<SocketAddr>,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    tracing::info!("API listening on http://{local}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!("API listening on {scheme}://{local}");
+    if tls.is_none() && !local.ip().is_loopback() {
+        tracing::warn!(
+            "the API is reachable from other machines over plain HTTP: its token and data cross the \
+             network readable; give --api-tls-cert and --api-tls-key, or put a TLS proxy in front"
+        );
+    }
     let _ = bound.send(local);
-    // No Nagle: live-stream events are small writes that must leave at once, not wait for the
-    // client's delayed ACK (that alone added ~3 ms median and ~40 ms worst case per event).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
+    match tls {
+        Some(tls) => {
+            // Through `tap_io`, as below: axum gives a handler the client's address for the
+            // listeners it knows, and for any listener so wrapped.
+            let listener = axum::serve::ListenerExt::tap_io(tls.listener(listener), |tls| {
+                let _ = tls.get_ref().0.set_nodelay(true);
+            });
+            serve_on(listener, router, stop).await
+        }
+        None => {
+            // No Nagle: live-stream events are small writes that must leave at once, not wait for
+            // the client's delayed ACK (that alone added ~3 ms median and ~40 ms worst case per
+            // event).
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            serve_on(listener, router, stop).await
+        }
+    }
+}
+
+async fn serve_on<L>(listener: L, router: Router, mut stop: watch::Receiver<bool>) -> std::io::Result<()>
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+    SocketAddr: for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+{
     axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),

@@ -45,9 +45,13 @@ pub(super) fn parse(payload: &[u8]) -> Option<(u64, u64)> {
 
 impl Collector {
     /// Follows tidegate's `/api/v1/stream` for the bench topic.
-    pub async fn stream(api: &str, token: Option<&str>, topic: &str) -> anyhow::Result<Collector> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut req = reqwest::Client::new().get(format!(
+    pub async fn stream(
+        http: reqwest::Client,
+        api: &str,
+        token: Option<&str>,
+        topic: &str,
+    ) -> anyhow::Result<Collector> {
+        let mut req = http.get(format!(
             "{}/api/v1/stream?topic={topic}",
             api.trim_end_matches('/')
         ));

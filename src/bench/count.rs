@@ -55,10 +55,9 @@ fn metric_value(metrics: &str, name: &str) -> Option<f64> {
 
 impl Counter {
     /// Reads the counter once, before anything is published.
-    pub async fn new(api: &str, token: Option<&str>) -> anyhow::Result<Counter> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+    pub async fn new(http: reqwest::Client, api: &str, token: Option<&str>) -> anyhow::Result<Counter> {
         let mut c = Counter {
-            http: reqwest::Client::new(),
+            http,
             api: api.trim_end_matches('/').to_string(),
             token: token.map(String::from),
             baseline: Reading::default(),

@@ -31,6 +31,9 @@ pub struct BenchArgs {
     /// The tidegate API whose live stream shows what was committed, e.g. http://127.0.0.1:8080.
     #[arg(long)]
     pub api: Option<String>,
+    /// PEM CA certificates to trust for an https:// --api with a certificate of its own.
+    #[arg(long, requires = "api")]
+    pub api_ca_file: Option<std::path::PathBuf>,
     /// API token, if the API has one.
     #[arg(long, env = "TIDEGATE_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
@@ -149,6 +152,21 @@ fn per_msg(before: Option<f64>, after: Option<f64>, messages: u64) -> Option<f64
     Some((after? - before?).max(0.0) * 1e6 / messages.max(1) as f64)
 }
 
+/// The client that reads tidegate's API, trusting `ca_file`'s certificates besides the public
+/// roots.
+fn api_client(ca_file: Option<&std::path::Path>) -> anyhow::Result<reqwest::Client> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ca = match ca_file {
+        Some(path) => {
+            crate::api::tls::ca_certificates(path).map_err(|e| ConfigError::new("api-ca-file", e))?
+        }
+        None => Vec::new(),
+    };
+    let http = crate::api::tls::trusting(reqwest::Client::builder(), &ca)
+        .map_err(|e| ConfigError::new("api-ca-file", e))?;
+    Ok(http.build()?)
+}
+
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let broker = resolve_access(BrokerUrl::parse(&args.broker)?, args.access.clone())?;
     if args.api.is_none() && !args.null && !args.publish_only {
@@ -158,6 +176,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         )
         .into());
     }
+    // Read before anything is published, so a wrong file is a setting to fix (exit 2).
+    let http = match &args.api {
+        Some(_) if !args.null => Some(api_client(args.api_ca_file.as_deref())?),
+        _ => None,
+    };
     let topic = format!(
         "{}/{:08x}",
         args.topic.trim_end_matches('/'),
@@ -194,10 +217,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let token = args.api_token.as_deref();
     let receiver = if args.null {
         Receiver::Events(collect::Collector::null(&broker, &topic, args.qos).await?)
-    } else if args.no_stream {
-        Receiver::Rows(count::Counter::new(&api, token).await?)
     } else {
-        Receiver::Events(collect::Collector::stream(&api, token, &topic).await?)
+        let http = http.clone().unwrap_or_default();
+        if args.no_stream {
+            Receiver::Rows(count::Counter::new(http, &api, token).await?)
+        } else {
+            Receiver::Events(collect::Collector::stream(http, &api, token, &topic).await?)
+        }
     };
     let bar = indicatif::ProgressBar::new(total);
     if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
@@ -216,7 +242,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 let seen = c.wait(total, &bar, idle, started).await;
                 // Only the live stream skips: a client that falls behind misses events, not rows.
                 if seen.skipped > 0 {
-                    let rows = count::Counter::new(&api, token).await?;
+                    let rows = count::Counter::new(http.unwrap_or_default(), &api, token).await?;
                     let stored = rows.stored(&topic, total, idle).await?;
                     seen.report.with_stored(&stored, seen.skipped)
                 } else {

@@ -1,17 +1,22 @@
-//! The HTTP API settings: the address this process serves on, its token, body size and rate
-//! limit, and for `subscribe` the tidegate API it forwards to. It must never accept a token
-//! shorter than 16 characters, nor an address other machines reach without a token.
+//! The HTTP API settings: the address this process serves on, its token, HTTPS certificate, body
+//! size and rate limit, and for `subscribe` the tidegate API it forwards to and the CAs it trusts
+//! for it. It must never accept a token shorter than 16 characters, nor an address other
+//! machines reach without a token.
 
 use std::net::SocketAddr;
 
+use rustls_pki_types::CertificateDer;
+
 use super::{read_secret_file, ConfigError, Mode, RunArgs};
-use crate::secret::Secret;
+use crate::{api::tls::ServerTls, secret::Secret};
 
 /// The HTTP API this process serves.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiSettings {
     pub listen: SocketAddr,
     pub token: Option<Secret>,
+    /// Serve HTTPS with this certificate; plain HTTP when `None`.
+    pub tls: Option<ServerTls>,
     pub max_body: usize,
     /// Requests a second per client address; `None` when the limit is off.
     pub rate_limit: Option<std::num::NonZeroU32>,
@@ -22,6 +27,8 @@ pub struct ApiSettings {
 pub struct RemoteSettings {
     pub url: String,
     pub token: Option<Secret>,
+    /// CA certificates trusted for an https:// URL besides the public roots (`--api-ca-file`).
+    pub ca: Vec<CertificateDer<'static>>,
 }
 
 fn api_token(a: &RunArgs) -> Result<Option<Secret>, ConfigError> {
@@ -47,6 +54,12 @@ pub(super) fn resolve_api(a: &RunArgs, mode: Mode) -> Result<Option<ApiSettings>
         if mode == Mode::Serve {
             return Err(ConfigError::new("listen", "`serve` is the API; it cannot be off"));
         }
+        if a.api_tls_cert.is_some() || a.api_tls_key.is_some() {
+            return Err(ConfigError::new(
+                "api-tls-cert",
+                "is given but the API is off (--listen off): drop it or give the API an address",
+            ));
+        }
         return Ok(None);
     }
     let listen: SocketAddr = listen.parse().map_err(|_| {
@@ -62,6 +75,24 @@ pub(super) fn resolve_api(a: &RunArgs, mode: Mode) -> Result<Option<ApiSettings>
             format!("{listen} is reachable from other machines; set TIDEGATE_API_TOKEN (or --api-token-file) first"),
         ));
     }
+    let tls = match (&a.api_tls_cert, &a.api_tls_key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => {
+            Some(ServerTls::load(cert, key).map_err(|e| ConfigError::new(e.setting(), e.to_string()))?)
+        }
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                "api-tls-key",
+                "is needed with --api-tls-cert: the PEM private key the certificate was issued for",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::new(
+                "api-tls-cert",
+                "is needed with --api-tls-key: the PEM certificate chain to serve",
+            ))
+        }
+    };
     let max_body = a.max_body.map(|s| s.0).unwrap_or(8 << 20);
     if max_body < 1024 {
         return Err(ConfigError::new("max-body", "must be at least 1KiB"));
@@ -69,6 +100,7 @@ pub(super) fn resolve_api(a: &RunArgs, mode: Mode) -> Result<Option<ApiSettings>
     Ok(Some(ApiSettings {
         listen,
         token,
+        tls,
         max_body,
         rate_limit: std::num::NonZeroU32::new(a.api_rate_limit.unwrap_or(1000)),
     }))
@@ -89,8 +121,21 @@ pub(super) fn resolve_remote(a: &RunArgs) -> Result<RemoteSettings, ConfigError>
             format!("`{url}` must be an http:// or https:// URL"),
         ));
     }
+    let ca = match &a.api_ca_file {
+        None => Vec::new(),
+        Some(_) if parsed.scheme() != "https" => {
+            return Err(ConfigError::new(
+                "api-ca-file",
+                format!("is for an https:// --api; `{url}` is plain HTTP"),
+            ))
+        }
+        Some(path) => {
+            crate::api::tls::ca_certificates(path).map_err(|e| ConfigError::new("api-ca-file", e))?
+        }
+    };
     Ok(RemoteSettings {
         url: url.trim_end_matches('/').to_string(),
         token: api_token(a)?,
+        ca,
     })
 }

@@ -138,6 +138,17 @@ pub struct RunArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_token_file: Option<PathBuf>,
 
+    /// PEM certificate chain the API serves HTTPS with (needs --api-tls-key); the API then
+    /// speaks only HTTPS. Restart to load a renewed certificate.
+    #[arg(long, env = "TIDEGATE_API_TLS_CERT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --api-tls-cert.
+    #[arg(long, env = "TIDEGATE_API_TLS_KEY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_tls_key: Option<PathBuf>,
+
     /// Largest HTTP request body accepted (default 8MiB).
     #[arg(long, env = "TIDEGATE_MAX_BODY")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -153,6 +164,12 @@ pub struct RunArgs {
     #[arg(long, env = "TIDEGATE_API")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api: Option<String>,
+
+    /// `subscribe` only: PEM file with CA certificates to trust for an https:// --api (a private
+    /// or self-signed certificate), besides the public ones.
+    #[arg(long, env = "TIDEGATE_API_CA_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_ca_file: Option<PathBuf>,
 
     /// Directory of a durable local spool: acknowledge after an fsync'd local append and forward
     /// to PostgreSQL (or the `subscribe` API) in order, so an outage longer than the broker's
@@ -313,9 +330,12 @@ impl RunArgs {
             listen: self.listen.or(other.listen),
             api_token: self.api_token.or(other.api_token),
             api_token_file: self.api_token_file.or(other.api_token_file),
+            api_tls_cert: self.api_tls_cert.or(other.api_tls_cert),
+            api_tls_key: self.api_tls_key.or(other.api_tls_key),
             max_body: self.max_body.or(other.max_body),
             api_rate_limit: self.api_rate_limit.or(other.api_rate_limit),
             api: self.api.or(other.api),
+            api_ca_file: self.api_ca_file.or(other.api_ca_file),
             spool: self.spool.or(other.spool),
             readings: self.readings.or(other.readings),
             mappings: self.mappings.or(other.mappings),

@@ -304,8 +304,11 @@ impl Settings {
             self.store.as_ref().map(|s| (&s.db, s.sqlite_sync))
                 == new.store.as_ref().map(|s| (&s.db, s.sqlite_sync)),
         );
-        check("listen/api-token/max-body/api-rate-limit", self.api == new.api);
-        check("api", self.remote == new.remote);
+        check(
+            "listen/api-token/api-tls-cert/api-tls-key/max-body/api-rate-limit",
+            self.api == new.api,
+        );
+        check("api/api-ca-file", self.remote == new.remote);
         check("spool/spool-max", self.spool == new.spool);
         check(
             "metabase-url/metabase-database/metabase-api-key",

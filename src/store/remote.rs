@@ -23,13 +23,15 @@ pub struct RemoteStore {
 
 impl RemoteStore {
     pub fn new(s: &RemoteSettings) -> Result<Self, StoreError> {
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(60))
-            .build()
-            .map_err(|e| StoreError::Open {
-                target: s.url.clone(),
-                reason: e.to_string(),
-            })?;
+        let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60));
+        let http = crate::api::tls::trusting(http, &s.ca).map_err(|reason| StoreError::Open {
+            target: s.url.clone(),
+            reason,
+        })?;
+        let http = http.build().map_err(|e| StoreError::Open {
+            target: s.url.clone(),
+            reason: e.to_string(),
+        })?;
         Ok(RemoteStore {
             url: s.url.clone(),
             token: s.token.clone(),
@@ -62,7 +64,7 @@ impl RemoteStore {
             .authorized(req)
             .send()
             .await
-            .map_err(|e| format!("cannot reach the API at {}: {}", self.url, e.without_url()))?;
+            .map_err(|e| format!("cannot reach the API at {}: {}", self.url, unreachable(e)))?;
         if resp.status().is_success() {
             Ok(resp)
         } else {
@@ -200,4 +202,33 @@ impl Store for RemoteStore {
     fn describe(&self) -> String {
         self.url.clone()
     }
+}
+
+/// Why a request got no answer, with its causes: reqwest's own text stops at "error sending
+/// request", and the cause (refused, timed out, an untrusted certificate) is what to act on.
+fn unreachable(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = c.source();
+    }
+    if text.contains("CaUsedAsEndEntity") {
+        text.push_str(
+            " (the API serves a CA certificate: serve one the CA issued, or a self-signed one made with \
+             basicConstraints CA:FALSE, as in docs/deploy.md)",
+        );
+    } else if text.contains("NotValidForName") {
+        text.push_str(
+            " (the API's certificate does not name this host: use a name it was issued for in --api)",
+        );
+    } else if text.contains("certificate") {
+        text.push_str(" (an API with a private or self-signed certificate: trust its CA with --api-ca-file)");
+    }
+    text
 }

@@ -42,39 +42,14 @@ pub struct Mosquitto {
 }
 
 fn make_certs(dir: &Path) -> (Tls, PathBuf, PathBuf) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let make_ca = |name: &str| {
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.distinguished_name.push(rcgen::DnType::CommonName, name);
-        CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
-    };
-    let ca = make_ca("tidegate test CA");
-    let other = make_ca("some other CA");
-    let key = KeyPair::generate().unwrap();
-    let params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    let cert = params.signed_by(&key, &ca).unwrap();
-    let w = |name: &str, text: String| {
-        let p = dir.join(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    };
-    let client_key = KeyPair::generate().unwrap();
-    let mut cp = CertificateParams::new(Vec::<String>::new()).unwrap();
-    cp.distinguished_name
-        .push(rcgen::DnType::CommonName, "tidegate-client");
-    let client = cp.signed_by(&client_key, &ca).unwrap();
+    let c = super::certs::Certs::write(dir, "tidegate test CA");
     let tls = Tls {
-        ca_pem: w("ca.pem", ca.pem()),
-        other_ca_pem: w("other-ca.pem", other.pem()),
-        client_pem: w("client.pem", client.pem()),
-        client_key: w("client.key", client_key.serialize_pem()),
+        ca_pem: c.ca_pem,
+        other_ca_pem: c.other_ca_pem,
+        client_pem: c.client_pem,
+        client_key: c.client_key,
     };
-    (
-        tls,
-        w("server.pem", cert.pem()),
-        w("server.key", key.serialize_pem()),
-    )
+    (tls, c.server_pem, c.server_key)
 }
 
 impl Mosquitto {

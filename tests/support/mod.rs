@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod certs;
 pub mod db;
 pub mod pg;
 pub mod proxy;

@@ -120,21 +120,11 @@ impl PgServer {
 
     /// A server that offers TLS (and still allows connections without it).
     pub fn start_with_tls() -> (PgServer, PgTls) {
-        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name
-            .push(rcgen::DnType::CommonName, "tidegate test PostgreSQL CA");
-        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec!["localhost".to_string()])
-            .unwrap()
-            .signed_by(&key, &ca)
-            .unwrap();
         let mut s = Self::prepare(None);
+        let certs = super::certs::Certs::write(s.dir.path(), "tidegate test PostgreSQL CA");
         let data = s.dir.path().join("data");
-        std::fs::write(data.join("server.crt"), cert.pem()).unwrap();
-        std::fs::write(data.join("server.key"), key.serialize_pem()).unwrap();
+        std::fs::copy(&certs.server_pem, data.join("server.crt")).unwrap();
+        std::fs::copy(&certs.server_key, data.join("server.key")).unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(data.join("server.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
         if let Some((uid, gid)) = user_ids() {
@@ -142,11 +132,9 @@ impl PgServer {
                 std::os::unix::fs::chown(data.join(f), Some(uid), Some(gid)).unwrap();
             }
         }
-        let ca_pem = s.dir.path().join("ca.pem");
-        std::fs::write(&ca_pem, ca.pem()).unwrap();
         s.tls = true;
         s.spawn();
-        (s, PgTls { ca_pem })
+        (s, PgTls { ca_pem: certs.ca_pem })
     }
 
     fn start_with(password: Option<&str>) -> PgServer {

@@ -100,12 +100,13 @@ impl Tidegate {
         super::wait_for(timeout, || self.log_text().contains(needle).then_some(())).is_some()
     }
 
-    /// The running process's API base URL, read from its log (`API listening on http://…`).
+    /// The running process's API base URL, read from its log (`API listening on http://…`, or
+    /// `https://…`).
     pub fn api(&self) -> String {
         let found = super::wait_for(Duration::from_secs(15), || {
             let text = self.log_text();
             let text = text.get(self.log_start..).unwrap_or("");
-            let at = text.rfind("API listening on http://")?;
+            let at = text.rfind("API listening on http")?;
             let rest = &text[at + "API listening on ".len()..];
             let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
             Some(rest[..end].to_string())
