@@ -27,6 +27,13 @@ pub async fn run_until(
     stop: impl std::future::Future<Output = ()>,
     bound: Option<oneshot::Sender<std::net::SocketAddr>>,
 ) -> anyhow::Result<()> {
+    if !settings.unused.is_empty() {
+        tracing::warn!(
+            settings = %settings.unused.join(", "),
+            "given but of no use to `tidegate {}`: ignored",
+            settings.origin.mode.command()
+        );
+    }
     let hangup = crate::reload::Hangup::listen();
     let store: Arc<dyn Store> = match (&settings.store, &settings.remote) {
         (Some(s), _) => store::open(s).await.context("opening the database")?,

@@ -398,6 +398,63 @@ fn log_of_a_short_run(first: &[&str], client_id: &str) -> String {
     t.log_text()
 }
 
+/// A setting the command has no use for is named in a warning at start, not silently dropped:
+/// `serve` subscribes to nothing, `subscribe` stores nothing locally.
+#[test]
+fn settings_a_command_does_not_use_are_named_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let dbp = dir.path().join("u.db");
+    let cases: [(&[&str], &str, &[&str]); 2] = [
+        (
+            &[
+                "serve",
+                "--db",
+                dbp.to_str().unwrap(),
+                "--broker",
+                "mqtt://127.0.0.1:1",
+                "--topic",
+                "a/#",
+            ],
+            "`tidegate serve`",
+            &["--broker", "--topic"],
+        ),
+        (
+            &[
+                "subscribe",
+                "--broker",
+                "mqtt://127.0.0.1:1",
+                "--api",
+                "http://127.0.0.1:1",
+                "--db",
+                "x.db",
+                "--readings",
+                "off",
+            ],
+            "`tidegate subscribe`",
+            &["--db", "--readings"],
+        ),
+    ];
+    for (args, command, named) in cases {
+        let mut t = Tidegate::start(args, dir.path());
+        assert!(
+            t.wait_log("ignored", Duration::from_secs(15)),
+            "{args:?}: no warning:\n{}",
+            t.log_text()
+        );
+        let log = t.log_text();
+        let line = log.lines().find(|l| l.contains("ignored")).unwrap();
+        assert!(line.contains(command), "{line}");
+        for flag in named {
+            assert!(line.contains(flag), "{args:?}: `{flag}` not named: {line}");
+        }
+        t.term();
+    }
+    assert!(
+        !dir.path().join("x.db").exists(),
+        "subscribe created the database it was given"
+    );
+}
+
 #[test]
 fn json_logs_are_one_object_per_line_with_stable_fields() {
     let text = log_of_a_short_run(&["--log-format", "json"], "json-logs");

@@ -13,6 +13,7 @@ mod postgres;
 mod readings;
 pub mod reference;
 mod store;
+mod unused;
 mod values;
 
 use std::{path::PathBuf, time::Duration};
@@ -67,6 +68,17 @@ pub enum Mode {
     Subscribe,
 }
 
+impl Mode {
+    /// The command's name.
+    pub fn command(self) -> &'static str {
+        match self {
+            Mode::Run => "run",
+            Mode::Serve => "serve",
+            Mode::Subscribe => "subscribe",
+        }
+    }
+}
+
 /// The validated settings of one command.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -80,6 +92,8 @@ pub struct Settings {
     pub readings: crate::readings::ReadingsConfig,
     pub retention: RetentionPolicy,
     pub max_payload: usize,
+    /// Settings given that this command does not use (their flags), to warn about.
+    pub unused: Vec<String>,
     /// What these settings were resolved from, to resolve them again on a reload.
     pub origin: Origin,
 }
@@ -190,6 +204,7 @@ impl Settings {
             Some(path) => load_file(path)?,
             None => RunArgs::default(),
         };
+        let unused = unused::by(mode, &cli.clone().or(file.clone()));
         let a = cli.or(file).or(RunArgs::defaults());
 
         let max_payload = a.max_payload.map(|s| s.0).unwrap_or(1 << 20);
@@ -241,6 +256,7 @@ impl Settings {
             readings,
             retention,
             max_payload,
+            unused,
             origin,
         })
     }

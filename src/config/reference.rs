@@ -41,6 +41,11 @@ fn settings() -> Vec<Setting> {
         .collect()
 }
 
+/// Each setting's TOML key and its flag (`time_fields`, `--time-field`).
+pub(crate) fn flags() -> Vec<(String, String)> {
+    settings().into_iter().map(|s| (s.key, s.flag)).collect()
+}
+
 fn toml_value(v: &toml::Value) -> String {
     let mut t = toml::Table::new();
     t.insert("x".into(), v.clone());
@@ -80,7 +85,8 @@ pub fn markdown() -> String {
          default` prints a complete TOML file; `tidegate config check FILE` validates one without\n\
          connecting. Also: `--log-format text|json` (`TIDEGATE_LOG_FORMAT`) on every command, and\n\
          `RUST_LOG` for log filtering. The course script's `BROKER_ADDR`, `HIVE_USER` and `HIVE_PSWD`\n\
-         are read when tidegate's own variables are not set.\n\n\
+         are read when tidegate's own variables are not set. A setting the command does not use\n\
+         (`--db` for `subscribe`, `--broker` for `serve`) is named in a warning at start.\n\n\
          | TOML key | flag | environment | default | meaning |\n|---|---|---|---|---|\n",
     );
     for s in settings() {
