@@ -149,7 +149,7 @@ pub async fn run_until(
                 reload: reloader.clone(),
                 stop: stop_rx.clone(),
             };
-            let router = api::router(state, a.max_body, a.rate_limit);
+            let router = api::router(state, a.max_body, a.rate_limit, a.routes);
             let (bound_tx, bound_rx) = oneshot::channel();
             let task = tokio::spawn(api::serve(
                 a.listen,

@@ -43,7 +43,7 @@ pub enum Command {
     /// Only the HTTP API and the store: `subscribe` processes (or any program) post to it.
     Serve(Box<RunArgs>),
     /// Only the MQTT side: forward every message to a tidegate API (`--api URL`), acknowledging
-    /// to the broker after the API committed it.
+    /// to the broker after the API committed it. `--listen ADDR` serves its health and metrics.
     Subscribe(Box<RunArgs>),
 }
 

@@ -1153,6 +1153,82 @@ fn the_api_serves_https_and_subscribe_forwards_through_it_trusting_a_private_ca(
     );
 }
 
+/// A `subscribe` serves nothing unless given `--listen`; then liveness, readiness (down while
+/// the API it posts to cannot be reached, up once it answers) and its metrics, no other route.
+#[test]
+fn a_subscribe_given_listen_serves_health_and_metrics_only() {
+    let broker = Mosquitto::start(BrokerOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let dbp = dir.path().join("health.db");
+    let (url, api_port) = (broker.url(), support::free_port());
+    let api = format!("http://127.0.0.1:{api_port}");
+    let sub = Tidegate::subscribed(
+        &[
+            "subscribe",
+            "--broker",
+            &url,
+            "--topic",
+            "h/#",
+            "--api",
+            &api,
+            "--client-id",
+            "health-sub",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        dir.path(),
+    );
+    let base = sub.api();
+    let c = client();
+    assert_eq!(get(&c, &format!("{base}/healthz")).0, StatusCode::OK);
+    let readyz = || get(&c, &format!("{base}/readyz"));
+
+    broker.publish_lines("h/x", 1, &db::seq_lines(0, 10));
+    let down = support::wait_for(Duration::from_secs(20), || {
+        let (s, v) = readyz();
+        (s == StatusCode::SERVICE_UNAVAILABLE).then_some(v)
+    })
+    .unwrap_or_else(|| panic!("never not ready with its API down:\n{}", sub.log_text()));
+    assert!(
+        down["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("store not writable"),
+        "{down}"
+    );
+
+    let _server = Tidegate::start(
+        &[
+            "serve",
+            "--db",
+            dbp.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{api_port}"),
+        ],
+        dir.path(),
+    );
+    db::wait_count(&dbp, "SELECT count(*) FROM messages", 10, Duration::from_secs(60));
+    assert!(
+        support::wait_for(Duration::from_secs(20), || (readyz().0 == StatusCode::OK)
+            .then_some(()))
+        .is_some(),
+        "not ready again once its API answers: {:?}",
+        readyz()
+    );
+    let text = c.get(format!("{base}/metrics")).send().unwrap().text().unwrap();
+    assert_eq!(
+        support::metric(&text, "tidegate_messages_committed_total"),
+        10.0,
+        "{text}"
+    );
+
+    assert_eq!(get(&c, &format!("{base}/api/v1/topics")).0, StatusCode::NOT_FOUND);
+    let (_, spec) = get(&c, &format!("{base}/api/v1/openapi.json"));
+    let mut paths: Vec<&String> = spec["paths"].as_object().unwrap().keys().collect();
+    paths.sort();
+    assert_eq!(paths, ["/healthz", "/metrics", "/readyz"]);
+}
+
 /// The record of a client id's topic filters, which `tidegate subscribe` keeps here: written,
 /// read back (a client id with a slash included), replaced, and refused with a clear error when
 /// it is not one MQTT allows.

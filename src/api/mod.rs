@@ -63,25 +63,44 @@ pub struct AppState {
 )]
 struct ApiDoc;
 
-/// The router with every route, auth, limits and request metrics.
-pub fn router(state: AppState, max_body: usize, rate_limit: Option<std::num::NonZeroU32>) -> Router {
-    let (api, spec) = OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(ingest::post_messages, query::get_messages))
-        .routes(routes!(query::get_topics))
-        .routes(routes!(readings::get_readings))
-        .routes(routes!(latest::get_latest))
-        .routes(routes!(preview::post_preview))
-        .routes(routes!(reload::post_reload))
-        .routes(routes!(
-            subscriptions::get_subscriptions,
-            subscriptions::put_subscriptions
-        ))
-        .routes(routes!(stream::get_stream))
-        .routes(routes!(page::index))
+/// Which routes a process serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routes {
+    /// Every route: `run` and `serve`.
+    All,
+    /// Liveness, readiness and metrics only: a `subscribe`, which stores and answers nothing
+    /// itself.
+    Health,
+}
+
+/// The router with the `routes` asked for, auth, limits and request metrics.
+pub fn router(
+    state: AppState,
+    max_body: usize,
+    rate_limit: Option<std::num::NonZeroU32>,
+    routes: Routes,
+) -> Router {
+    let health = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
-        .routes(routes!(health::metrics))
-        .split_for_parts();
+        .routes(routes!(health::metrics));
+    let (api, spec) = match routes {
+        Routes::Health => health,
+        Routes::All => health
+            .routes(routes!(ingest::post_messages, query::get_messages))
+            .routes(routes!(query::get_topics))
+            .routes(routes!(readings::get_readings))
+            .routes(routes!(latest::get_latest))
+            .routes(routes!(preview::post_preview))
+            .routes(routes!(reload::post_reload))
+            .routes(routes!(
+                subscriptions::get_subscriptions,
+                subscriptions::put_subscriptions
+            ))
+            .routes(routes!(stream::get_stream))
+            .routes(routes!(page::index)),
+    }
+    .split_for_parts();
     let spec = Arc::new(spec);
     let api = api
         .route(

@@ -17,6 +17,8 @@ pub struct ApiSettings {
     pub token: Option<Secret>,
     /// Serve HTTPS with this certificate; plain HTTP when `None`.
     pub tls: Option<ServerTls>,
+    /// Every route, or (for `subscribe`) health and metrics only.
+    pub routes: crate::api::Routes,
     pub max_body: usize,
     /// Requests a second per client address; `None` when the limit is off.
     pub rate_limit: Option<std::num::NonZeroU32>,
@@ -101,6 +103,10 @@ pub(super) fn resolve_api(a: &RunArgs, mode: Mode) -> Result<Option<ApiSettings>
         listen,
         token,
         tls,
+        routes: match mode {
+            Mode::Subscribe => crate::api::Routes::Health,
+            Mode::Run | Mode::Serve => crate::api::Routes::All,
+        },
         max_body,
         rate_limit: std::num::NonZeroU32::new(a.api_rate_limit.unwrap_or(1000)),
     }))

@@ -123,7 +123,8 @@ pub struct RunArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batch_size: Option<usize>,
 
-    /// Where the HTTP API listens (`off` to disable). Default 127.0.0.1:8080.
+    /// Where the HTTP API listens (`off` to disable). Default 127.0.0.1:8080. For `subscribe`,
+    /// off unless given, and then only /healthz, /readyz and /metrics.
     #[arg(long, env = "TIDEGATE_LISTEN")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,

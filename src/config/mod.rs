@@ -204,7 +204,8 @@ impl Settings {
             Some(path) => load_file(path)?,
             None => RunArgs::default(),
         };
-        let unused = unused::by(mode, &cli.clone().or(file.clone()));
+        let given = cli.clone().or(file.clone());
+        let unused = unused::by(mode, &given);
         let a = cli.or(file).or(RunArgs::defaults());
 
         let max_payload = a.max_payload.map(|s| s.0).unwrap_or(1 << 20);
@@ -225,6 +226,9 @@ impl Settings {
         };
         let api = match mode {
             Mode::Run | Mode::Serve => api::resolve_api(&a, mode)?,
+            // A subscriber's health and metrics, only where asked: the default address is that
+            // of a `serve` it may run beside.
+            Mode::Subscribe if given.listen.is_some() => api::resolve_api(&a, mode)?,
             Mode::Subscribe => None,
         };
         let mqtt = match mode {

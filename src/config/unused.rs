@@ -1,5 +1,6 @@
 //! The settings a command has no use for, given anyway: `subscribe --db x` stores nothing there,
-//! `serve --broker y` subscribes to nothing. It names them so the operator is told instead of
+//! `serve --broker y` subscribes to nothing, `subscribe --api-tls-cert` without `--listen`
+//! serves nothing. It names them so the operator is told instead of
 //! left to wonder; it must never refuse them, since one config file or environment may serve
 //! several commands.
 
@@ -41,14 +42,10 @@ const STORE: &[&str] = &[
     "readings_root",
     "mapping",
 ];
-/// The API this process serves: `run` and `serve`.
-const SERVED_API: &[&str] = &[
-    "listen",
-    "api_tls_cert",
-    "api_tls_key",
-    "max_body",
-    "api_rate_limit",
-];
+/// What a `subscribe` serves only when given `--listen` (health and metrics).
+const HEALTH_API: &[&str] = &["api_tls_cert", "api_tls_key", "api_rate_limit"];
+/// Request bodies: a `subscribe` takes none.
+const BODIES: &[&str] = &["max_body"];
 /// The API a `subscribe` posts to.
 const REMOTE_API: &[&str] = &["api", "api_ca_file"];
 
@@ -58,7 +55,8 @@ pub fn by(mode: Mode, given: &RunArgs) -> Vec<String> {
     let unused: &[&[&str]] = match mode {
         Mode::Run => &[REMOTE_API],
         Mode::Serve => &[MQTT, REMOTE_API],
-        Mode::Subscribe => &[STORE, SERVED_API],
+        Mode::Subscribe if given.listen.is_some() => &[STORE, BODIES],
+        Mode::Subscribe => &[STORE, BODIES, HEALTH_API],
     };
     // The serialized settings hold exactly those given (every field skips `None`).
     let Ok(table) = toml::Table::try_from(given) else {
@@ -83,7 +81,7 @@ mod tests {
     #[test]
     fn every_name_is_a_setting() {
         let flags = crate::config::reference::flags();
-        for name in [MQTT, STORE, SERVED_API, REMOTE_API].concat() {
+        for name in [MQTT, STORE, HEALTH_API, BODIES, REMOTE_API].concat() {
             assert!(
                 flags.iter().any(|(k, _)| k == name) || name == "mapping",
                 "`{name}` is not a setting"
@@ -98,6 +96,7 @@ mod tests {
             db: Some("x.db".into()),
             api: Some("http://h:8080".into()),
             listen: Some("127.0.0.1:9".into()),
+            api_tls_cert: Some("c.pem".into()),
             readings: Some("off".into()),
             time_fields: Some(vec!["t".into()]),
             batch_size: Some(10),
@@ -107,7 +106,16 @@ mod tests {
         assert_eq!(by(Mode::Serve, &given), ["--broker", "--api"]);
         assert_eq!(
             by(Mode::Subscribe, &given),
-            ["--db", "--readings", "--time-field", "--listen"]
+            ["--db", "--readings", "--time-field"]
+        );
+        let no_listen = RunArgs {
+            listen: None,
+            ..given
+        };
+        assert_eq!(
+            by(Mode::Subscribe, &no_listen),
+            ["--db", "--readings", "--time-field", "--api-tls-cert"],
+            "without --listen a subscriber serves nothing for a certificate to secure"
         );
         assert!(by(Mode::Subscribe, &RunArgs::default()).is_empty());
     }
