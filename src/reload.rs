@@ -2,7 +2,7 @@
 //! read and validated again, whole, as at start. If it is valid, what can change without a
 //! restart takes effect: the topic filters and their QoS (on the same MQTT session), readings,
 //! device and time rules and mappings (from the next message taken into a batch), retention (from
-//! its next round). Every other changed setting is named as needing a restart. An invalid file
+//! its next round), the API's certificate files as they are now (from the next connection). Every other changed setting is named as needing a restart. An invalid file
 //! changes nothing. It must never drop the MQTT session or a message, nor apply half a file.
 
 use std::sync::Arc;
@@ -91,6 +91,19 @@ impl Reloader {
                 if new.readings.enabled { "on" } else { "off" },
                 new.readings.mappings.len()
             ));
+        }
+        // Same files (other files need a restart): what they hold now, say a renewed
+        // certificate, is served from the next connection on.
+        if let (Some(running), Some(fresh)) = (
+            now.api.as_ref().and_then(|a| a.tls.as_ref()),
+            new.api.as_ref().and_then(|a| a.tls.as_ref()),
+        ) {
+            if running == fresh && running.adopt(fresh) {
+                report.applied.push(format!(
+                    "API certificate read again from {}",
+                    running.cert.display()
+                ));
+            }
         }
         if new.retention != now.retention {
             self.retention.send_replace(Arc::new(new.retention.clone()));

@@ -1012,6 +1012,29 @@ fn split_deployment_survives_kill9_of_serve_exactly_once() {
     );
 }
 
+/// A `serve` over HTTPS with `certs`' server certificate and the test token, and its base URL
+/// by the name the certificate holds (`https://localhost:PORT`).
+fn serve_https(db: &std::path::Path, certs: &Certs, dir: &std::path::Path) -> (Tidegate, String) {
+    let server = Tidegate::start(
+        &[
+            "serve",
+            "--db",
+            db.to_str().unwrap(),
+            "--api-tls-cert",
+            certs.server_pem.to_str().unwrap(),
+            "--api-tls-key",
+            certs.server_key.to_str().unwrap(),
+            "--api-token",
+            TOKEN,
+        ],
+        dir,
+    );
+    let api = server.api();
+    assert!(api.starts_with("https://127.0.0.1:"), "{api}");
+    let port = api.rsplit(':').next().unwrap().to_string();
+    (server, format!("https://localhost:{port}"))
+}
+
 /// HTTPS end to end. `serve` with a certificate from a private CA answers only over TLS: a
 /// client trusting the CA gets answers, one that does not refuses the certificate, plain HTTP to
 /// the port gets no answer. A `subscribe` trusting the CA (`--api-ca-file`) forwards a stream
@@ -1023,25 +1046,8 @@ fn the_api_serves_https_and_subscribe_forwards_through_it_trusting_a_private_ca(
     let dir = tempfile::tempdir().unwrap();
     let certs = Certs::write(dir.path(), "tidegate test API CA");
     let dbp = dir.path().join("tls.db");
-    let server = Tidegate::start(
-        &[
-            "serve",
-            "--db",
-            dbp.to_str().unwrap(),
-            "--api-tls-cert",
-            certs.server_pem.to_str().unwrap(),
-            "--api-tls-key",
-            certs.server_key.to_str().unwrap(),
-            "--api-token",
-            TOKEN,
-        ],
-        dir.path(),
-    );
-    let api = server.api();
-    assert!(api.starts_with("https://127.0.0.1:"), "{api}");
-    let port = api.rsplit(':').next().unwrap().to_string();
-    // The certificate names `localhost`.
-    let base = format!("https://localhost:{port}");
+    let (_server, base) = serve_https(&dbp, &certs, dir.path());
+    let port = base.rsplit(':').next().unwrap().to_string();
 
     let _ = rustls::crypto::ring::default_provider().install_default();
     let ca = reqwest::Certificate::from_pem(&std::fs::read(&certs.ca_pem).unwrap()).unwrap();
@@ -1151,6 +1157,71 @@ fn the_api_serves_https_and_subscribe_forwards_through_it_trusting_a_private_ca(
         0,
         "a subscriber that cannot trust the API stored something"
     );
+}
+
+/// A renewed certificate is served after a reload, from the same files, without a restart; a
+/// reload whose files do not load is refused naming the setting, and the running certificate
+/// stays.
+#[test]
+fn a_reload_serves_a_renewed_api_certificate_and_refuses_a_broken_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Certs::write(dir.path(), "tidegate test API CA");
+    let renewed_dir = tempfile::tempdir().unwrap();
+    let renewed = Certs::write(renewed_dir.path(), "a renewal CA");
+    let (server, base) = serve_https(&dir.path().join("renew.db"), &first, dir.path());
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // A client trusting both CAs; a fresh one for each look, so each makes a new handshake.
+    let trusting = || {
+        let mut c = Client::builder().tls_info(true);
+        for ca in [&first.ca_pem, &renewed.ca_pem] {
+            c = c.add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap());
+        }
+        c.build().unwrap()
+    };
+    let served = || {
+        let r = trusting().get(format!("{base}/healthz")).send().unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let info = r.extensions().get::<reqwest::tls::TlsInfo>().unwrap();
+        info.peer_certificate().unwrap().to_vec()
+    };
+    let der = |pem: &std::path::Path| {
+        use rustls::pki_types::{pem::PemObject, CertificateDer};
+        CertificateDer::from_pem_file(pem).unwrap().to_vec()
+    };
+    let reload = || {
+        let r = trusting()
+            .post(format!("{base}/api/v1/reload"))
+            .bearer_auth(TOKEN)
+            .send()
+            .unwrap();
+        (r.status(), r.json::<Value>().unwrap())
+    };
+    assert_eq!(served(), der(&first.server_pem));
+
+    std::fs::copy(&renewed.server_pem, &first.server_pem).unwrap();
+    std::fs::copy(&renewed.server_key, &first.server_key).unwrap();
+    let (status, body) = reload();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body["applied"].to_string().contains("API certificate read again"),
+        "{body}"
+    );
+    assert_eq!(
+        served(),
+        der(&renewed.server_pem),
+        "the renewed certificate is not served"
+    );
+
+    // A key that is not the certificate's: refused, the renewed certificate still served.
+    std::fs::copy(&renewed.client_key, &first.server_key).unwrap();
+    let (status, body) = reload();
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.to_string().contains("api-tls-key"), "{body}");
+    assert_eq!(served(), der(&renewed.server_pem));
+    let log = server.log_text();
+    let key_line = std::fs::read_to_string(&renewed.client_key).unwrap();
+    let key_line = key_line.lines().nth(1).unwrap();
+    assert!(!log.contains(key_line), "a key's contents in the log");
 }
 
 /// A `subscribe` serves nothing unless given `--listen`; then liveness, readiness (down while

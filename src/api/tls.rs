@@ -1,8 +1,9 @@
-//! HTTPS for the API: the certificate and key of `--api-tls-cert`/`--api-tls-key`, the listener
-//! that completes each TLS handshake beside axum's accept loop (a slow or silent client holds up
-//! only its own connection, and gives up after a timeout), and the CAs of `--api-ca-file` that a
-//! `subscribe` trusts the API by. It must never show a key's contents, and never answer in plain
-//! HTTP where TLS was asked for.
+//! HTTPS for the API: the certificate and key of `--api-tls-cert`/`--api-tls-key` (read again on
+//! a reload, so a renewed certificate is served without a restart), the listener that completes
+//! each TLS handshake beside axum's accept loop (a slow or silent client holds up only its own
+//! connection, and gives up after a timeout), and the CAs of `--api-ca-file` that a `subscribe`
+//! trusts the API by. It must never show a key's contents, and never answer in plain HTTP where
+//! TLS was asked for.
 
 use std::{
     net::SocketAddr,
@@ -11,7 +12,11 @@ use std::{
     time::Duration,
 };
 
-use rustls::ServerConfig;
+use rustls::{
+    server::{ClientHello, ResolvesServerCert},
+    sign::CertifiedKey,
+    ServerConfig,
+};
 use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 use tls_listener::{rustls::TlsAcceptor, TlsListener};
 use tokio::net::{TcpListener, TcpStream};
@@ -26,7 +31,28 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ServerTls {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// What these files held when they were read.
+    loaded: Arc<CertifiedKey>,
+    /// What the server hands out: `loaded`, until a reload adopts newer files.
+    served: Arc<Served>,
     config: Arc<ServerConfig>,
+}
+
+/// The certificate every handshake gets, replaceable while the server runs.
+#[derive(Debug)]
+struct Served(std::sync::RwLock<Arc<CertifiedKey>>);
+
+impl Served {
+    fn get(&self) -> Arc<CertifiedKey> {
+        // A panic while replacing it cannot leave a half-written Arc: keep serving what is there.
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl ResolvesServerCert for Served {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.get())
+    }
 }
 
 /// Two settings are the same when they name the same files (a reload compares them).
@@ -137,21 +163,36 @@ impl ServerTls {
         };
         let private = PrivateKeyDer::from_pem_slice(&read(key).map_err(key_err)?)
             .map_err(|e| key_err(format!("no PEM private key in it ({e})")))?;
-        let mut config = ServerConfig::builder()
-            .with_no_client_auth()
-            .with_single_cert(chain, private)
+        let loaded = CertifiedKey::from_der(chain, private, &rustls::crypto::ring::default_provider())
             .map_err(|e| ServerTlsError::Mismatch {
                 cert: cert.display().to_string(),
                 key: key.display().to_string(),
                 reason: e.to_string(),
             })?;
+        let loaded = Arc::new(loaded);
+        let served = Arc::new(Served(std::sync::RwLock::new(loaded.clone())));
+        let mut config = ServerConfig::builder()
+            .with_no_client_auth()
+            .with_cert_resolver(served.clone());
         // axum serves HTTP/1.1 here.
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(ServerTls {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
+            loaded,
+            served,
             config: Arc::new(config),
         })
+    }
+
+    /// Serves `fresh`'s certificate from now on (new connections; open ones keep theirs) when it
+    /// differs from the one served. Returns whether it did.
+    pub fn adopt(&self, fresh: &ServerTls) -> bool {
+        if self.served.get().cert == fresh.loaded.cert {
+            return false;
+        }
+        *self.served.0.write().unwrap_or_else(|e| e.into_inner()) = fresh.loaded.clone();
+        true
     }
 
     /// `tcp` serving TLS: what axum accepts is a finished handshake.

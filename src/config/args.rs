@@ -140,7 +140,7 @@ pub struct RunArgs {
     pub api_token_file: Option<PathBuf>,
 
     /// PEM certificate chain the API serves HTTPS with (needs --api-tls-key); the API then
-    /// speaks only HTTPS. Restart to load a renewed certificate.
+    /// speaks only HTTPS. A reload (SIGHUP) reads a renewed certificate from the same files.
     #[arg(long, env = "TIDEGATE_API_TLS_CERT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_tls_cert: Option<PathBuf>,
