@@ -1,8 +1,7 @@
 //! The settings a command has no use for, given anyway: `subscribe --db x` stores nothing there,
 //! `serve --broker y` subscribes to nothing, `subscribe --api-tls-cert` without `--listen`
-//! serves nothing. It names them so the operator is told instead of
-//! left to wonder; it must never refuse them, since one config file or environment may serve
-//! several commands.
+//! serves nothing. It names them so the operator is told instead of left to wonder; it must
+//! never refuse them, since one config file or environment may serve several commands.
 
 use super::{Mode, RunArgs};
 
