@@ -2,7 +2,8 @@
 //! read and validated again, whole, as at start. If it is valid, what can change without a
 //! restart takes effect: the topic filters and their QoS (on the same MQTT session), readings,
 //! device and time rules and mappings (from the next message taken into a batch), retention (from
-//! its next round), the API's certificate files as they are now (from the next connection). Every other changed setting is named as needing a restart. An invalid file
+//! its next round), the API's certificate files as they are now (from the next connection).
+//! Every other changed setting is named as needing a restart. An invalid file
 //! changes nothing. It must never drop the MQTT session or a message, nor apply half a file.
 
 use std::sync::Arc;

@@ -96,20 +96,10 @@ impl ServerTlsError {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, String> {
-    use std::io::Read;
     if !path.is_file() {
         return Err("it does not exist or is not a file".into());
     }
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_FILE + 1).read_to_end(&mut bytes))
-        .map_err(|e| e.to_string())?;
-    if bytes.len() as u64 > MAX_FILE {
-        return Err(format!(
-            "it is larger than {MAX_FILE} bytes; is it the right file?"
-        ));
-    }
-    Ok(bytes)
+    crate::config::read_bounded_bytes(path, MAX_FILE).map_err(|e| e.to_string())
 }
 
 /// The PEM certificates of a CA file, to trust besides the public roots.

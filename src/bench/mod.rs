@@ -177,10 +177,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .into());
     }
     // Read before anything is published, so a wrong file is a setting to fix (exit 2).
-    let http = match &args.api {
-        Some(_) if !args.null => Some(api_client(args.api_ca_file.as_deref())?),
-        _ => None,
-    };
+    let http = api_client(args.api_ca_file.as_deref())?;
     let topic = format!(
         "{}/{:08x}",
         args.topic.trim_end_matches('/'),
@@ -217,13 +214,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let token = args.api_token.as_deref();
     let receiver = if args.null {
         Receiver::Events(collect::Collector::null(&broker, &topic, args.qos).await?)
+    } else if args.no_stream {
+        Receiver::Rows(count::Counter::new(http.clone(), &api, token).await?)
     } else {
-        let http = http.clone().unwrap_or_default();
-        if args.no_stream {
-            Receiver::Rows(count::Counter::new(http, &api, token).await?)
-        } else {
-            Receiver::Events(collect::Collector::stream(http, &api, token, &topic).await?)
-        }
+        Receiver::Events(collect::Collector::stream(http.clone(), &api, token, &topic).await?)
     };
     let bar = indicatif::ProgressBar::new(total);
     if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
@@ -242,7 +236,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 let seen = c.wait(total, &bar, idle, started).await;
                 // Only the live stream skips: a client that falls behind misses events, not rows.
                 if seen.skipped > 0 {
-                    let rows = count::Counter::new(http.unwrap_or_default(), &api, token).await?;
+                    let rows = count::Counter::new(http, &api, token).await?;
                     let stored = rows.stored(&topic, total, idle).await?;
                     seen.report.with_stored(&stored, seen.skipped)
                 } else {

@@ -125,18 +125,26 @@ fn env(name: &str) -> Option<String> {
 /// A settings file's text, refused past `max` bytes: a device or a wrong file named by mistake
 /// (`/dev/zero`, a database) must not fill the memory before it is found wrong.
 pub(crate) fn read_bounded(path: &std::path::Path, max: u64) -> std::io::Result<String> {
+    String::from_utf8(read_bounded_bytes(path, max)?).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        )
+    })
+}
+
+/// As `read_bounded`, for a file that need not be text.
+pub(crate) fn read_bounded_bytes(path: &std::path::Path, max: u64) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
-    let mut text = String::new();
-    std::fs::File::open(path)?
-        .take(max + 1)
-        .read_to_string(&mut text)?;
-    if text.len() as u64 > max {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!("it is larger than {max} bytes; is it the right file?"),
         ));
     }
-    Ok(text)
+    Ok(bytes)
 }
 
 /// Reads the TOML file named by `--config`, if any.

@@ -61,11 +61,18 @@ pub fn by(mode: Mode, given: &RunArgs) -> Vec<String> {
     let Ok(table) = toml::Table::try_from(given) else {
         return Vec::new();
     };
-    let flags = super::reference::flags();
-    unused
+    let given: Vec<&str> = unused
         .iter()
-        .flat_map(|names| names.iter())
-        .filter(|name| table.contains_key(**name))
+        .flat_map(|names| names.iter().copied())
+        .filter(|name| table.contains_key(*name))
+        .collect();
+    if given.is_empty() {
+        return Vec::new();
+    }
+    // Only now: the flag names come from the whole command line definition.
+    let flags = super::reference::flags();
+    given
+        .into_iter()
         .map(|name| match flags.iter().find(|(key, _)| key == name) {
             Some((_, flag)) => flag.clone(),
             None => format!("[[{name}]]"),

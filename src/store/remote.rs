@@ -23,15 +23,13 @@ pub struct RemoteStore {
 
 impl RemoteStore {
     pub fn new(s: &RemoteSettings) -> Result<Self, StoreError> {
-        let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60));
-        let http = crate::api::tls::trusting(http, &s.ca).map_err(|reason| StoreError::Open {
-            target: s.url.clone(),
-            reason,
-        })?;
-        let http = http.build().map_err(|e| StoreError::Open {
-            target: s.url.clone(),
-            reason: e.to_string(),
-        })?;
+        let builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60));
+        let http = crate::api::tls::trusting(builder, &s.ca)
+            .and_then(|b| b.build().map_err(|e| e.to_string()))
+            .map_err(|reason| StoreError::Open {
+                target: s.url.clone(),
+                reason,
+            })?;
         Ok(RemoteStore {
             url: s.url.clone(),
             token: s.token.clone(),
