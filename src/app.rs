@@ -35,9 +35,19 @@ pub async fn run_until(
         );
     }
     let hangup = crate::reload::Hangup::listen();
+    // The tokens, like readings and retention below, are read per request: a reload swaps them.
+    let (replace_remote_token, remote_token) =
+        Current::new(settings.remote.as_ref().and_then(|r| r.token.clone()));
+    let (replace_api_tokens, api_tokens) = Current::new(
+        settings
+            .api
+            .as_ref()
+            .map(|a| a.tokens.clone())
+            .unwrap_or_default(),
+    );
     let store: Arc<dyn Store> = match (&settings.store, &settings.remote) {
         (Some(s), _) => store::open(s).await.context("opening the database")?,
-        (None, Some(r)) => Arc::new(RemoteStore::new(r)?),
+        (None, Some(r)) => Arc::new(RemoteStore::new(r, remote_token)?),
         (None, None) => anyhow::bail!("nothing to store into"),
     };
     let metrics = crate::telemetry::install();
@@ -116,9 +126,13 @@ pub async fn run_until(
 
     let reloader = Arc::new(Reloader::new(
         settings.clone(),
-        replace_readings,
-        replace_retention,
-        source.as_ref().map(MqttSource::resubscriber),
+        crate::reload::Handles {
+            readings: replace_readings,
+            retention: replace_retention,
+            source: source.as_ref().map(MqttSource::resubscriber),
+            api_tokens: replace_api_tokens,
+            remote_token: replace_remote_token,
+        },
     ));
     let hangup = tokio::spawn(crate::reload::on_hangup(
         hangup,
@@ -141,7 +155,7 @@ pub async fn run_until(
                 ingest: tx.clone(),
                 fault: fault_rx,
                 mqtt: source.as_ref().map(|s| s.status()),
-                token: a.token.clone(),
+                tokens: api_tokens,
                 live,
                 metrics,
                 max_payload: settings.max_payload,

@@ -2,8 +2,9 @@
 //! read and validated again, whole, as at start. If it is valid, what can change without a
 //! restart takes effect: the topic filters and their QoS (on the same MQTT session), readings,
 //! device and time rules and mappings (from the next message taken into a batch), retention (from
-//! its next round), the API's certificate files as they are now (from the next connection).
-//! Every other changed setting is named as needing a restart. An invalid file
+//! its next round), the API's certificate files as they are now (from the next connection), the
+//! API tokens accepted and the token `subscribe` sends (from the next request). Every other
+//! changed setting is named as needing a restart. An invalid file
 //! changes nothing. It must never drop the MQTT session or a message, nor apply half a file.
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use utoipa::ToSchema;
 use crate::{
     config::{current::Replace, ConfigError, RetentionPolicy, Settings},
     readings::ReadingsConfig,
+    secret::Secret,
     source::Resubscriber,
 };
 
@@ -31,26 +33,28 @@ pub struct Report {
     pub overridden: Vec<String>,
 }
 
+/// Where a reload hands each replaceable setting to the parts that use it.
+pub struct Handles {
+    pub readings: Replace<ReadingsConfig>,
+    pub retention: Replace<RetentionPolicy>,
+    pub source: Option<Resubscriber>,
+    /// The tokens the API accepts.
+    pub api_tokens: Replace<Vec<Secret>>,
+    /// The token `subscribe` sends to the API it forwards to.
+    pub remote_token: Replace<Option<Secret>>,
+}
+
 pub struct Reloader {
     /// The settings in force; the lock also keeps two reloads from interleaving.
     settings: Mutex<Settings>,
-    readings: Replace<ReadingsConfig>,
-    retention: Replace<RetentionPolicy>,
-    source: Option<Resubscriber>,
+    handles: Handles,
 }
 
 impl Reloader {
-    pub fn new(
-        settings: Settings,
-        readings: Replace<ReadingsConfig>,
-        retention: Replace<RetentionPolicy>,
-        source: Option<Resubscriber>,
-    ) -> Self {
+    pub fn new(settings: Settings, handles: Handles) -> Self {
         Reloader {
             settings: Mutex::new(settings),
-            readings,
-            retention,
-            source,
+            handles,
         }
     }
 
@@ -70,7 +74,8 @@ impl Reloader {
             overridden: new.overridden_in_file(),
             ..Report::default()
         };
-        if let (Some(source), Some(m)) = (&self.source, &new.mqtt) {
+        let h = &self.handles;
+        if let (Some(source), Some(m)) = (&h.source, &new.mqtt) {
             let change = source.change(m.topics.clone(), m.qos);
             report.applied.extend(
                 change
@@ -86,7 +91,7 @@ impl Reloader {
             );
         }
         if new.readings != now.readings {
-            self.readings.send_replace(Arc::new(new.readings.clone()));
+            h.readings.send_replace(Arc::new(new.readings.clone()));
             report.applied.push(format!(
                 "readings {}, {} mapping(s), device and time rules",
                 if new.readings.enabled { "on" } else { "off" },
@@ -107,8 +112,32 @@ impl Reloader {
             }
         }
         if new.retention != now.retention {
-            self.retention.send_replace(Arc::new(new.retention.clone()));
+            h.retention.send_replace(Arc::new(new.retention.clone()));
             report.applied.push("retention".into());
+        }
+        // Never the tokens themselves in the report or the log: how many, and for which API.
+        if let (Some(running), Some(fresh)) = (&mut now.api, &new.api) {
+            // A file that drops the token and moves the API to loopback is valid, but the move
+            // waits for a restart: until then the API stays guarded on the address it has.
+            if fresh.tokens.is_empty() && !running.listen.ip().is_loopback() {
+                report.restart_needed.push("api-token".into());
+            } else if running.tokens != fresh.tokens {
+                h.api_tokens.send_replace(Arc::new(fresh.tokens.clone()));
+                running.tokens = fresh.tokens.clone();
+                report.applied.push(match fresh.tokens.len() {
+                    0 => "the API asks for no token now".into(),
+                    n => format!("API tokens read again: {n} accepted"),
+                });
+            }
+        }
+        if let (Some(running), Some(fresh)) = (&mut now.remote, &new.remote) {
+            if running.token != fresh.token {
+                h.remote_token.send_replace(Arc::new(fresh.token.clone()));
+                running.token = fresh.token.clone();
+                report
+                    .applied
+                    .push(format!("a new token for the API at {}", fresh.url));
+            }
         }
         // What needs a restart keeps its running value; the rest is now in force.
         now.readings = new.readings;

@@ -34,6 +34,30 @@ fn serve(dir: &std::path::Path, extra: &[&str]) -> Tidegate {
     t
 }
 
+/// A `subscribe` of `topic` on `broker` forwarding to `api`, once it has subscribed.
+fn subscribe(
+    broker: &str,
+    topic: &str,
+    api: &str,
+    client_id: &str,
+    extra: &[&str],
+    dir: &std::path::Path,
+) -> Tidegate {
+    let mut args = vec![
+        "subscribe",
+        "--broker",
+        broker,
+        "--topic",
+        topic,
+        "--api",
+        api,
+        "--client-id",
+        client_id,
+    ];
+    args.extend_from_slice(extra);
+    Tidegate::subscribed(&args, dir)
+}
+
 fn post(c: &Client, base: &str, ct: &str, body: impl Into<reqwest::blocking::Body>) -> (StatusCode, Value) {
     post_to(c, &format!("{base}/api/v1/messages"), ct, body)
 }
@@ -963,20 +987,7 @@ fn split_deployment_survives_kill9_of_serve_exactly_once() {
     );
     let api = server.api();
     let url = broker.url();
-    let sub = Tidegate::subscribed(
-        &[
-            "subscribe",
-            "--broker",
-            &url,
-            "--topic",
-            "sp/#",
-            "--api",
-            &api,
-            "--client-id",
-            "split-sub",
-        ],
-        dir.path(),
-    );
+    let sub = subscribe(&url, "sp/#", &api, "split-sub", &[], dir.path());
     // serve is down while messages arrive: the subscriber must hold them (no ack) and retry.
     server.kill9();
     broker.publish_lines("sp/x", 1, &db::seq_lines(0, 2000));
@@ -1009,6 +1020,141 @@ fn split_deployment_survives_kill9_of_serve_exactly_once() {
         "{} duplicated: {:?}",
         dup.len(),
         &dup[..dup.len().min(10)]
+    );
+}
+
+#[test]
+fn an_api_token_is_rotated_by_reloads_without_a_restart_or_a_lost_message() {
+    const OLD: &str = "old-token-0123456789abcdef";
+    const NEW: &str = "new-token-9876543210fedcba";
+    let broker = Mosquitto::start(BrokerOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let dbp = dir.path().join("rotate.db");
+    let (serve_file, sub_file) = (dir.path().join("serve.token"), dir.path().join("sub.token"));
+    std::fs::write(&serve_file, format!("{OLD}\n")).unwrap();
+    std::fs::write(&sub_file, format!("{OLD}\n")).unwrap();
+    let server = Tidegate::start(
+        &[
+            "serve",
+            "--db",
+            dbp.to_str().unwrap(),
+            "--api-token-file",
+            serve_file.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    let api = server.api();
+    let url = broker.url();
+    let sub = subscribe(
+        &url,
+        "rot/#",
+        &api,
+        "rotate-sub",
+        &["--api-token-file", sub_file.to_str().unwrap()],
+        dir.path(),
+    );
+    let c = client();
+    let status = |token: &str| {
+        c.get(format!("{api}/api/v1/topics"))
+            .bearer_auth(token)
+            .send()
+            .unwrap()
+            .status()
+    };
+    let stored = |n: i64| {
+        let got = db::wait_count(&dbp, "SELECT count(*) FROM messages", n, Duration::from_secs(30));
+        assert_eq!(got, n, "{}\n{}", sub.log_text(), server.log_text());
+    };
+    broker.publish_lines("rot/x", 1, &db::seq_lines(0, 1000));
+    stored(1000);
+    assert_eq!(status(NEW), StatusCode::UNAUTHORIZED);
+
+    // 1. serve accepts both.
+    std::fs::write(&serve_file, format!("{NEW}\n{OLD}\n")).unwrap();
+    server.hangup();
+    assert!(
+        server.wait_log("API tokens read again: 2 accepted", Duration::from_secs(10)),
+        "{}",
+        server.log_text()
+    );
+    assert_eq!(status(OLD), StatusCode::OK);
+    assert_eq!(status(NEW), StatusCode::OK);
+
+    // 2. subscribe sends the new one, on its running MQTT session.
+    std::fs::write(&sub_file, format!("{NEW}\n")).unwrap();
+    sub.hangup();
+    assert!(
+        sub.wait_log("a new token for the API at", Duration::from_secs(10)),
+        "{}",
+        sub.log_text()
+    );
+    broker.publish_lines("rot/x", 1, &db::seq_lines(1000, 2000));
+    stored(2000);
+
+    // 3. serve drops the old one.
+    std::fs::write(&serve_file, format!("{NEW}\n")).unwrap();
+    let r = c
+        .post(format!("{api}/api/v1/reload"))
+        .bearer_auth(NEW)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.json::<Value>().unwrap(),
+        json!({"applied": ["API tokens read again: 1 accepted"], "restart_needed": [], "overridden": []})
+    );
+    assert_eq!(status(OLD), StatusCode::UNAUTHORIZED);
+    assert_eq!(status(NEW), StatusCode::OK);
+    broker.publish_lines("rot/x", 1, &db::seq_lines(2000, 3000));
+    stored(3000);
+
+    let (missing, dup) = db::exactly_once(&dbp, "rot/x", 3000);
+    assert!(missing.is_empty() && dup.is_empty(), "{missing:?} {dup:?}");
+    assert!(
+        !sub.log_text().contains("answered 401"),
+        "subscribe was refused on the way:\n{}",
+        sub.log_text()
+    );
+    for log in [server.log_text(), sub.log_text()] {
+        assert!(
+            !log.contains(OLD) && !log.contains(NEW),
+            "a token in the log:\n{log}"
+        );
+    }
+}
+
+#[test]
+fn a_reload_never_drops_the_token_of_an_api_other_machines_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tidegate.toml");
+    std::fs::write(
+        &file,
+        format!("listen = \"0.0.0.0:0\"\napi_token = \"{TOKEN}\"\n"),
+    )
+    .unwrap();
+    let t = serve(dir.path(), &["--config", file.to_str().unwrap()]);
+    let base = t.api().replace("0.0.0.0", "127.0.0.1");
+    // Valid on its own (loopback needs no token), but the address changes only at a restart.
+    std::fs::write(&file, "listen = \"127.0.0.1:0\"\n").unwrap();
+    let c = client();
+    let r = c
+        .post(format!("{base}/api/v1/reload"))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let report: Value = r.json().unwrap();
+    assert_eq!(report["applied"], json!([]), "{report}");
+    let restart = report["restart_needed"].to_string();
+    assert!(
+        restart.contains("api-token") && restart.contains("listen"),
+        "{report}"
+    );
+    let topics = format!("{base}/api/v1/topics");
+    assert_eq!(c.get(&topics).send().unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        c.get(&topics).bearer_auth(TOKEN).send().unwrap().status(),
+        StatusCode::OK
     );
 }
 
@@ -1233,20 +1379,12 @@ fn a_subscribe_given_listen_serves_health_and_metrics_only() {
     let dbp = dir.path().join("health.db");
     let (url, api_port) = (broker.url(), support::free_port());
     let api = format!("http://127.0.0.1:{api_port}");
-    let sub = Tidegate::subscribed(
-        &[
-            "subscribe",
-            "--broker",
-            &url,
-            "--topic",
-            "h/#",
-            "--api",
-            &api,
-            "--client-id",
-            "health-sub",
-            "--listen",
-            "127.0.0.1:0",
-        ],
+    let sub = subscribe(
+        &url,
+        "h/#",
+        &api,
+        "health-sub",
+        &["--listen", "127.0.0.1:0"],
         dir.path(),
     );
     let base = sub.api();
@@ -1384,23 +1522,8 @@ fn a_subscribe_restarted_with_another_topic_ends_the_dropped_filter_through_the_
     let server = serve(dir.path(), &[]);
     let api = server.api();
     let url = broker.url();
-    let subscribe = |topic: &str| {
-        Tidegate::subscribed(
-            &[
-                "subscribe",
-                "--broker",
-                &url,
-                "--topic",
-                topic,
-                "--api",
-                &api,
-                "--client-id",
-                "moved-sub",
-            ],
-            dir.path(),
-        )
-    };
-    let mut first = subscribe("old/#");
+    let start = |topic: &str| subscribe(&url, topic, &api, "moved-sub", &[], dir.path());
+    let mut first = start("old/#");
     broker.publish_lines("old/a", 1, &db::seq_lines(0, 5));
     db::wait_count(&dbp, "SELECT count(*) FROM messages", 5, Duration::from_secs(15));
     assert!(first.term().success());
@@ -1414,7 +1537,7 @@ fn a_subscribe_restarted_with_another_topic_ends_the_dropped_filter_through_the_
     // Queued for the kept session while nothing is connected.
     broker.publish_lines("old/a", 1, &db::seq_lines(5, 10));
 
-    let mut second = subscribe("new/#");
+    let mut second = start("new/#");
     let log = second.log_text();
     assert!(
         log.contains("kept our session") && log.contains("unsubscribing them") && log.contains("old/#"),

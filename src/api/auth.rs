@@ -1,5 +1,6 @@
-//! Bearer-token auth for every route but `/healthz`. The comparison is constant-time, and a
-//! token in the query string is refused (it would end up in proxy logs).
+//! Bearer-token auth for every route but `/healthz`, against the tokens in force (a reload may
+//! replace them: two are accepted while clients move from the old to the new). The comparison
+//! is constant-time, and a token in the query string is refused (it would end up in proxy logs).
 
 use axum::{
     extract::{Request, State},
@@ -11,11 +12,13 @@ use subtle::ConstantTimeEq;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use super::{ApiError, AppState};
+use crate::secret::Secret;
 
 pub async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(token) = &state.token else {
+    let tokens = state.tokens.get();
+    if tokens.is_empty() {
         return next.run(req).await;
-    };
+    }
     // The page itself holds no data; it asks for the token and sends it with every call.
     if matches!(req.uri().path(), "/healthz" | "/") {
         return next.run(req).await;
@@ -35,7 +38,7 @@ pub async fn require_token(State(state): State<AppState>, req: Request, next: Ne
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if bool::from(given.as_bytes().ct_eq(token.expose().as_bytes())) {
+    if accepted(given, &tokens) {
         next.run(req).await
     } else {
         let mut resp = ApiError::new(
@@ -51,6 +54,17 @@ pub async fn require_token(State(state): State<AppState>, req: Request, next: Ne
     }
 }
 
+/// Whether `given` is one of `tokens`. Each is compared in full, in constant time, so the time
+/// taken tells at most how many there are.
+fn accepted(given: &str, tokens: &[Secret]) -> bool {
+    tokens
+        .iter()
+        .fold(subtle::Choice::from(0), |any, t| {
+            any | given.as_bytes().ct_eq(t.expose().as_bytes())
+        })
+        .into()
+}
+
 pub struct SecurityAddon;
 
 impl utoipa::Modify for SecurityAddon {
@@ -60,5 +74,24 @@ impl utoipa::Modify for SecurityAddon {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_token_in_force_is_accepted_and_only_whole() {
+        let tokens = [
+            Secret::new("old-token-0123456789"),
+            Secret::new("new-token-0123456789"),
+        ];
+        assert!(accepted("old-token-0123456789", &tokens));
+        assert!(accepted("new-token-0123456789", &tokens));
+        assert!(!accepted("new-token-012345678", &tokens));
+        assert!(!accepted("new-token-01234567890", &tokens));
+        assert!(!accepted("", &tokens));
+        assert!(!accepted("old-token-0123456789", &[]));
     }
 }

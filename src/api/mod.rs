@@ -39,7 +39,8 @@ pub struct AppState {
     pub ingest: pipeline::Sender,
     pub fault: watch::Receiver<Option<String>>,
     pub mqtt: Option<watch::Receiver<SourceStatus>>,
-    pub token: Option<Secret>,
+    /// The bearer tokens accepted now (none: no token asked); a reload may replace them.
+    pub tokens: crate::config::current::Current<Vec<Secret>>,
     pub live: Live,
     pub metrics: Option<PrometheusHandle>,
     pub max_payload: usize,

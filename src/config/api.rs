@@ -7,14 +7,16 @@ use std::net::SocketAddr;
 
 use rustls_pki_types::CertificateDer;
 
-use super::{read_secret_file, ConfigError, Mode, RunArgs};
+use super::{read_secret_lines, ConfigError, Mode, RunArgs};
 use crate::{api::tls::ServerTls, secret::Secret};
 
 /// The HTTP API this process serves.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiSettings {
     pub listen: SocketAddr,
-    pub token: Option<Secret>,
+    /// The bearer tokens accepted; none: no token asked. Several while a token is rotated (the
+    /// lines of `--api-token-file`), so clients can move to the new one one by one.
+    pub tokens: Vec<Secret>,
     /// Serve HTTPS with this certificate; plain HTTP when `None`.
     pub tls: Option<ServerTls>,
     /// Every route, or (for `subscribe`) health and metrics only.
@@ -28,26 +30,39 @@ pub struct ApiSettings {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RemoteSettings {
     pub url: String,
+    /// The token sent: `--api-token`, or the first line of `--api-token-file`.
     pub token: Option<Secret>,
     /// CA certificates trusted for an https:// URL besides the public roots (`--api-ca-file`).
     pub ca: Vec<CertificateDer<'static>>,
 }
 
-fn api_token(a: &RunArgs) -> Result<Option<Secret>, ConfigError> {
-    let token = match (&a.api_token, &a.api_token_file) {
-        (Some(t), _) => Some(Secret::new(t.clone())),
-        (None, Some(path)) => Some(read_secret_file("api-token-file", path)?),
-        (None, None) => None,
-    };
-    if let Some(t) = &token {
-        if t.expose().len() < 16 {
-            return Err(ConfigError::new(
-                "api-token",
-                "is shorter than 16 characters; use a long random token",
-            ));
+/// `--api-token`, or each line of `--api-token-file` (the first is the one a client sends).
+fn api_tokens(a: &RunArgs) -> Result<Vec<Secret>, ConfigError> {
+    let (setting, tokens) = match (&a.api_token, &a.api_token_file) {
+        (Some(t), _) => ("api-token", vec![Secret::new(t.clone())]),
+        (None, Some(path)) => {
+            let lines = read_secret_lines("api-token-file", path)?;
+            if lines.is_empty() {
+                return Err(ConfigError::new(
+                    "api-token-file",
+                    format!("{} holds no token", path.display()),
+                ));
+            }
+            ("api-token-file", lines)
         }
+        (None, None) => return Ok(Vec::new()),
+    };
+    if let Some(n) = tokens.iter().position(|t| t.expose().len() < 16) {
+        let which = match tokens.len() {
+            1 => String::new(),
+            len => format!("token {} of {len} ", n + 1),
+        };
+        return Err(ConfigError::new(
+            setting,
+            format!("{which}is shorter than 16 characters; use a long random token"),
+        ));
     }
-    Ok(token)
+    Ok(tokens)
 }
 
 pub(super) fn resolve_api(a: &RunArgs, mode: Mode) -> Result<Option<ApiSettings>, ConfigError> {
@@ -70,8 +85,8 @@ pub(super) fn resolve_api(a: &RunArgs, mode: Mode) -> Result<Option<ApiSettings>
             format!("`{listen}` is not an address such as 127.0.0.1:8080 (or `off`)"),
         )
     })?;
-    let token = api_token(a)?;
-    if !listen.ip().is_loopback() && token.is_none() {
+    let tokens = api_tokens(a)?;
+    if !listen.ip().is_loopback() && tokens.is_empty() {
         return Err(ConfigError::new(
             "listen",
             format!("{listen} is reachable from other machines; set TIDEGATE_API_TOKEN (or --api-token-file) first"),
@@ -101,7 +116,7 @@ pub(super) fn resolve_api(a: &RunArgs, mode: Mode) -> Result<Option<ApiSettings>
     }
     Ok(Some(ApiSettings {
         listen,
-        token,
+        tokens,
         tls,
         routes: match mode {
             Mode::Subscribe => crate::api::Routes::Health,
@@ -141,7 +156,7 @@ pub(super) fn resolve_remote(a: &RunArgs) -> Result<RemoteSettings, ConfigError>
     };
     Ok(RemoteSettings {
         url: url.trim_end_matches('/').to_string(),
-        token: api_token(a)?,
+        token: api_tokens(a)?.into_iter().next(),
         ca,
     })
 }

@@ -134,7 +134,8 @@ pub struct RunArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_token: Option<String>,
 
-    /// File whose first line is the API token.
+    /// File of API tokens, one a line: each is accepted, the first is the one `subscribe` sends.
+    /// A reload reads it again (rotate a token without a restart).
     #[arg(long, env = "TIDEGATE_API_TOKEN_FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_token_file: Option<PathBuf>,

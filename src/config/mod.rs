@@ -171,7 +171,16 @@ fn check_file(setting: &'static str, path: &Option<PathBuf>) -> Result<(), Confi
     Ok(())
 }
 
+/// The first line of a secret file (a password, a token).
 fn read_secret_file(setting: &'static str, path: &std::path::Path) -> Result<Secret, ConfigError> {
+    Ok(read_secret_lines(setting, path)?
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| Secret::new("")))
+}
+
+/// Every line of a secret file that is not blank, trailing spaces cut.
+fn read_secret_lines(setting: &'static str, path: &std::path::Path) -> Result<Vec<Secret>, ConfigError> {
     // The error's kind only: its text is never the file's, but say no more than needed.
     let text = read_bounded(path, 64 << 10).map_err(|e| {
         let why = match e.kind() {
@@ -180,9 +189,12 @@ fn read_secret_file(setting: &'static str, path: &std::path::Path) -> Result<Sec
         };
         ConfigError::new(setting, format!("cannot read {}: {why}", path.display()))
     })?;
-    Ok(Secret::new(
-        text.lines().next().unwrap_or("").trim_end().to_string(),
-    ))
+    Ok(text
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.is_empty())
+        .map(|l| Secret::new(l.to_string()))
+        .collect())
 }
 
 /// A client id that stays the same across restarts of one instance and differs between
@@ -332,11 +344,27 @@ impl Settings {
             self.store.as_ref().map(|s| (&s.db, s.sqlite_sync))
                 == new.store.as_ref().map(|s| (&s.db, s.sqlite_sync)),
         );
+        // Tokens are swapped by a reload (`reload`), so they are left out of both comparisons.
+        let api_but_tokens = |a: &Option<ApiSettings>| {
+            a.as_ref().map(|a| ApiSettings {
+                tokens: Vec::new(),
+                ..a.clone()
+            })
+        };
         check(
-            "listen/api-token/api-tls-cert/api-tls-key/max-body/api-rate-limit",
-            self.api == new.api,
+            "listen/api-tls-cert/api-tls-key/max-body/api-rate-limit",
+            api_but_tokens(&self.api) == api_but_tokens(&new.api),
         );
-        check("api/api-ca-file", self.remote == new.remote);
+        let remote_but_token = |r: &Option<RemoteSettings>| {
+            r.as_ref().map(|r| RemoteSettings {
+                token: None,
+                ..r.clone()
+            })
+        };
+        check(
+            "api/api-ca-file",
+            remote_but_token(&self.remote) == remote_but_token(&new.remote),
+        );
         check("spool/spool-max", self.spool == new.spool);
         check(
             "metabase-url/metabase-database/metabase-api-key",
@@ -390,6 +418,7 @@ mod tests {
             qos: Some(0),
             readings: Some("off".parse().unwrap()),
             retain_raw: Some("30d".parse().unwrap()),
+            api_token: Some("a-new-token-of-length".into()),
             ..args("mqtt://localhost")
         });
         assert!(
@@ -411,6 +440,43 @@ mod tests {
             !format!("{:?}", fixed.origin).contains("changed"),
             "the password stays out of Debug"
         );
+    }
+
+    #[test]
+    fn every_line_of_the_token_file_is_accepted_and_the_first_is_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        let with = |text: &str, mode| {
+            std::fs::write(&file, text).unwrap();
+            Settings::resolve(
+                mode,
+                RunArgs {
+                    api_token_file: Some(file.clone()),
+                    api: Some("http://127.0.0.1:9".into()),
+                    ..args("mqtt://h")
+                },
+            )
+        };
+        let two = with("new-token-0123456789\n\nold-token-0123456789  \n", Mode::Run).unwrap();
+        let tokens: Vec<_> = two
+            .api
+            .unwrap()
+            .tokens
+            .iter()
+            .map(|t| t.expose().to_owned())
+            .collect();
+        assert_eq!(tokens, ["new-token-0123456789", "old-token-0123456789"]);
+        let sub = with("new-token-0123456789\nold-token-0123456789\n", Mode::Subscribe).unwrap();
+        assert_eq!(
+            sub.remote.unwrap().token.unwrap().expose(),
+            "new-token-0123456789"
+        );
+        let short = with("new-token-0123456789\ntiny-tok\n", Mode::Run).unwrap_err();
+        assert_eq!(short.setting, "api-token-file");
+        assert!(short.to_string().contains("token 2 of 2"), "{short}");
+        assert!(!short.to_string().contains("tiny-tok"), "{short}");
+        let empty = with("\n  \n", Mode::Run).unwrap_err();
+        assert!(empty.to_string().contains("holds no token"), "{empty}");
     }
 
     #[test]

@@ -9,20 +9,22 @@ use serde_json::json;
 
 use super::{Committed, MessageQuery, Outcome, Store, StoreError, StoredMessage, TopicStats};
 use crate::{
-    config::RemoteSettings,
+    config::{current::Current, RemoteSettings},
     message::{Message, Origin},
+    secret::Secret,
 };
 
 pub struct RemoteStore {
     url: String,
-    token: Option<crate::secret::Secret>,
+    /// Read per request: a reload may replace it (a token rotated).
+    token: Current<Option<Secret>>,
     http: reqwest::Client,
     /// The batch whose last attempt failed: sending it again is a retry.
     failed: Mutex<Option<Arc<Vec<Message>>>>,
 }
 
 impl RemoteStore {
-    pub fn new(s: &RemoteSettings) -> Result<Self, StoreError> {
+    pub fn new(s: &RemoteSettings, token: Current<Option<Secret>>) -> Result<Self, StoreError> {
         let builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60));
         let http = crate::api::tls::trusting(builder, &s.ca)
             .and_then(|b| b.build().map_err(|e| e.to_string()))
@@ -32,7 +34,7 @@ impl RemoteStore {
             })?;
         Ok(RemoteStore {
             url: s.url.clone(),
-            token: s.token.clone(),
+            token,
             http,
             failed: Mutex::new(None),
         })
@@ -50,7 +52,7 @@ impl RemoteStore {
     }
 
     fn authorized(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        match &self.token {
+        match self.token.get().as_ref() {
             Some(t) => req.bearer_auth(t.expose()),
             None => req,
         }

@@ -51,9 +51,17 @@ impl Tidegate {
 
     pub fn start_with_env(args: &[&str], envs: &[(&str, &str)], log_dir: &Path) -> Tidegate {
         let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        // Tests run side by side: each API gets a free port unless the test picks one.
+        // Tests run side by side: each API gets a free port unless the test picks one, as a
+        // flag or in its config file.
+        let file_listens = args
+            .iter()
+            .position(|a| a == "--config")
+            .and_then(|i| args.get(i + 1))
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .is_some_and(|text| text.lines().any(|l| l.trim_start().starts_with("listen")));
         if matches!(args.first().map(String::as_str), Some("run" | "serve"))
             && !args.iter().any(|a| a == "--listen")
+            && !file_listens
         {
             args.extend(["--listen".to_string(), "127.0.0.1:0".to_string()]);
         }
