@@ -324,6 +324,44 @@ fn tls_with_password_works_and_an_unknown_ca_is_refused() {
 }
 
 #[test]
+fn a_tls_broker_at_an_ipv6_address_is_reached_and_its_certificate_checked_for_it() {
+    let case = Case::new(BrokerOptions {
+        tls: true,
+        ipv6: true,
+        ..Default::default()
+    });
+    let tls = case.broker.tls.as_ref().unwrap();
+    let url = format!("mqtts://[::1]:{}", case.broker.port);
+    let db = case.db();
+    let run = |client_id: &str, ca: &std::path::Path| {
+        let mut args = support::tidegate::run_args(&url, db.to_str().unwrap(), "t/#", client_id);
+        args.extend_from_slice(&["--ca-file", ca.to_str().unwrap()]);
+        Tidegate::start(&args, case.dir.path())
+    };
+    // The certificate is checked for the address: another CA's is still refused.
+    let mut refused = run("tls6-a", &tls.other_ca_pem);
+    assert!(
+        refused.wait_log("TLS failed", Duration::from_secs(15)),
+        "{}",
+        refused.log_text()
+    );
+    refused.kill9();
+    let ok = run("tls6-b", &tls.ca_pem);
+    assert!(
+        ok.wait_log("subscribed", Duration::from_secs(15)),
+        "{}",
+        ok.log_text()
+    );
+    case.broker.publish_lines_with(
+        "t/v6",
+        1,
+        &db::seq_lines(0, 100),
+        &["--cafile", tls.ca_pem.to_str().unwrap(), "-h", "localhost"],
+    );
+    assert_eq!(db::wait_count(&db, MSGS, 100, Duration::from_secs(20)), 100);
+}
+
+#[test]
 fn messages_published_while_stopped_arrive_after_restart() {
     let case = Case::new(BrokerOptions::default());
     let mut t = case.start("offline", &[]);

@@ -23,6 +23,8 @@ pub struct BrokerOptions {
     pub websockets: bool,
     /// With `tls`: clients must present a certificate signed by the test CA.
     pub mutual_tls: bool,
+    /// The same listener on `[::1]` too.
+    pub ipv6: bool,
 }
 
 pub struct Tls {
@@ -57,18 +59,28 @@ impl Mosquitto {
         let dir = tempfile::tempdir().unwrap();
         let port = super::free_port();
         let mut conf = String::new();
-        writeln!(conf, "listener {port} 127.0.0.1").unwrap();
         if unsafe_is_root() {
             writeln!(conf, "user root").unwrap();
         }
+        // What each MQTT listener has: Mosquitto applies these to the `listener` line above them.
+        let mut listener = String::new();
         let mut tls = None;
         if opts.tls {
             let (t, cert, key) = make_certs(dir.path());
-            writeln!(conf, "certfile {}\nkeyfile {}", cert.display(), key.display()).unwrap();
+            writeln!(listener, "certfile {}\nkeyfile {}", cert.display(), key.display()).unwrap();
             if opts.mutual_tls {
-                writeln!(conf, "cafile {}\nrequire_certificate true", t.ca_pem.display()).unwrap();
+                writeln!(
+                    listener,
+                    "cafile {}\nrequire_certificate true",
+                    t.ca_pem.display()
+                )
+                .unwrap();
             }
             tls = Some(t);
+        }
+        write!(conf, "listener {port} 127.0.0.1\n{listener}").unwrap();
+        if opts.ipv6 {
+            write!(conf, "listener {port} ::1\n{listener}").unwrap();
         }
         match &opts.password {
             Some((user, pass)) => {

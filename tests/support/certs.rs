@@ -1,5 +1,5 @@
-//! Certificates for TLS tests, as PEM files: a CA, a certificate it signed for `localhost` with
-//! its key, a client certificate it signed, and a second CA that signed nothing here.
+//! Certificates for TLS tests, as PEM files: a CA, a certificate it signed for `localhost` and
+//! `::1` with its key, a client certificate it signed, and a second CA that signed nothing here.
 
 use std::path::{Path, PathBuf};
 
@@ -25,7 +25,7 @@ impl Certs {
         let ca = make_ca(ca_name);
         let other = make_ca("some other CA");
         let key = KeyPair::generate().unwrap();
-        let server = CertificateParams::new(vec!["localhost".to_string()])
+        let server = CertificateParams::new(vec!["localhost".to_string(), "::1".to_string()])
             .unwrap()
             .signed_by(&key, &ca)
             .unwrap();
