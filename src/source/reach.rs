@@ -24,9 +24,10 @@ fn host(a: &BrokerAccess) -> String {
     match a.broker.transport {
         // rumqttc takes the whole URL as the host for WebSockets and reads the port from it.
         Transport::Ws | Transport::Wss => a.broker.ws_url(),
-        // rumqttc joins host and port with a `:`, so an IPv6 address needs its brackets (our
-        // vendored rumqttc takes them off again for the name TLS checks).
-        Transport::Tcp | Transport::Tls if a.broker.host.contains(':') => format!("[{}]", a.broker.host),
+        // rumqttc joins host and port with a `:`, so an IPv6 address needs its brackets. Not
+        // for TLS: there the host is also the name the certificate is checked against, which
+        // must be the bare address, and `::1:8883` still resolves (split at its last `:`).
+        Transport::Tcp if a.broker.host.contains(':') => format!("[{}]", a.broker.host),
         _ => a.broker.host.clone(),
     }
 }

@@ -173,13 +173,7 @@ pub async fn tls_connect(
         #[cfg(feature = "use-rustls-no-provider")]
         TlsConfiguration::Simple { .. } | TlsConfiguration::Rustls(_) => {
             let connector = rustls_connector(tls_config).await?;
-            // tidegate: an IPv6 address comes in brackets, for the TCP connection's `host:port`;
-            // the name TLS checks the certificate against is the address alone.
-            let name = addr
-                .strip_prefix('[')
-                .and_then(|a| a.strip_suffix(']'))
-                .unwrap_or(addr);
-            let domain = ServerName::try_from(name)?.to_owned();
+            let domain = ServerName::try_from(addr)?.to_owned();
             Box::new(connector.connect(domain, tcp).await?)
         }
         #[cfg(feature = "use-native-tls")]
