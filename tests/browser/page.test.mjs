@@ -1,7 +1,7 @@
 // The live page in a real browser: start `tidegate demo`, open the page in headless Chromium,
 // and check what a newcomer should see — topics, each device's latest values (a quiet one
-// marked), a growing live list, a message they publish showing up within 2 s, and charts with
-// data points. Leaves a screenshot in target/.
+// marked), the messages stored before the page opened, a growing live list, a message they
+// publish showing up within 2 s, and charts with data points. Leaves a screenshot in target/.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
@@ -56,8 +56,16 @@ test("the demo's live page shows topics, live messages, a published message and 
     execFileSync("mosquitto_pub", ["-p", String(mqtt), "-q", "1", "-t", "demo/sensors/sensor-quiet/telemetry", "-m", JSON.stringify({ temp: 3.5, ts: tenMinAgo })]);
 
     for (const [width, height] of [[1280, 800], [390, 844]]) {
+      // A message stored before the page opens is in its list at once, not only later ones.
+      const before = "stored-before-" + Math.random().toString(36).slice(2);
+      execFileSync("mosquitto_pub", ["-p", String(mqtt), "-q", "1", "-t", "demo/before", "-m", before]);
+      await until(async () => {
+        const r = await (await fetch(base + "/api/v1/messages?topic=demo/before&limit=5")).json();
+        return r.messages.some((m) => m.payload === before);
+      }, 5000, "the message published before the page opened");
       const page = await browser.newPage({ viewport: { width, height } });
       await page.goto(base + "/");
+      await page.waitForSelector(`#live li:has-text("${before}")`, { timeout: 3000 });
       await page.waitForSelector("#topics tr", { timeout: 10000 });
       await page.waitForFunction(() => document.querySelectorAll("#chartlist .chart").length >= 3, null, { timeout: 15000 }).catch(() => {});
       const topics = await page.locator("#topics tr").allTextContents();
@@ -84,6 +92,10 @@ test("the demo's live page shows topics, live messages, a published message and 
 
       const n1 = await page.locator("#live li").count();
       await page.waitForFunction((n) => document.querySelectorAll("#live li").length > n + 3, n1, { timeout: 10000 });
+      // Newest first, each message once, whether read on load or live.
+      const ids = await page.locator("#live li").evaluateAll((lis) => lis.map((li) => Number(li.dataset.id)));
+      assert.deepEqual(ids, [...ids].sort((a, b) => b - a), "newest first: " + ids);
+      assert.equal(new Set(ids).size, ids.length, "each message once: " + ids);
 
       const unique = "hello-" + Math.random().toString(36).slice(2);
       execFileSync("mosquitto_pub", ["-p", String(mqtt), "-t", "demo/hello", "-m", unique]);
