@@ -24,6 +24,8 @@ pub struct RemoteStore {
 }
 
 impl RemoteStore {
+    /// A store posting to `s.url`, sending `token`: the one in force (`s.token` at start), which
+    /// a reload may replace.
     pub fn new(s: &RemoteSettings, token: Current<Option<Secret>>) -> Result<Self, StoreError> {
         let builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60));
         let http = crate::api::tls::trusting(builder, &s.ca)
