@@ -10,6 +10,9 @@ pub const ACKED: &str = "tidegate_messages_acked_total";
 pub const BATCHES: &str = "tidegate_batches_total";
 pub const BATCH_SIZE: &str = "tidegate_batch_size";
 pub const COMMIT_SECONDS: &str = "tidegate_commit_seconds";
+/// How long each fsync of SQLite's write-ahead log took (`--sqlite-sync full`): the disk's share
+/// of a commit, apart from the CPU's.
+pub const SQLITE_FSYNC_SECONDS: &str = "tidegate_sqlite_fsync_seconds";
 pub const IN_FLIGHT: &str = "tidegate_in_flight_messages";
 pub const STORE_WRITABLE: &str = "tidegate_store_writable";
 pub const MQTT_CONNECTED: &str = "tidegate_mqtt_connected";
@@ -58,6 +61,13 @@ pub fn install() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
         .ok()?
         .set_buckets_for_metric(
             Matcher::Full(COMMIT_SECONDS.into()),
+            &[
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+            ],
+        )
+        .ok()?
+        .set_buckets_for_metric(
+            Matcher::Full(SQLITE_FSYNC_SECONDS.into()),
             &[
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
             ],

@@ -877,6 +877,17 @@ fn metrics_keep_the_invariant_after_a_run_with_duplicates_and_rejections() {
         "{text}"
     );
     assert!(text.contains("tidegate_commit_seconds_bucket"));
+    // One WAL fsync covers one commit or several (`--sqlite-sync full`, the default).
+    let fsyncs = support::metric(&text, "tidegate_sqlite_fsync_seconds_count");
+    let batches = support::metric(&text, "tidegate_batches_total");
+    assert!(
+        fsyncs >= 1.0 && fsyncs <= batches,
+        "{fsyncs} fsyncs, {batches} batches\n{text}"
+    );
+    assert!(
+        text.contains("tidegate_sqlite_fsync_seconds_bucket{le=\"0.001\"}"),
+        "{text}"
+    );
     // The standard process figures, read from /proc when scraped.
     assert!(
         text.contains("# TYPE process_cpu_seconds_total counter"),

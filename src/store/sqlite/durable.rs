@@ -54,7 +54,12 @@ impl Syncer {
                     let mut due = vec![first];
                     due.extend(rx.try_iter());
                     if seen.get().is_none() && due.iter().any(|p| p.result.is_ok()) {
-                        if let Err(e) = sync() {
+                        let started = std::time::Instant::now();
+                        let synced = sync();
+                        // Looked up each time: the store opens before the recorder is installed.
+                        metrics::histogram!(crate::telemetry::SQLITE_FSYNC_SECONDS)
+                            .record(started.elapsed().as_secs_f64());
+                        if let Err(e) = synced {
                             let _ = seen.set(format!(
                                 "the database's write-ahead log could not be written to disk ({e}); \
                                  tidegate stopped writing to it: check the disk, then restart tidegate"
