@@ -1119,13 +1119,31 @@ fn an_api_token_is_rotated_by_reloads_without_a_restart_or_a_lost_message() {
     broker.publish_lines("rot/x", 1, &db::seq_lines(2000, 3000));
     stored(3000);
 
-    let (missing, dup) = db::exactly_once(&dbp, "rot/x", 3000);
-    assert!(missing.is_empty() && dup.is_empty(), "{missing:?} {dup:?}");
     assert!(
         !sub.log_text().contains("answered 401"),
         "subscribe was refused on the way:\n{}",
         sub.log_text()
     );
+
+    // 4. A subscriber left with the old token is refused, says why, and keeps what it holds
+    // unacknowledged until its token is put right.
+    std::fs::write(&sub_file, format!("{OLD}\n")).unwrap();
+    sub.hangup();
+    let swaps = || sub.log_text().matches("a new token for the API at").count();
+    assert!(support::wait_for(Duration::from_secs(10), || (swaps() == 2).then_some(())).is_some());
+    broker.publish_lines("rot/x", 1, &db::seq_lines(3000, 3100));
+    assert!(
+        sub.wait_log("the token sent is not one it accepts", Duration::from_secs(15)),
+        "{}",
+        sub.log_text()
+    );
+    assert_eq!(db::count(&dbp, "SELECT count(*) FROM messages"), 3000);
+    std::fs::write(&sub_file, format!("{NEW}\n")).unwrap();
+    sub.hangup();
+    stored(3100);
+
+    let (missing, dup) = db::exactly_once(&dbp, "rot/x", 3100);
+    assert!(missing.is_empty() && dup.is_empty(), "{missing:?} {dup:?}");
     for log in [server.log_text(), sub.log_text()] {
         assert!(
             !log.contains(OLD) && !log.contains(NEW),

@@ -78,8 +78,14 @@ impl RemoteStore {
     async fn refused(&self, resp: reqwest::Response) -> String {
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
+        let hint = if status == reqwest::StatusCode::UNAUTHORIZED {
+            " (the token sent is not one it accepts: check --api-token or --api-token-file on both \
+             sides; a reload reads a token file again)"
+        } else {
+            ""
+        };
         format!(
-            "the API at {} answered {status}: {}",
+            "the API at {} answered {status}: {}{hint}",
             self.url,
             text.chars().take(300).collect::<String>()
         )
