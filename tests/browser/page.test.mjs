@@ -70,6 +70,12 @@ test("the demo's live page shows topics, live messages, a published message and 
       await page.waitForFunction(() => document.querySelectorAll("#chartlist .chart").length >= 3, null, { timeout: 15000 }).catch(() => {});
       const topics = await page.locator("#topics tr").allTextContents();
       assert.ok(topics.some((t) => t.includes("demo/sensors/")), "topics: " + topics);
+      // The header's count is the table's last-minute column added up (both set from one read).
+      const [rate, perMin] = await page.evaluate(() => [
+        document.getElementById("rate").textContent,
+        [...document.querySelectorAll("#topics tr")].reduce((s, tr) => s + Number(tr.children[2].textContent.replace(/\D/g, "")), 0),
+      ]);
+      assert.equal(rate, perMin.toLocaleString("en-US") + " in the last minute");
 
       // Latest values: every field of every device as tidegate stored it (the device from the
       // topic, a text reading as text), read from the API on load rather than from the stream.
