@@ -31,6 +31,10 @@ pub enum Command {
     /// Load tool: publish numbered messages and measure throughput, latency and loss through
     /// tidegate (its live stream) or a null subscriber.
     Bench(Box<crate::bench::BenchArgs>),
+    /// Derive readings and mapping rows for messages stored before they were configured (stored
+    /// while readings were off, or before a `[[mapping]]` was added): with the same config file
+    /// as `run`, beside it or not. A second run adds nothing.
+    Backfill(crate::backfill::BackfillArgs),
     /// Mapping helpers.
     #[command(subcommand)]
     Mapping(MappingCommand),

@@ -15,6 +15,7 @@ pub const VERSION: &str = concat!(
 
 pub mod api;
 pub mod app;
+pub mod backfill;
 pub mod bench;
 pub mod cli;
 pub mod config;

@@ -34,6 +34,24 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Command::Backfill(args) => {
+            return match runtime()
+                .map_err(anyhow::Error::from)
+                .and_then(|r| r.block_on(tidegate::backfill::run(args)))
+            {
+                Ok(summary) => {
+                    print!("{summary}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    match e.downcast_ref::<tidegate::config::ConfigError>() {
+                        Some(_) => ExitCode::from(2),
+                        None => ExitCode::FAILURE,
+                    }
+                }
+            };
+        }
         Command::Mapping(MappingCommand::Test {
             config,
             topic,

@@ -460,3 +460,99 @@ fn a_readings_root_takes_readings_from_the_decoded_part_of_an_uplink() {
         .unwrap();
     assert_eq!(hourly, ("2026-12-06 10:00:00.000".into(), 1, 21.5));
 }
+
+/// Messages stored while readings were off and before a mapping was added get their readings
+/// and mapping rows from `tidegate backfill`, run beside a tidegate that keeps storing new
+/// messages into the same SQLite file: in the end every message has exactly one reading and one
+/// mapping row, whichever of the two wrote them. A second backfill adds nothing.
+#[test]
+fn backfill_beside_a_running_tidegate_gives_every_message_its_readings_and_rows_once() {
+    let broker = Mosquitto::start(BrokerOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = dir.path().join("later.db");
+    let db_path = sqlite.to_str().unwrap();
+    let topic = "sensors/s1/telemetry";
+    let lines = |from: usize, to: usize| -> Vec<String> {
+        (from..to).map(|n| format!(r#"{{"temp":{n}}}"#)).collect()
+    };
+    let (before, during) = (20_000, 5_000);
+    let mut first = Tidegate::run_subscribed(
+        &broker.url(),
+        db_path,
+        "sensors/#",
+        "backfill-later",
+        &["--readings", "off"],
+        dir.path(),
+    );
+    broker.publish_lines(topic, 1, &lines(0, before));
+    db::wait_count(
+        &sqlite,
+        "SELECT count(*) FROM messages",
+        before as i64,
+        Duration::from_secs(60),
+    );
+    assert!(first.term().success());
+    assert_eq!(db::count(&sqlite, "SELECT count(*) FROM readings"), 0);
+
+    // Readings on (the default) and the mapping added; new messages get both as they come.
+    let conf = support::telemetry_mapping(dir.path());
+    let conf = conf.to_str().unwrap();
+    let _second = Tidegate::run_subscribed(
+        &broker.url(),
+        db_path,
+        "sensors/#",
+        "backfill-later",
+        &["--config", conf],
+        dir.path(),
+    );
+    let port = broker.port;
+    let publisher = std::thread::spawn(move || {
+        let lines: Vec<String> = (before..before + during)
+            .map(|n| format!(r#"{{"temp":{n}}}"#))
+            .collect();
+        for chunk in lines.chunks(500) {
+            Mosquitto::publish_lines_on(port, "sensors/s1/telemetry", chunk);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let (status, out) =
+        support::tidegate::run_to_end(&["backfill", "--db", db_path, "--config", conf], &[], dir.path());
+    publisher.join().unwrap();
+    assert!(status.success(), "{out}");
+    // What the running tidegate stored after the backfill read its snapshot is its own.
+    assert!(out.contains("readings: added 20000 to 20000 messages"), "{out}");
+    assert!(out.contains("mapping table telemetry: added 20000 rows"), "{out}");
+    let total = (before + during) as i64;
+    db::wait_count(
+        &sqlite,
+        "SELECT count(*) FROM messages",
+        total,
+        Duration::from_secs(60),
+    );
+    db::wait_count(
+        &sqlite,
+        "SELECT count(*) FROM telemetry",
+        total,
+        Duration::from_secs(30),
+    );
+    let count = |sql: &str| db::count(&sqlite, sql);
+    assert_eq!(count("SELECT count(*) FROM readings"), total, "{out}");
+    assert_eq!(count("SELECT count(DISTINCT message_id) FROM readings"), total);
+    assert_eq!(count("SELECT count(DISTINCT message_id) FROM telemetry"), total);
+    assert_eq!(
+        count("SELECT count(*) FROM messages m JOIN telemetry t ON t.message_id = m.id WHERE CAST(json_extract(m.payload, '$.temp') AS REAL) = t.temperature_c"),
+        total,
+        "each row holds its own message's value"
+    );
+    assert_eq!(
+        count("SELECT sum(count) FROM readings_1m WHERE field = 'temp'"),
+        total,
+        "the rollups count every reading once"
+    );
+    let (status, again) =
+        support::tidegate::run_to_end(&["backfill", "--db", db_path, "--config", conf], &[], dir.path());
+    assert!(status.success(), "{again}");
+    assert!(again.contains("readings: added 0 to 0 messages"), "{again}");
+    assert!(again.contains("mapping table telemetry: added 0 rows"), "{again}");
+    assert_eq!(count("SELECT count(*) FROM readings"), total);
+}

@@ -2353,3 +2353,107 @@ fn a_postgresql_batch_from_the_spool_records_how_far_the_spool_went_with_its_row
         "4"
     );
 }
+
+/// A backfill leaves a store as if its readings and mapping had been on from the start: the
+/// same readings, mapping rows, rollups and latest values as a store that derived every message
+/// as it came, for messages stored with readings off, then on, then without the mapping. A
+/// second run adds nothing.
+#[test]
+fn every_store_backfills_to_what_deriving_from_the_start_gives() {
+    use tidegate::readings::{
+        mapping::{Mapping, MappingSpec},
+        ReadingsConfig,
+    };
+    let spec: MappingSpec =
+        toml::from_str("filter = \"plant/+/climate\"\ntable = \"climate\"\n[columns]\ntemp = \"$.temp\"\n")
+            .unwrap();
+    let full = ReadingsConfig {
+        mappings: vec![Arc::new(Mapping::from_spec(&spec).unwrap())],
+        ..Default::default()
+    };
+    let readings_only = ReadingsConfig::default();
+    let base: chrono::DateTime<chrono::Utc> = "2026-12-01T08:00:00Z".parse().unwrap();
+    // Batches of (message, how the live store derived it: None = readings off).
+    let mut phases: Vec<(Vec<Message>, Option<&ReadingsConfig>)> = Vec::new();
+    let mut n = 0;
+    let mut next = |k: usize| -> Vec<Message> {
+        (0..k)
+            .map(|_| {
+                n += 1;
+                let ts = base + chrono::Duration::seconds(37 * n);
+                let topic = format!("plant/{}/climate", ["a", "b", "c"][n as usize % 3]);
+                let payload = if n % 10 == 0 {
+                    "not json".to_string()
+                } else {
+                    format!(
+                        r#"{{"ts":"{}","temp":{}.5,"hum":{}}}"#,
+                        ts.to_rfc3339(),
+                        n % 30,
+                        n % 90
+                    )
+                };
+                let mut m = msg(&topic, payload.as_bytes());
+                m.received_at = ts + chrono::Duration::seconds(1);
+                m
+            })
+            .collect()
+    };
+    for (k, cfg) in [
+        (120, None),
+        (80, None),
+        (60, Some(&readings_only)),
+        (50, Some(&full)),
+    ] {
+        phases.push((next(k), cfg));
+    }
+    let derive = |m: &Message, cfg: &ReadingsConfig| {
+        let mut m = m.clone();
+        m.derived = tidegate::readings::derive(cfg, &m.topic, &m.payload, m.received_at);
+        m
+    };
+    let dump = |settings: &StoreSettings| -> Vec<String> {
+        [
+            "SELECT message_id || '|' || topic || '|' || coalesce(device, '') || '|' || field || '|' || coalesce(CAST(value AS TEXT), text) || '|' || CAST(ts AS TEXT) || '|' || ts_source FROM readings ORDER BY message_id, field",
+            "SELECT message_id || '|' || topic || '|' || CAST(temp AS TEXT) || '|' || CAST(ts AS TEXT) FROM climate ORDER BY message_id",
+            "SELECT topic || '|' || device || '|' || field || '|' || CAST(bucket AS TEXT) || '|' || count || '|' || CAST(round(sum * 1000) AS BIGINT) || '|' || CAST(round(last * 1000) AS BIGINT) || '|' || CAST(last_ts AS TEXT) FROM readings_1m ORDER BY 1",
+            "SELECT topic || '|' || device || '|' || field || '|' || CAST(bucket AS TEXT) || '|' || count || '|' || CAST(round(min * 1000) AS BIGINT) || '|' || CAST(round(max * 1000) AS BIGINT) FROM readings_1h ORDER BY 1",
+        ]
+        .iter()
+        .map(|sql| text_rows(settings, sql))
+        .chain([latest_rows(settings)])
+        .collect()
+    };
+    let (mut reference, mut backfilled) = (stores(), stores());
+    for ((name, want, _d1), (_, got, _d2)) in reference.iter_mut().zip(backfilled.iter_mut()) {
+        rt().block_on(async {
+            let all_on = store::open(want).await.unwrap();
+            let live = store::open(got).await.unwrap();
+            for (batch, cfg) in &phases {
+                write(&all_on, batch.iter().map(|m| derive(m, &full)).collect()).await;
+                let as_live = batch
+                    .iter()
+                    .map(|m| cfg.map_or_else(|| m.clone(), |c| derive(m, c)))
+                    .collect();
+                write(&live, as_live).await;
+            }
+            let first = tidegate::backfill::backfill(&*live, &full, false).await.unwrap();
+            // 200 messages stored with readings off, 20 of them not JSON; 260 stored before
+            // the mapping, 26 of them not JSON.
+            assert_eq!(first.read, 310, "{name}");
+            assert_eq!(
+                (first.messages_with_readings, first.readings),
+                (180, 360),
+                "{name}"
+            );
+            assert_eq!(first.mapped.get("climate"), Some(&(234, 0)), "{name}: {first}");
+            let again = tidegate::backfill::backfill(&*live, &full, false).await.unwrap();
+            assert_eq!((again.readings, again.notes), (0, 0), "{name}: {again}");
+            assert_eq!(again.mapped.get("climate"), Some(&(0, 0)), "{name}: {again}");
+        });
+        let (want, got) = (dump(want), dump(got));
+        for (w, g) in want.iter().zip(&got) {
+            assert!(!w.is_empty(), "{name}");
+            assert_eq!(g, w, "{name}");
+        }
+    }
+}

@@ -2,6 +2,7 @@
 //! A store commits a batch in one transaction and reports, per message, what became of it. It
 //! must never acknowledge anything itself: `Committed` is handed back to the pipeline, which acks.
 
+pub mod backfill;
 pub mod dedup;
 pub mod delivery_marks;
 pub mod latest;
@@ -168,6 +169,35 @@ pub trait Store: Send + Sync + 'static {
     /// for a store that keeps no tables of its own.
     async fn schema_version(&self) -> Result<Option<i64>, StoreError> {
         Ok(None)
+    }
+
+    /// Which stored messages, from the first to the newest stored now, already have readings
+    /// (or a note on why they have none) and a row in each of the mapping `tables`, read in one
+    /// snapshot. For `tidegate backfill`.
+    async fn coverage(&self, _tables: &[String]) -> Result<backfill::Coverage, StoreError> {
+        Err(StoreError::Query(
+            "this store keeps no messages to derive from".into(),
+        ))
+    }
+
+    /// Up to `limit` stored messages with ids in `after + 1..=last`, in id order, each with its
+    /// id, to derive again (`backfill::stored_message`).
+    async fn stored(
+        &self,
+        _after: i64,
+        _last: i64,
+        _limit: usize,
+    ) -> Result<Vec<(i64, Message)>, StoreError> {
+        Err(StoreError::Query(
+            "this store keeps no messages to derive from".into(),
+        ))
+    }
+
+    /// Writes what was derived from stored messages (`Message::derived` of each, with its id):
+    /// readings, notes, mapping rows, latest values and rollups, in one transaction, durable when
+    /// it returns. Never a message, a topic count or a mark.
+    async fn write_derived(&self, _rows: Arc<Vec<(i64, Message)>>) -> Result<(), StoreError> {
+        Err(StoreError::Write("this store keeps no readings".into()))
     }
 
     /// A short description for logs, without secrets.

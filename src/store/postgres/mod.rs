@@ -4,6 +4,7 @@
 //! is safe. A batch the database refuses for its data is split, and a single refused message is
 //! recorded in `rejected`, so one bad message can never stall the stream.
 
+mod backfill;
 mod commit_token;
 mod copy;
 mod error;
@@ -523,6 +524,34 @@ impl Store for PgStore {
         read::latest(&client, &q)
             .await
             .map_err(|e| StoreError::Query(describe_pg(&e)))
+    }
+
+    async fn coverage(&self, tables: &[String]) -> Result<crate::store::backfill::Coverage, StoreError> {
+        let mut client = self.client(StoreError::Query).await?;
+        backfill::coverage(&mut client, tables)
+            .await
+            .map_err(|e| StoreError::Query(describe_pg(&e)))
+    }
+
+    async fn stored(&self, after: i64, last: i64, limit: usize) -> Result<Vec<(i64, Message)>, StoreError> {
+        let client = self.client(StoreError::Query).await?;
+        backfill::stored(&client, after, last, limit)
+            .await
+            .map_err(|e| StoreError::Query(describe_pg(&e)))
+    }
+
+    async fn write_derived(&self, rows: Arc<Vec<(i64, Message)>>) -> Result<(), StoreError> {
+        let (ids, messages): (Vec<i64>, Vec<Message>) = Arc::try_unwrap(rows)
+            .unwrap_or_else(|shared| (*shared).clone())
+            .into_iter()
+            .unzip();
+        let mut client = self.client(StoreError::Write).await?;
+        backfill::write(&mut client, &self.series, &messages, &ids)
+            .await
+            .map_err(|e| match e {
+                write::RowsError::Pg(e) => StoreError::Write(describe_pg(&e)),
+                other => StoreError::Write(other.to_string()),
+            })
     }
 
     async fn retain(&self, policy: &crate::config::RetentionPolicy, chunk: usize) -> Result<u64, StoreError> {

@@ -440,7 +440,7 @@ async fn upsert_topics(tx: &Transaction<'_>, stored: &[&Message]) -> Result<(), 
 /// That one may be adding the same series: if this one got there first, its row would hold
 /// that batch's insert while it waited for that batch's commit, and neither would ever commit.
 /// New series are rare after the first batches, so this wait is too.
-async fn reading_series(
+pub(super) async fn reading_series(
     tx: &Transaction<'_>,
     series: &mut Pending<'_>,
     turn: Option<&Attempt<'_>>,
@@ -467,7 +467,7 @@ async fn reading_series(
 }
 
 /// Notes on stored payloads that gave no readings.
-async fn insert_notes(
+pub(super) async fn insert_notes(
     tx: &Transaction<'_>,
     batch: &[Message],
     to_store: &[usize],

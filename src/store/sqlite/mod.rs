@@ -3,6 +3,7 @@
 //! Metabase are never locked out. It must never hold a write transaction open across anything
 //! but the batch itself.
 
+mod backfill;
 mod checkpoint;
 mod durable;
 mod mapped;
@@ -169,6 +170,29 @@ impl Store for SqliteStore {
         tokio::task::spawn_blocking(move || readers.with(|c| read::latest(c, &q)))
             .await
             .map_err(|_| StoreError::Closed)?
+    }
+
+    async fn coverage(&self, tables: &[String]) -> Result<crate::store::backfill::Coverage, StoreError> {
+        let (readers, tables) = (self.readers.clone(), tables.to_vec());
+        tokio::task::spawn_blocking(move || readers.with(|c| backfill::coverage(c, &tables)))
+            .await
+            .map_err(|_| StoreError::Closed)?
+    }
+
+    async fn stored(&self, after: i64, last: i64, limit: usize) -> Result<Vec<(i64, Message)>, StoreError> {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || readers.with(|c| backfill::stored(c, after, last, limit)))
+            .await
+            .map_err(|_| StoreError::Closed)?
+    }
+
+    async fn write_derived(&self, rows: Arc<Vec<(i64, Message)>>) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Backfill(rows, reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?.map(drop)
     }
 
     async fn retain(&self, policy: &crate::config::RetentionPolicy, chunk: usize) -> Result<u64, StoreError> {

@@ -133,7 +133,6 @@ fn write_in_transaction(
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut topics = TopicTally::default();
-    let mut stored: Vec<(&Message, i64)> = Vec::new();
     // A batch's messages mostly share their millisecond: each distinct one is formatted once.
     let mut last: Option<(i64, Rc<str>)> = None;
     let received: Vec<Rc<str>> = batch
@@ -154,8 +153,6 @@ fn write_in_transaction(
         let mut insert_rejected = tx.prepare_cached(
             "INSERT INTO rejected (received_at, topic, size, qos, reason, source) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
-        let mut insert_note =
-            tx.prepare_cached("INSERT OR REPLACE INTO reading_notes (message_id, note) VALUES (?1, ?2)")?;
         let redelivered = delivery_marks::redelivered(batch.iter().copied());
         let mut marks = SqliteMarks {
             delivery: read_marks(&tx, &redelivered)?,
@@ -210,44 +207,13 @@ fn write_in_transaction(
             outcomes.push(outcome);
         }
         let first = insert_messages(&tx, &message_rows)?;
-        let mut reading_rows = Vec::new();
+        let mut derived = Vec::with_capacity(message_rows.len());
         for (id, row) in (first..).zip(&message_rows) {
             outcomes[row.at] = Outcome::Stored { id };
-            let m = row.m;
-            let Some(d) = &m.derived else { continue };
-            let ts: Rc<str> = if d.ts.timestamp_millis() == m.received_at.timestamp_millis() {
-                row.received_at.clone()
-            } else {
-                crate::time::to_sql_text(d.ts).into()
-            };
-            for r in &d.readings {
-                let series = series.id(&tx, &m.topic, d.device.as_deref(), &r.field)?;
-                reading_rows.push((id, ts.clone(), series, d, r));
+            if row.m.derived.is_some() {
+                derived.push((row.m, id, row.received_at));
             }
-            if let Some(note) = &d.note {
-                insert_note.execute(params![id, note])?;
-            }
-            stored.push((m, id));
         }
-        rows::insert(
-            &tx,
-            "series_points",
-            READING_COLUMNS,
-            reading_rows.len(),
-            |st, i, p| {
-                let (id, ts, series, d, r) = &reading_rows[i];
-                let (value, text) = match &r.value {
-                    crate::readings::Value::Number(v) => (Some(*v), None),
-                    crate::readings::Value::Text(t) => (None, Some(t.as_str())),
-                };
-                st.raw_bind_parameter(p, id)?;
-                st.raw_bind_parameter(p + 1, series)?;
-                st.raw_bind_parameter(p + 2, &**ts)?;
-                st.raw_bind_parameter(p + 3, value)?;
-                st.raw_bind_parameter(p + 4, text)?;
-                st.raw_bind_parameter(p + 5, d.ts_source.as_str())
-            },
-        )?;
         write_marks(
             &tx,
             delivery_marks::new_rows(batch.iter().copied(), &verdicts, &hashes),
@@ -257,7 +223,6 @@ fn write_in_transaction(
         for (topic, hash) in &marks.last {
             put_last.execute(params![topic, &hash[..]])?;
         }
-        write_mapped(&tx, &stored)?;
         let mut upsert_topic = tx.prepare_cached(
             "INSERT INTO topics (topic, message_count, first_seen, last_seen) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (topic) DO UPDATE SET message_count = message_count + excluded.message_count,
@@ -266,26 +231,77 @@ fn write_in_transaction(
         for (topic, (count, first, last)) in topics.0 {
             upsert_topic.execute(params![topic, count, first, last])?;
         }
-        let mut upsert_latest = tx.prepare_cached(
-            "INSERT INTO readings_latest (topic, device, field, value, text, ts) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (topic, device, field) DO UPDATE SET value = excluded.value, text = excluded.text, ts = excluded.ts
-             WHERE excluded.ts >= readings_latest.ts",
-        )?;
-        let folded = rollup::aggregate(stored.iter().map(|(m, _)| *m));
-        for l in folded.latest {
-            upsert_latest.execute(params![
-                l.topic,
-                l.device,
-                l.field,
-                l.value,
-                l.text,
-                crate::time::to_sql_text(l.ts)
-            ])?;
-        }
-        upsert_rollups(&tx, folded.buckets)?;
+        write_derived(&tx, series, &derived)?;
     }
     tx.commit()?;
     Ok(outcomes)
+}
+
+/// Writes what was derived from stored messages, each given with its id and its receive time as
+/// stored: readings and notes, mapping rows, latest values and rollups. A batch's transaction
+/// calls it for the messages it stores; `backfill` for messages stored before.
+pub(super) fn write_derived(
+    tx: &rusqlite::Transaction<'_>,
+    series: &mut Series,
+    messages: &[(&Message, i64, &Rc<str>)],
+) -> rusqlite::Result<()> {
+    let mut insert_note =
+        tx.prepare_cached("INSERT OR REPLACE INTO reading_notes (message_id, note) VALUES (?1, ?2)")?;
+    let mut reading_rows = Vec::new();
+    let mut stored = Vec::with_capacity(messages.len());
+    for &(m, id, received_at) in messages {
+        let Some(d) = &m.derived else { continue };
+        let ts: Rc<str> = if d.ts.timestamp_millis() == m.received_at.timestamp_millis() {
+            received_at.clone()
+        } else {
+            crate::time::to_sql_text(d.ts).into()
+        };
+        for r in &d.readings {
+            let series = series.id(tx, &m.topic, d.device.as_deref(), &r.field)?;
+            reading_rows.push((id, ts.clone(), series, d, r));
+        }
+        if let Some(note) = &d.note {
+            insert_note.execute(params![id, note])?;
+        }
+        stored.push((m, id));
+    }
+    rows::insert(
+        tx,
+        "series_points",
+        READING_COLUMNS,
+        reading_rows.len(),
+        |st, i, p| {
+            let (id, ts, series, d, r) = &reading_rows[i];
+            let (value, text) = match &r.value {
+                crate::readings::Value::Number(v) => (Some(*v), None),
+                crate::readings::Value::Text(t) => (None, Some(t.as_str())),
+            };
+            st.raw_bind_parameter(p, id)?;
+            st.raw_bind_parameter(p + 1, series)?;
+            st.raw_bind_parameter(p + 2, &**ts)?;
+            st.raw_bind_parameter(p + 3, value)?;
+            st.raw_bind_parameter(p + 4, text)?;
+            st.raw_bind_parameter(p + 5, d.ts_source.as_str())
+        },
+    )?;
+    write_mapped(tx, &stored)?;
+    let mut upsert_latest = tx.prepare_cached(
+        "INSERT INTO readings_latest (topic, device, field, value, text, ts) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (topic, device, field) DO UPDATE SET value = excluded.value, text = excluded.text, ts = excluded.ts
+         WHERE excluded.ts >= readings_latest.ts",
+    )?;
+    let folded = rollup::aggregate(stored.iter().map(|(m, _)| *m));
+    for l in folded.latest {
+        upsert_latest.execute(params![
+            l.topic,
+            l.device,
+            l.field,
+            l.value,
+            l.text,
+            crate::time::to_sql_text(l.ts)
+        ])?;
+    }
+    upsert_rollups(tx, folded.buckets)
 }
 
 /// Inserts the batch's messages in order. Returns the first one's id; the others follow it by

@@ -8,7 +8,7 @@ use std::{collections::VecDeque, sync::Arc};
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{checkpoint, durable, retain, series, stats, subscriptions, write};
+use super::{backfill, checkpoint, durable, retain, series, stats, subscriptions, write};
 use crate::{
     message::Message,
     store::{Outcome, StoreError},
@@ -18,6 +18,9 @@ pub(super) type WriteReply = oneshot::Sender<Result<Vec<Outcome>, StoreError>>;
 
 pub(super) enum Command {
     Write(Arc<Vec<Message>>, WriteReply),
+    /// What was derived from stored messages (`Store::write_derived`), answered with no
+    /// outcomes once it is on disk.
+    Backfill(Arc<Vec<(i64, Message)>>, WriteReply),
     Retain(
         crate::config::RetentionPolicy,
         usize,
@@ -66,7 +69,9 @@ pub(super) fn writer_thread(
             }
             failed = None;
             match cmd {
-                Command::Write(_, reply) => syncer.answer(reply, Err(refused())),
+                Command::Write(_, reply) | Command::Backfill(_, reply) => {
+                    syncer.answer(reply, Err(refused()))
+                }
                 Command::Retain(_, _, reply) => {
                     let _ = reply.send(Err(refused()));
                 }
@@ -104,6 +109,17 @@ pub(super) fn writer_thread(
                     &mut held,
                     &mut failed,
                 );
+            }
+            Command::Backfill(rows, reply) => {
+                let result = backfill::write(&mut conn, &mut series, &rows)
+                    .map(|()| Vec::new())
+                    .map_err(|e| StoreError::Write(e.to_string()));
+                match &syncer {
+                    Some(syncer) => syncer.answer(reply, result),
+                    None => {
+                        let _ = reply.send(result);
+                    }
+                }
             }
             Command::Retain(policy, chunk, reply) => {
                 let result =

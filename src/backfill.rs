@@ -1,0 +1,233 @@
+//! `tidegate backfill`: readings and mapping rows for messages stored before they were configured
+//! (stored while readings were off, or before a `[[mapping]]` was added). It reads the stored
+//! messages in id order a chunk at a time, derives each with the readings config in force, keeps
+//! only what that message does not have yet, and writes it in one transaction per chunk. It must
+//! never change or store again a message; a second run adds nothing, and a run stopped halfway
+//! is finished by the next.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use anyhow::Context;
+
+use crate::{
+    config::{RunArgs, Settings},
+    readings::{Derived, ReadingsConfig},
+    store::{self, backfill::Coverage, Store},
+};
+
+#[derive(Debug, clap::Args)]
+pub struct BackfillArgs {
+    /// Count what would be added, without writing anything.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// The same settings as `run` (the database, the readings rules and the `[[mapping]]`
+    /// tables); the broker's are not used.
+    #[command(flatten)]
+    pub settings: Box<RunArgs>,
+}
+
+/// Messages derived per transaction: large enough that a commit's cost is spread thin, small
+/// enough that a running tidegate's batches wait for the write lock no longer than for one of
+/// their own.
+const CHUNK: usize = 2_000;
+
+/// What a backfill added (or, on a dry run, would add).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// The store, as logs name it.
+    pub store: String,
+    /// Stored messages read.
+    pub read: u64,
+    /// Messages that were given readings, and how many.
+    pub messages_with_readings: u64,
+    pub readings: u64,
+    /// Notes on why a payload gave no readings.
+    pub notes: u64,
+    /// Per mapping table: rows added, and values that did not fit (recorded in `rejected`).
+    pub mapped: BTreeMap<String, (u64, u64)>,
+    pub dry_run: bool,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let verb = if self.dry_run { "would add" } else { "added" };
+        writeln!(
+            f,
+            "backfill of {}: {} stored messages read",
+            self.store, self.read
+        )?;
+        writeln!(
+            f,
+            "  readings: {verb} {} to {} messages ({} notes on payloads that gave none)",
+            self.readings, self.messages_with_readings, self.notes
+        )?;
+        for (table, (rows, misfits)) in &self.mapped {
+            write!(f, "  mapping table {table}: {verb} {rows} rows")?;
+            if *misfits > 0 {
+                write!(
+                    f,
+                    "; {misfits} did not fit (recorded in `rejected`, source 'mapping')"
+                )?;
+            }
+            writeln!(f)?;
+        }
+        Ok(())
+    }
+}
+
+/// Resolves the settings as `serve` would (nothing connects before they are valid), then runs.
+pub async fn run(args: BackfillArgs) -> anyhow::Result<Summary> {
+    let settings = Settings::resolve(crate::config::Mode::Serve, *args.settings)?;
+    let store_settings = settings
+        .store
+        .as_ref()
+        .context("no database is configured (--db)")?;
+    let readings = &settings.readings;
+    if !readings.enabled && readings.mappings.is_empty() {
+        anyhow::bail!(
+            "nothing to derive: readings are off and no [[mapping]] is configured; turn readings on \
+             (`readings = \"on\"`) or add a mapping, then run backfill again"
+        );
+    }
+    let store = store::open(store_settings).await?;
+    backfill(&*store, readings, args.dry_run).await
+}
+
+/// Derives and writes what the stored messages lack, with `readings` as the rules.
+pub async fn backfill(
+    store: &dyn Store,
+    readings: &ReadingsConfig,
+    dry_run: bool,
+) -> anyhow::Result<Summary> {
+    let mut tables: Vec<String> = readings
+        .mappings
+        .iter()
+        .map(|m| m.table.as_str().to_string())
+        .collect();
+    tables.sort();
+    tables.dedup();
+    let coverage = store.coverage(&tables).await?;
+    let mut summary = Summary {
+        store: store.describe(),
+        mapped: tables.iter().map(|t| (t.clone(), (0, 0))).collect(),
+        dry_run,
+        ..Summary::default()
+    };
+    let span = (coverage.last_id - coverage.first_id).saturating_add(1).max(0) as u64;
+    let bar = progress(if coverage.last_id == 0 { 0 } else { span });
+    let mut after = coverage.first_id.saturating_sub(1);
+    loop {
+        let chunk = store.stored(after, coverage.last_id, CHUNK).await?;
+        let Some(&(last, _)) = chunk.last() else { break };
+        after = last;
+        summary.read += chunk.len() as u64;
+        let mut rows = Vec::new();
+        for (id, mut m) in chunk {
+            let derived = crate::readings::derive(readings, &m.topic, &m.payload, m.received_at);
+            if let Some(d) = derived.and_then(|d| missing(d, id, &coverage)) {
+                tally(&mut summary, &d);
+                m.derived = Some(d);
+                rows.push((id, m));
+            }
+        }
+        if !dry_run && !rows.is_empty() {
+            store.write_derived(Arc::new(rows)).await?;
+        }
+        bar.set_position((after - coverage.first_id).saturating_add(1) as u64);
+    }
+    bar.finish_and_clear();
+    Ok(summary)
+}
+
+/// What of `d` message `id` does not have yet: its readings and note unless it has readings or
+/// a note, and its rows in the mapping tables it has none in. `None` when that is nothing.
+fn missing(mut d: Derived, id: i64, coverage: &Coverage) -> Option<Derived> {
+    if coverage.readings.contains(id) {
+        d.readings.clear();
+        d.note = None;
+    }
+    d.mapped.retain(|(m, _)| {
+        !coverage
+            .mapped
+            .get(m.table.as_str())
+            .is_some_and(|s| s.contains(id))
+    });
+    (!d.readings.is_empty() || d.note.is_some() || !d.mapped.is_empty()).then_some(d)
+}
+
+fn tally(s: &mut Summary, d: &Derived) {
+    if !d.readings.is_empty() {
+        s.messages_with_readings += 1;
+        s.readings += d.readings.len() as u64;
+    }
+    s.notes += u64::from(d.note.is_some());
+    for (m, row) in &d.mapped {
+        let e = s.mapped.entry(m.table.as_str().to_string()).or_default();
+        match row {
+            Ok(_) => e.0 += 1,
+            Err(_) => e.1 += 1,
+        }
+    }
+}
+
+/// A bar over the ids to read, on a terminal only.
+fn progress(len: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {percent}%  {per_sec} ids  {eta} left")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::backfill::IdSet;
+
+    fn with_mapping(toml: &str) -> ReadingsConfig {
+        use crate::readings::mapping::{Mapping, MappingSpec};
+        let spec: MappingSpec = toml::from_str(toml).unwrap();
+        ReadingsConfig {
+            mappings: vec![Arc::new(Mapping::from_spec(&spec).unwrap())],
+            ..Default::default()
+        }
+    }
+
+    fn covered(ids: &[i64], table: Option<(&str, &[i64])>) -> Coverage {
+        let mut c = Coverage::new(1, 10, &[]);
+        for id in ids {
+            c.readings.insert(*id);
+        }
+        if let Some((t, ids)) = table {
+            let mut s = IdSet::new(1, 10);
+            for id in ids {
+                s.insert(*id);
+            }
+            c.mapped.insert(t.into(), s);
+        }
+        c
+    }
+
+    /// A message keeps only what it lacks: readings when it has none, a mapping's row when that
+    /// table has none for it; nothing at all when it lacks nothing.
+    #[test]
+    fn only_what_a_message_lacks_is_kept() {
+        let cfg = with_mapping("filter = \"s/#\"\ntable = \"climate\"\n[columns]\ntemp = \"$.t\"\n");
+        let at = "2026-12-01T10:00:00Z".parse().unwrap();
+        let derive = || crate::readings::derive(&cfg, "s/1", br#"{"t": 21.5, "h": 40}"#, at).unwrap();
+        let none = missing(derive(), 3, &covered(&[], None)).unwrap();
+        assert_eq!((none.readings.len(), none.mapped.len()), (2, 1));
+        let has_readings = missing(derive(), 3, &covered(&[3], None)).unwrap();
+        assert_eq!((has_readings.readings.len(), has_readings.mapped.len()), (0, 1));
+        let has_row = missing(derive(), 3, &covered(&[], Some(("climate", &[3])))).unwrap();
+        assert_eq!((has_row.readings.len(), has_row.mapped.len()), (2, 0));
+        assert!(missing(derive(), 3, &covered(&[3], Some(("climate", &[3])))).is_none());
+        // Another message's coverage is not this one's.
+        assert!(missing(derive(), 4, &covered(&[3], Some(("climate", &[3])))).is_some());
+    }
+}

@@ -1,0 +1,133 @@
+//! A backfill on PostgreSQL: the coverage of the stored messages read in one snapshot, the
+//! messages read a chunk at a time, and what was derived from them written in one transaction
+//! per chunk with the statements a batch uses for the same rows (`write`). Other instances may
+//! write meanwhile: the shared rows (rollups, latest values, series) are upserted as a batch
+//! upserts them, in the same lock order. It must never write a message.
+
+use deadpool_postgres::ClientWrapper;
+use futures::{pin_mut, TryStreamExt};
+use tokio_postgres::{Client, IsolationLevel};
+
+use super::{
+    copy::copy_readings,
+    latest::{latest_rows, upsert_latest},
+    mapped::write_mapped,
+    rollups::{rollup_rows, upsert_rollups},
+    series::{Known, Pending},
+    write::{first_error, insert_notes, reading_series, RowsError},
+};
+use crate::{
+    message::Message,
+    store::backfill::{stored_message, Coverage, IdSet},
+};
+
+/// Which messages stored now already have readings or a note, and rows in each of `tables`, in
+/// one repeatable-read snapshot.
+pub async fn coverage(
+    client: &mut ClientWrapper,
+    tables: &[String],
+) -> Result<Coverage, tokio_postgres::Error> {
+    let tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    let row = tx.query_one("SELECT min(id), max(id) FROM messages", &[]).await?;
+    let (Some(first), Some(last)) = (row.get::<_, Option<i64>>(0), row.get::<_, Option<i64>>(1)) else {
+        return Ok(Coverage::default());
+    };
+    let mut c = Coverage::new(first, last, &[]);
+    for sql in [
+        "SELECT message_id FROM series_points",
+        "SELECT message_id FROM reading_notes",
+    ] {
+        add_ids(&tx, sql, &mut c.readings).await?;
+    }
+    for table in tables {
+        let quoted = format!("\"{}\"", table.replace('"', "\"\""));
+        let exists: Option<String> = tx
+            .query_one("SELECT to_regclass($1)::text", &[&quoted])
+            .await?
+            .get(0);
+        if exists.is_some() {
+            let mut ids = IdSet::new(first, last);
+            add_ids(&tx, &format!("SELECT message_id FROM {quoted}"), &mut ids).await?;
+            c.mapped.insert(table.clone(), ids);
+        }
+    }
+    tx.commit().await?;
+    Ok(c)
+}
+
+/// Streams the ids a query answers into `set`, without holding its rows.
+async fn add_ids(
+    client: &deadpool_postgres::Transaction<'_>,
+    sql: &str,
+    set: &mut IdSet,
+) -> Result<(), tokio_postgres::Error> {
+    let rows = client.query_raw(sql, std::iter::empty::<i64>()).await?;
+    pin_mut!(rows);
+    while let Some(r) = rows.try_next().await? {
+        set.insert(r.get(0));
+    }
+    Ok(())
+}
+
+/// Up to `limit` messages with ids in `after + 1..=last`, in id order.
+pub async fn stored(
+    client: &Client,
+    after: i64,
+    last: i64,
+    limit: usize,
+) -> Result<Vec<(i64, Message)>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT id, received_at, topic, coalesce(payload_raw, convert_to(payload, 'UTF8')), qos
+             FROM messages WHERE id > $1 AND id <= $2 ORDER BY id LIMIT $3",
+            &[&after, &last, &(limit as i64)],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let payload: Option<Vec<u8>> = r.get(3);
+            let qos: i16 = r.get(4);
+            let m = stored_message(
+                r.get(2),
+                payload.unwrap_or_default(),
+                r.get(1),
+                u8::try_from(qos).unwrap_or(0),
+            );
+            (r.get(0), m)
+        })
+        .collect())
+}
+
+/// One transaction with what was derived from `messages` (whose ids are `ids`).
+pub async fn write(
+    client: &mut ClientWrapper,
+    known: &Known,
+    messages: &[Message],
+    ids: &[i64],
+) -> Result<(), RowsError> {
+    let tx = client.transaction().await?;
+    let mut series = Pending::new(known);
+    let all: Vec<usize> = (0..messages.len()).collect();
+    let refs: Vec<&Message> = messages.iter().collect();
+    let series_ids = reading_series(&tx, &mut series, None, &refs).await?;
+    let folded = crate::store::rollup::aggregate(refs.iter().copied());
+    let rollups = rollup_rows(&series, folded.buckets)?;
+    let latest = latest_rows(&series, folded.latest)?;
+    let done = futures::join!(
+        copy_readings(&tx, &series_ids, messages, &all, ids),
+        insert_notes(&tx, messages, &all, ids),
+        upsert_rollups(&tx, &rollups),
+        upsert_latest(&tx, &latest),
+    );
+    first_error([done.0, done.1, done.2, done.3])?;
+    write_mapped(&tx, messages, &all, ids).await?;
+    tx.commit().await?;
+    series.commit();
+    Ok(())
+}
