@@ -85,10 +85,25 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<Summary> {
         .context("no database is configured (--db)")?;
     let readings = &settings.readings;
     if !readings.enabled && readings.mappings.is_empty() {
-        anyhow::bail!(
+        return Err(crate::config::ConfigError::new(
+            "readings",
             "nothing to derive: readings are off and no [[mapping]] is configured; turn readings on \
-             (`readings = \"on\"`) or add a mapping, then run backfill again"
-        );
+             (`readings = \"on\"`) or add a mapping, then run backfill again",
+        )
+        .into());
+    }
+    // Opening would create an empty file: a mistyped path would "backfill" nothing, silently.
+    if let crate::config::DbUrl::Sqlite(path) = &store_settings.db {
+        if !path.exists() {
+            return Err(crate::config::ConfigError::new(
+                "db",
+                format!(
+                    "there is no database at {}; give the file tidegate stores into (--db, or `db` in the config file)",
+                    path.display()
+                ),
+            )
+            .into());
+        }
     }
     let store = store::open(store_settings).await?;
     backfill(&*store, readings, args.dry_run).await

@@ -631,3 +631,24 @@ fn a_sighup_while_the_store_opens_is_applied_once_running_not_fatal() {
     );
     assert!(t.term().success());
 }
+
+/// `backfill` refuses what would do nothing, before touching a database: a database path that
+/// does not exist (opening it would create an empty one) and a config that derives nothing.
+#[test]
+fn backfill_refuses_a_missing_database_and_a_config_that_derives_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = refused_before_start(&["backfill", "--db", "tidegate.db"], "no database at", dir.path());
+    assert!(out.contains("--db"), "{out}");
+    std::fs::write(dir.path().join("other.db"), b"").unwrap();
+    let out = refused_before_start(
+        &["backfill", "--db", "other.db", "--readings", "off"],
+        "nothing to derive",
+        dir.path(),
+    );
+    assert!(out.contains("readings"), "{out}");
+    assert_eq!(
+        std::fs::metadata(dir.path().join("other.db")).unwrap().len(),
+        0,
+        "untouched"
+    );
+}

@@ -2436,7 +2436,13 @@ fn every_store_backfills_to_what_deriving_from_the_start_gives() {
                     .collect();
                 write(&live, as_live).await;
             }
+            let dry = tidegate::backfill::backfill(&*live, &full, true).await.unwrap();
             let first = tidegate::backfill::backfill(&*live, &full, false).await.unwrap();
+            assert_eq!(
+                (dry.read, dry.readings, &dry.mapped),
+                (first.read, first.readings, &first.mapped),
+                "{name}: a dry run counts what the run adds"
+            );
             // 200 messages stored with readings off, 20 of them not JSON; 260 stored before
             // the mapping, 26 of them not JSON.
             assert_eq!(first.read, 310, "{name}");

@@ -58,6 +58,10 @@ impl SqliteStore {
             reason,
         };
         let mut conn = connect(path).map_err(|e| open_err(e.to_string()))?;
+        // Room for every statement a write transaction runs (about thirty with both rollup
+        // widths): with rusqlite's default of 16, a batch pushed its own first statements out
+        // and SQLite compiled them again in the next.
+        conn.set_prepared_statement_cache_capacity(64);
         // WAL lets readers (Metabase) read while tidegate writes; it is persistent in the file.
         let mode: String = conn
             .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
