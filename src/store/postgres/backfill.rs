@@ -81,15 +81,19 @@ pub async fn stored(
     last: i64,
     limit: usize,
 ) -> Result<Vec<(i64, Message)>, tokio_postgres::Error> {
+    // No upper bound in the statement: with one, and statistics from before a bulk load, the
+    // planner expected a few rows in the range, read all of them and sorted them for every chunk
+    // (91 ms against 0.6 ms a chunk of 2,000 out of 300,000). The rows past `last` are dropped.
     let rows = client
         .query(
             "SELECT id, received_at, topic, coalesce(payload_raw, convert_to(payload, 'UTF8')), qos
-             FROM messages WHERE id > $1 AND id <= $2 ORDER BY id LIMIT $3",
-            &[&after, &last, &(limit as i64)],
+             FROM messages WHERE id > $1 ORDER BY id LIMIT $2",
+            &[&after, &(limit as i64)],
         )
         .await?;
     Ok(rows
         .iter()
+        .take_while(|r| r.get::<_, i64>(0) <= last)
         .map(|r| {
             let payload: Option<Vec<u8>> = r.get(3);
             let qos: i16 = r.get(4);

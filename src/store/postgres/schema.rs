@@ -404,8 +404,16 @@ pub async fn migrate(client: &mut Client) -> Result<(), MigrateError> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
         .await?;
-    tx.batch_execute("CREATE TABLE IF NOT EXISTS tidegate_schema (version integer NOT NULL)")
-        .await?;
+    // Only when missing: on an existing table `IF NOT EXISTS` has the server send a notice,
+    // which the driver logs at every start. The advisory lock above makes the check safe.
+    let exists: Option<String> = tx
+        .query_one("SELECT to_regclass('tidegate_schema')::text", &[])
+        .await?
+        .get(0);
+    if exists.is_none() {
+        tx.batch_execute("CREATE TABLE tidegate_schema (version integer NOT NULL)")
+            .await?;
+    }
     let found: Option<i32> = tx
         .query_one("SELECT max(version) FROM tidegate_schema", &[])
         .await?
