@@ -27,10 +27,22 @@ pub struct BackfillArgs {
     pub settings: Box<RunArgs>,
 }
 
-/// Messages derived per transaction: large enough that a commit's cost is spread thin, small
-/// enough that a running tidegate's batches wait for the write lock no longer than for one of
-/// their own.
+/// Messages derived per transaction at most: large enough that a commit's cost is spread thin,
+/// small enough that a running tidegate's batches wait for the write lock no longer than for
+/// one of their own.
 const CHUNK: usize = 2_000;
+
+/// Payload bytes a chunk should hold about: 2,000 payloads of 1 MiB (the default
+/// `--max-payload`) would take 2 GiB. The next chunk's size follows the last one's payloads.
+const CHUNK_BYTES: usize = 8 << 20;
+
+/// How many messages the next chunk reads, after one of `read` messages with `bytes` of payload.
+fn next_chunk(read: usize, bytes: usize) -> usize {
+    match bytes.checked_div(read) {
+        Some(mean) if mean > 0 => (CHUNK_BYTES / mean).clamp(1, CHUNK),
+        _ => CHUNK,
+    }
+}
 
 /// What a backfill added (or, on a dry run, would add).
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -132,11 +144,14 @@ pub async fn backfill(
     let span = (coverage.last_id - coverage.first_id).saturating_add(1).max(0) as u64;
     let bar = progress(if coverage.last_id == 0 { 0 } else { span });
     let mut after = coverage.first_id.saturating_sub(1);
+    // Small at first, until the payloads' size is known.
+    let mut limit = 100;
     loop {
-        let chunk = store.stored(after, coverage.last_id, CHUNK).await?;
+        let chunk = store.stored(after, coverage.last_id, limit).await?;
         let Some(&(last, _)) = chunk.last() else { break };
         after = last;
         summary.read += chunk.len() as u64;
+        limit = next_chunk(chunk.len(), chunk.iter().map(|(_, m)| m.payload.len()).sum());
         let mut rows = Vec::new();
         for (id, mut m) in chunk {
             let derived = crate::readings::derive(readings, &m.topic, &m.payload, m.received_at);
@@ -230,6 +245,14 @@ mod tests {
 
     /// A message keeps only what it lacks: readings when it has none, a mapping's row when that
     /// table has none for it; nothing at all when it lacks nothing.
+    #[test]
+    fn a_chunk_holds_about_8_mib_of_payloads_and_at_most_2000_messages() {
+        assert_eq!(next_chunk(100, 100 * 60), CHUNK);
+        assert_eq!(next_chunk(100, 100 << 20), 8);
+        assert_eq!(next_chunk(8, 8 * (64 << 20)), 1);
+        assert_eq!((next_chunk(0, 0), next_chunk(5, 0)), (CHUNK, CHUNK));
+    }
+
     #[test]
     fn only_what_a_message_lacks_is_kept() {
         let cfg = with_mapping("filter = \"s/#\"\ntable = \"climate\"\n[columns]\ntemp = \"$.t\"\n");
