@@ -488,6 +488,14 @@ fn tls_to_postgresql_is_verified_and_a_local_url_without_sslmode_needs_none() {
             ),
             "not valid for name",
         ),
+        // `prefer` verifies too, where libpq's takes any certificate.
+        (
+            format!(
+                "postgres://postgres@localhost:{}/{name}?sslmode=prefer",
+                server.port
+            ),
+            "certificate",
+        ),
         // Signed by a CA nobody told tidegate about.
         (
             format!(
@@ -500,5 +508,9 @@ fn tls_to_postgresql_is_verified_and_a_local_url_without_sslmode_needs_none() {
         let (status, out) = support::tidegate::run_to_end(&["serve", "--db", &db], &[], dir.path());
         assert!(!status.success(), "{db}: {out}");
         assert!(out.contains(why), "{db}: {out}");
+        assert!(
+            out.contains("sslrootcert=PATH") && out.contains("sslmode=disable"),
+            "{db}: says what to do: {out}"
+        );
     }
 }

@@ -18,10 +18,21 @@ pub(super) fn describe_pg(e: &tokio_postgres::Error) -> String {
                 s.push_str(&inner.to_string());
                 src = inner.source();
             }
+            if s.contains("invalid peer certificate") {
+                s.push_str(TLS_HINT);
+            }
             s
         }
     }
 }
+
+/// What to do when the server's certificate is refused. tidegate verifies every TLS connection,
+/// `sslmode=prefer` (the default for another machine) included, where libpq's `prefer` takes
+/// any certificate: a URL `psql` accepts can fail here.
+const TLS_HINT: &str = " (tidegate verifies the server's certificate whenever it uses TLS: give the CA \
+     that signed it with `sslrootcert=PATH` in the URL — for a distribution's self-signed one, a copy \
+     of the server's /etc/ssl/certs/ssl-cert-snakeoil.pem — and the host name the certificate \
+     names, or `sslmode=disable` on a network you trust)";
 
 /// Errors caused by the data of the batch rather than by the connection or the server state.
 pub(super) fn is_data_error(e: &tokio_postgres::Error) -> bool {
