@@ -468,45 +468,47 @@ fn a_readings_root_takes_readings_from_the_decoded_part_of_an_uplink() {
 
 /// Messages stored while readings were off and before a mapping was added get their readings
 /// and mapping rows from `tidegate backfill`, run beside a tidegate that keeps storing new
-/// messages into the same SQLite file: in the end every message has exactly one reading and one
+/// messages into the same database: in the end every message has exactly one reading and one
 /// mapping row, whichever of the two wrote them. A second backfill adds nothing.
-#[test]
-fn backfill_beside_a_running_tidegate_gives_every_message_its_readings_and_rows_once() {
+fn backfill_beside_a_running_tidegate(
+    name: &str,
+    db_url: &str,
+    count: &dyn Fn(&str) -> i64,
+    own_value: &str,
+) {
     let broker = Mosquitto::start(BrokerOptions::default());
     let dir = tempfile::tempdir().unwrap();
-    let sqlite = dir.path().join("later.db");
-    let db_path = sqlite.to_str().unwrap();
     let topic = "sensors/s1/telemetry";
     let lines = |from: usize, to: usize| -> Vec<String> {
         (from..to).map(|n| format!(r#"{{"temp":{n}}}"#)).collect()
     };
+    let wait = |sql: &str, n: i64| {
+        support::wait_for(Duration::from_secs(60), || (count(sql) == n).then_some(()))
+            .unwrap_or_else(|| panic!("{name}: `{sql}` stayed at {} (not {n})", count(sql)))
+    };
     let (before, during) = (20_000, 5_000);
+    let client_id = format!("backfill-later-{name}");
     let mut first = Tidegate::run_subscribed(
         &broker.url(),
-        db_path,
+        db_url,
         "sensors/#",
-        "backfill-later",
+        &client_id,
         &["--readings", "off"],
         dir.path(),
     );
     broker.publish_lines(topic, 1, &lines(0, before));
-    db::wait_count(
-        &sqlite,
-        "SELECT count(*) FROM messages",
-        before as i64,
-        Duration::from_secs(60),
-    );
+    wait("SELECT count(*) FROM messages", before as i64);
     assert!(first.term().success());
-    assert_eq!(db::count(&sqlite, "SELECT count(*) FROM readings"), 0);
+    assert_eq!(count("SELECT count(*) FROM readings"), 0, "{name}");
 
     // Readings on (the default) and the mapping added; new messages get both as they come.
     let conf = support::telemetry_mapping(dir.path());
     let conf = conf.to_str().unwrap();
     let _second = Tidegate::run_subscribed(
         &broker.url(),
-        db_path,
+        db_url,
         "sensors/#",
-        "backfill-later",
+        &client_id,
         &["--config", conf],
         dir.path(),
     );
@@ -520,44 +522,87 @@ fn backfill_beside_a_running_tidegate_gives_every_message_its_readings_and_rows_
             std::thread::sleep(Duration::from_millis(100));
         }
     });
-    let (status, out) =
-        support::tidegate::run_to_end(&["backfill", "--db", db_path, "--config", conf], &[], dir.path());
+    let backfill =
+        || support::tidegate::run_to_end(&["backfill", "--db", db_url, "--config", conf], &[], dir.path());
+    let (status, out) = backfill();
     publisher.join().unwrap();
-    assert!(status.success(), "{out}");
+    assert!(status.success(), "{name}: {out}");
     // What the running tidegate stored after the backfill read its snapshot is its own.
-    assert!(out.contains("readings: added 20000 to 20000 messages"), "{out}");
-    assert!(out.contains("mapping table telemetry: added 20000 rows"), "{out}");
+    assert!(
+        out.contains("readings: added 20000 to 20000 messages"),
+        "{name}: {out}"
+    );
+    assert!(
+        out.contains("mapping table telemetry: added 20000 rows"),
+        "{name}: {out}"
+    );
     let total = (before + during) as i64;
-    db::wait_count(
-        &sqlite,
-        "SELECT count(*) FROM messages",
-        total,
-        Duration::from_secs(60),
-    );
-    db::wait_count(
-        &sqlite,
-        "SELECT count(*) FROM telemetry",
-        total,
-        Duration::from_secs(30),
-    );
-    let count = |sql: &str| db::count(&sqlite, sql);
-    assert_eq!(count("SELECT count(*) FROM readings"), total, "{out}");
-    assert_eq!(count("SELECT count(DISTINCT message_id) FROM readings"), total);
-    assert_eq!(count("SELECT count(DISTINCT message_id) FROM telemetry"), total);
+    wait("SELECT count(*) FROM messages", total);
+    wait("SELECT count(*) FROM telemetry", total);
+    assert_eq!(count("SELECT count(*) FROM readings"), total, "{name}: {out}");
     assert_eq!(
-        count("SELECT count(*) FROM messages m JOIN telemetry t ON t.message_id = m.id WHERE CAST(json_extract(m.payload, '$.temp') AS REAL) = t.temperature_c"),
+        count("SELECT count(DISTINCT message_id) FROM readings"),
         total,
-        "each row holds its own message's value"
+        "{name}"
+    );
+    assert_eq!(
+        count("SELECT count(DISTINCT message_id) FROM telemetry"),
+        total,
+        "{name}"
+    );
+    assert_eq!(
+        count(own_value),
+        total,
+        "{name}: each row holds its own message's value"
     );
     assert_eq!(
         count("SELECT sum(count) FROM readings_1m WHERE field = 'temp'"),
         total,
-        "the rollups count every reading once"
+        "{name}: the rollups count every reading once"
     );
-    let (status, again) =
-        support::tidegate::run_to_end(&["backfill", "--db", db_path, "--config", conf], &[], dir.path());
-    assert!(status.success(), "{again}");
-    assert!(again.contains("readings: added 0 to 0 messages"), "{again}");
-    assert!(again.contains("mapping table telemetry: added 0 rows"), "{again}");
-    assert_eq!(count("SELECT count(*) FROM readings"), total);
+    let (status, again) = backfill();
+    assert!(status.success(), "{name}: {again}");
+    assert!(
+        again.contains("readings: added 0 to 0 messages"),
+        "{name}: {again}"
+    );
+    assert!(
+        again.contains("mapping table telemetry: added 0 rows"),
+        "{name}: {again}"
+    );
+    assert_eq!(count("SELECT count(*) FROM readings"), total, "{name}");
+}
+
+#[test]
+fn backfill_beside_a_running_tidegate_gives_every_message_its_readings_and_rows_once_in_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = dir.path().join("later.db");
+    backfill_beside_a_running_tidegate(
+        "sqlite",
+        sqlite.to_str().unwrap(),
+        &|sql| db::count(&sqlite, sql),
+        "SELECT count(*) FROM messages m JOIN telemetry t ON t.message_id = m.id \
+         WHERE CAST(json_extract(m.payload, '$.temp') AS REAL) = t.temperature_c",
+    );
+}
+
+#[test]
+fn backfill_beside_a_running_tidegate_gives_every_message_its_readings_and_rows_once_in_postgres() {
+    let server = pg::shared();
+    let url = pg::fresh_database(&server);
+    let name = url
+        .split('?')
+        .next()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    backfill_beside_a_running_tidegate(
+        "postgres",
+        &url,
+        &|sql| pg::psql(&server, &name, sql).trim().parse().unwrap_or(-1),
+        "SELECT count(*) FROM messages m JOIN telemetry t ON t.message_id = m.id \
+         WHERE (m.payload::jsonb->>'temp')::float8 = t.temperature_c",
+    );
 }
