@@ -5,7 +5,9 @@
 //! its next round), the API's certificate files as they are now (from the next connection), the
 //! API tokens accepted and the token `subscribe` sends (from the next request). Every other
 //! changed setting is named as needing a restart. An invalid file
-//! changes nothing. It must never drop the MQTT session or a message, nor apply half a file.
+//! changes nothing. A change that derives what stored messages lack (readings turned on, a new
+//! mapping table) suggests `tidegate backfill`. It must never drop the MQTT session or a
+//! message, nor apply half a file.
 
 use std::sync::Arc;
 
@@ -31,6 +33,10 @@ pub struct Report {
     /// Settings the file sets but a flag or an environment variable overrides (they win): change
     /// them there, or drop the flag or variable so the file decides.
     pub overridden: Vec<String>,
+    /// What to run next for what changed, such as a backfill for a new mapping (absent when
+    /// nothing).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub suggested: Vec<String>,
 }
 
 /// Where a reload hands each replaceable setting to the parts that use it.
@@ -91,6 +97,7 @@ impl Reloader {
             );
         }
         if new.readings != now.readings {
+            report.suggested.extend(backfill_suggestion(&now, &new));
             h.readings.send_replace(Arc::new(new.readings.clone()));
             report.applied.push(format!(
                 "readings {}, {} mapping(s), device and time rules",
@@ -164,8 +171,40 @@ impl Reloader {
                 "these settings changed in the file but apply only after a restart"
             );
         }
+        for s in &report.suggested {
+            tracing::info!("{s}");
+        }
         Ok(report)
     }
+}
+
+/// When a reload starts deriving something the stored messages lack (readings turned on, a new
+/// mapping table), the command that derives it for them: a mapping otherwise fills its table
+/// from the next message on, and nothing says so. Only where this process has a store.
+fn backfill_suggestion(now: &Settings, new: &Settings) -> Option<String> {
+    now.store.as_ref()?;
+    let mut gained = Vec::new();
+    if new.readings.enabled && !now.readings.enabled {
+        gained.push("readings".to_string());
+    }
+    let before: Vec<&str> = now.readings.mappings.iter().map(|m| m.table.as_str()).collect();
+    let mut tables: Vec<&str> = (new.readings.mappings.iter().map(|m| m.table.as_str()))
+        .filter(|t| !before.contains(t))
+        .collect();
+    tables.sort_unstable();
+    tables.dedup();
+    gained.extend(tables.iter().map(|t| format!("rows in mapping table {t}")));
+    if gained.is_empty() {
+        return None;
+    }
+    let file = now
+        .config_file()
+        .map(|f| format!(" --config {}", f.display()))
+        .unwrap_or_default();
+    Some(format!(
+        "messages stored before this reload have no {}: `tidegate backfill{file}` derives them, beside this process (docs/metabase.md)",
+        gained.join(" and no ")
+    ))
 }
 
 /// SIGHUP, listened for from the moment it is called. Call it first: until then SIGHUP's default

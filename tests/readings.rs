@@ -488,29 +488,36 @@ fn backfill_beside_a_running_tidegate(
     };
     let (before, during) = (20_000, 5_000);
     let client_id = format!("backfill-later-{name}");
-    let mut first = Tidegate::run_subscribed(
-        &broker.url(),
-        db_url,
-        "sensors/#",
-        &client_id,
-        &["--readings", "off"],
-        dir.path(),
-    );
-    broker.publish_lines(topic, 1, &lines(0, before));
-    wait("SELECT count(*) FROM messages", before as i64);
-    assert!(first.term().success());
-    assert_eq!(count("SELECT count(*) FROM readings"), 0, "{name}");
-
-    // Readings on (the default) and the mapping added; new messages get both as they come.
-    let conf = support::telemetry_mapping(dir.path());
+    let conf = dir.path().join("tidegate.toml");
+    std::fs::write(&conf, "readings = \"off\"\n").unwrap();
     let conf = conf.to_str().unwrap();
-    let _second = Tidegate::run_subscribed(
+    let running = Tidegate::run_subscribed(
         &broker.url(),
         db_url,
         "sensors/#",
         &client_id,
         &["--config", conf],
         dir.path(),
+    );
+    broker.publish_lines(topic, 1, &lines(0, before));
+    wait("SELECT count(*) FROM messages", before as i64);
+    assert_eq!(count("SELECT count(*) FROM readings"), 0, "{name}");
+
+    // Readings on (the default) and the mapping added by a reload; new messages get both as
+    // they come, and the reload says what derives them for the messages stored before.
+    support::telemetry_mapping(dir.path());
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let report: Value = reqwest::blocking::Client::new()
+        .post(format!("{}/api/v1/reload", running.api()))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let suggested = report["suggested"].to_string();
+    assert!(
+        suggested.contains("no readings and no rows in mapping table telemetry")
+            && suggested.contains(&format!("tidegate backfill --config {conf}")),
+        "{name}: {report}"
     );
     let port = broker.port;
     let publisher = std::thread::spawn(move || {

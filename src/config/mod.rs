@@ -291,6 +291,11 @@ impl Settings {
         Settings::resolve(self.origin.mode, self.origin.args.clone())
     }
 
+    /// The TOML file these settings were read from, if any.
+    pub fn config_file(&self) -> Option<&std::path::Path> {
+        self.origin.args.config.as_deref()
+    }
+
     /// The settings the config file gives a value that a flag or an environment variable
     /// overrides (they win over the file), by their names in the file: editing them there
     /// changes nothing. Only names, never values (some are secrets).
