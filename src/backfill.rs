@@ -154,6 +154,9 @@ pub async fn backfill(
         limit = next_chunk(chunk.len(), chunk.iter().map(|(_, m)| m.payload.len()).sum());
         let mut rows = Vec::new();
         for (id, mut m) in chunk {
+            if !lacks_anything(readings, id, &m.topic, &coverage) {
+                continue;
+            }
             let derived = crate::readings::derive(readings, &m.topic, &m.payload, m.received_at);
             if let Some(d) = derived.and_then(|d| missing(d, id, &coverage)) {
                 tally(&mut summary, &d);
@@ -168,6 +171,20 @@ pub async fn backfill(
     }
     bar.finish_and_clear();
     Ok(summary)
+}
+
+/// Whether message `id` on `topic` may lack something `readings` derives: readings (when on),
+/// or a row in a mapping table whose filter matches the topic. Checked before the payload is
+/// parsed: after a mapping is added, most stored messages are on other topics.
+fn lacks_anything(readings: &ReadingsConfig, id: i64, topic: &str, coverage: &Coverage) -> bool {
+    (readings.enabled && !coverage.readings.contains(id))
+        || readings.mappings.iter().any(|m| {
+            m.matches(topic)
+                && !coverage
+                    .mapped
+                    .get(m.table.as_str())
+                    .is_some_and(|s| s.contains(id))
+        })
 }
 
 /// What of `d` message `id` does not have yet: its readings and note unless it has readings or
@@ -267,5 +284,10 @@ mod tests {
         assert!(missing(derive(), 3, &covered(&[3], Some(("climate", &[3])))).is_none());
         // Another message's coverage is not this one's.
         assert!(missing(derive(), 4, &covered(&[3], Some(("climate", &[3])))).is_some());
+        // Not even parsed when it lacks nothing: readings there, and no mapping for its topic.
+        let all = covered(&[3], Some(("climate", &[3])));
+        assert!(!lacks_anything(&cfg, 3, "s/1", &all) && lacks_anything(&cfg, 4, "s/1", &all));
+        assert!(!lacks_anything(&cfg, 3, "other/topic", &covered(&[3], None)));
+        assert!(lacks_anything(&cfg, 3, "s/1", &covered(&[3], None)));
     }
 }
