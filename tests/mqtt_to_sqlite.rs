@@ -845,6 +845,22 @@ fn a_seed_database_is_upgraded_and_keeps_its_rows() {
     assert_eq!(rows[3].0, 4, "new ids continue after the seed's");
     // The original table is kept untouched under another name.
     assert_eq!(db::count(&case.db(), "SELECT count(*) FROM dados_seed"), 3);
+    // The seed's rows came without readings; a backfill derives them, beside the running
+    // tidegate, as for the message it stored itself ("old" is not JSON: nothing).
+    let readings = "SELECT group_concat(message_id || '=' || value, ',') FROM (SELECT * FROM readings ORDER BY message_id)";
+    let text = |sql: &str| -> String { db::open(&case.db()).query_row(sql, [], |r| r.get(0)).unwrap() };
+    assert_eq!(text(readings), "4=23.1");
+    let db_path = case.db();
+    let (status, out) = support::tidegate::run_to_end(
+        &["backfill", "--db", db_path.to_str().unwrap()],
+        &[],
+        db_path.parent().unwrap(),
+    );
+    assert!(
+        status.success() && out.contains("readings: added 2 to 2 messages"),
+        "{out}"
+    );
+    assert_eq!(text(readings), "1=21.5,2=22.0,4=23.1");
 }
 
 #[test]
