@@ -24,14 +24,7 @@ fn main() -> ExitCode {
                 .and_then(|r| r.block_on(tidegate::bench::run(*args)))
             {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    // A bad setting, as for `run`; anything else went wrong while measuring.
-                    match e.downcast_ref::<tidegate::config::ConfigError>() {
-                        Some(_) => ExitCode::from(2),
-                        None => ExitCode::FAILURE,
-                    }
-                }
+                Err(e) => failed(e),
             };
         }
         Command::Backfill(args) => {
@@ -43,13 +36,7 @@ fn main() -> ExitCode {
                     print!("{summary}");
                     ExitCode::SUCCESS
                 }
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    match e.downcast_ref::<tidegate::config::ConfigError>() {
-                        Some(_) => ExitCode::from(2),
-                        None => ExitCode::FAILURE,
-                    }
-                }
+                Err(e) => failed(e),
             };
         }
         Command::Mapping(MappingCommand::Test {
@@ -134,6 +121,16 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Prints a command's error and answers its exit code: 2 for a bad setting, as for `run`; 1 for
+/// anything that went wrong once it ran.
+fn failed(e: anyhow::Error) -> ExitCode {
+    eprintln!("error: {e:#}");
+    match e.downcast_ref::<tidegate::config::ConfigError>() {
+        Some(_) => ExitCode::from(2),
+        None => ExitCode::FAILURE,
     }
 }
 
