@@ -2463,3 +2463,46 @@ fn every_store_backfills_to_what_deriving_from_the_start_gives() {
         }
     }
 }
+
+/// One batch whose mapping rows change their columns from message to message (a field that
+/// comes and goes, `auto_columns` adding it midway): every row lands in order with its own
+/// values, in every store.
+#[test]
+fn a_batch_of_mapping_rows_with_changing_columns_keeps_each_rows_values() {
+    use tidegate::readings::{
+        mapping::{Mapping, MappingSpec},
+        ReadingsConfig,
+    };
+    let spec: MappingSpec =
+        toml::from_str("filter = \"w/#\"\ntable = \"wide\"\nauto_columns = true\n").unwrap();
+    let cfg = ReadingsConfig {
+        mappings: vec![Arc::new(Mapping::from_spec(&spec).unwrap())],
+        ..Default::default()
+    };
+    let payloads = [
+        r#"{"a":1}"#,
+        r#"{"a":2,"b":20}"#,
+        r#"{"a":3,"b":30}"#,
+        r#"{"a":4}"#,
+        r#"{"b":50,"c":"x"}"#,
+    ];
+    for (name, settings, _dir) in stores() {
+        rt().block_on(async {
+            let s = store::open(&settings).await.unwrap();
+            let batch = payloads
+                .iter()
+                .map(|p| {
+                    let mut m = msg("w/1", p.as_bytes());
+                    m.derived = tidegate::readings::derive(&cfg, &m.topic, &m.payload, m.received_at);
+                    m
+                })
+                .collect();
+            write(&s, batch).await;
+        });
+        let rows = text_rows(
+            &settings,
+            "SELECT message_id || ':' || coalesce(CAST(CAST(a AS INTEGER) AS TEXT), '-') || ',' || coalesce(CAST(CAST(b AS INTEGER) AS TEXT), '-') || ',' || coalesce(c, '-') FROM wide ORDER BY id",
+        );
+        assert_eq!(rows, "1:1,-,-\n2:2,20,-\n3:3,30,-\n4:4,-,-\n5:-,50,x", "{name}");
+    }
+}
