@@ -59,23 +59,32 @@ pub struct Summary {
     /// Per mapping table: rows added, and values that did not fit (recorded in `rejected`).
     pub mapped: BTreeMap<String, (u64, u64)>,
     pub dry_run: bool,
+    /// What became of telling Metabase of a table the backfill created, when one is configured.
+    pub metabase: Option<String>,
 }
 
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let verb = if self.dry_run { "would add" } else { "added" };
+        let n = |count: u64, what: &str| match count {
+            1 => format!("1 {what}"),
+            _ => format!("{count} {what}s"),
+        };
         writeln!(
             f,
-            "backfill of {}: {} stored messages read",
-            self.store, self.read
+            "backfill of {}: {} read",
+            self.store,
+            n(self.read, "stored message")
         )?;
         writeln!(
             f,
-            "  readings: {verb} {} to {} messages ({} notes on payloads that gave none)",
-            self.readings, self.messages_with_readings, self.notes
+            "  readings: {verb} {} to {} ({} on payloads that gave none)",
+            self.readings,
+            n(self.messages_with_readings, "message"),
+            n(self.notes, "note")
         )?;
         for (table, (rows, misfits)) in &self.mapped {
-            write!(f, "  mapping table {table}: {verb} {rows} rows")?;
+            write!(f, "  mapping table {table}: {verb} {}", n(*rows, "row"))?;
             if *misfits > 0 {
                 write!(
                     f,
@@ -83,6 +92,9 @@ impl std::fmt::Display for Summary {
                 )?;
             }
             writeln!(f)?;
+        }
+        if let Some(m) = &self.metabase {
+            writeln!(f, "  {m}")?;
         }
         Ok(())
     }
@@ -118,7 +130,23 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<Summary> {
         }
     }
     let store = store::open(store_settings).await?;
-    backfill(&*store, readings, args.dry_run).await
+    let schema = store.schema_version().await.ok().flatten();
+    let mut summary = backfill(&*store, readings, args.dry_run).await?;
+    // A mapping table the backfill created: Metabase learns of it now, not at its hourly sync.
+    if let Some(mb) = &settings.metabase {
+        if store.schema_version().await.ok().flatten() != schema {
+            summary.metabase = Some(match crate::metabase::sync_once(mb).await {
+                Ok(()) => format!(
+                    "asked Metabase ({}) to sync the schema: the new table shows at once",
+                    mb.url
+                ),
+                Err(why) => {
+                    format!("Metabase was not told of the new table ({why}); its hourly sync will find it")
+                }
+            });
+        }
+    }
+    Ok(summary)
 }
 
 /// Derives and writes what the stored messages lack, with `readings` as the rules.

@@ -30,7 +30,7 @@ pub async fn run(settings: MetabaseSettings, store: Arc<dyn Store>, mut stop: wa
             return;
         }
     };
-    let endpoint = format!("{}/api/database/{}/sync_schema", settings.url, settings.database);
+    let endpoint = endpoint(&settings);
     // The version Metabase was last told of; `None` until the first call succeeds.
     let mut synced: Option<Option<i64>> = None;
     let mut wait = Duration::ZERO;
@@ -69,6 +69,20 @@ pub async fn run(settings: MetabaseSettings, store: Arc<dyn Store>, mut stop: wa
             }
         }
     }
+}
+
+/// One sync, for a command that changed the schema and then ends (`tidegate backfill` creating
+/// a mapping table): no running tidegate may be there to notice.
+pub async fn sync_once(settings: &MetabaseSettings) -> Result<(), String> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| format!("cannot set up HTTP for Metabase: {e}"))?;
+    sync(&http, &endpoint(settings), settings).await
+}
+
+fn endpoint(settings: &MetabaseSettings) -> String {
+    format!("{}/api/database/{}/sync_schema", settings.url, settings.database)
 }
 
 /// One `POST /api/database/:id/sync_schema`; what went wrong, said for the operator, when it

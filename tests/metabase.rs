@@ -224,3 +224,48 @@ fn a_metabase_that_never_answers_does_not_hold_up_the_stop() {
     assert!(t.term().success(), "{}", t.log_text());
     assert!(t.log_text().contains("stopped cleanly"), "{}", t.log_text());
 }
+
+/// A mapping table that `tidegate backfill` creates reaches Metabase at once, with no tidegate
+/// running to notice it; a backfill that creates nothing asks for no sync.
+#[test]
+fn a_table_a_backfill_creates_is_announced_to_metabase() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("later.db");
+    let db = db.to_str().unwrap();
+    let mut t = Tidegate::start(&["serve", "--db", db], dir.path());
+    post(&t.api(), "sensors/s1/telemetry", r#"{"temp":21.5}"#);
+    assert!(t.term().success());
+    let metabase = FakeMetabase::start();
+    let conf = support::telemetry_mapping(dir.path());
+    let backfill = || {
+        support::tidegate::run_to_end(
+            &[
+                "backfill",
+                "--db",
+                db,
+                "--config",
+                conf.to_str().unwrap(),
+                "--metabase-url",
+                &metabase.url,
+                "--metabase-database",
+                "7",
+            ],
+            &[("TIDEGATE_METABASE_API_KEY", KEY)],
+            dir.path(),
+        )
+    };
+    let (status, out) = backfill();
+    assert!(status.success(), "{out}");
+    assert!(out.contains("mapping table telemetry: added 1 row"), "{out}");
+    assert!(out.contains("asked Metabase"), "{out}");
+    assert!(!out.contains(KEY), "{out}");
+    let calls = metabase.calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(
+        (calls[0].path.as_str(), calls[0].key.as_deref()),
+        ("/api/database/7/sync_schema", Some(KEY))
+    );
+    let (status, again) = backfill();
+    assert!(status.success() && !again.contains("Metabase"), "{again}");
+    assert_eq!(metabase.calls().len(), 1, "nothing new, no sync");
+}
