@@ -155,17 +155,13 @@ pub async fn backfill(
     readings: &ReadingsConfig,
     dry_run: bool,
 ) -> anyhow::Result<Summary> {
-    let mut tables: Vec<String> = readings
-        .mappings
-        .iter()
-        .map(|m| m.table.as_str().to_string())
-        .collect();
+    let mut tables: Vec<_> = readings.mappings.iter().map(|m| m.table.clone()).collect();
     tables.sort();
     tables.dedup();
     let coverage = store.coverage(&tables).await?;
     let mut summary = Summary {
         store: store.describe(),
-        mapped: tables.iter().map(|t| (t.clone(), (0, 0))).collect(),
+        mapped: tables.iter().map(|t| (t.as_str().to_string(), (0, 0))).collect(),
         dry_run,
         ..Summary::default()
     };
@@ -206,13 +202,10 @@ pub async fn backfill(
 /// parsed: after a mapping is added, most stored messages are on other topics.
 fn lacks_anything(readings: &ReadingsConfig, id: i64, topic: &str, coverage: &Coverage) -> bool {
     (readings.enabled && !coverage.readings.contains(id))
-        || readings.mappings.iter().any(|m| {
-            m.matches(topic)
-                && !coverage
-                    .mapped
-                    .get(m.table.as_str())
-                    .is_some_and(|s| s.contains(id))
-        })
+        || readings
+            .mappings
+            .iter()
+            .any(|m| m.matches(topic) && !coverage.has_row(m.table.as_str(), id))
 }
 
 /// What of `d` message `id` does not have yet: its readings and note unless it has readings or
@@ -222,12 +215,7 @@ fn missing(mut d: Derived, id: i64, coverage: &Coverage) -> Option<Derived> {
         d.readings.clear();
         d.note = None;
     }
-    d.mapped.retain(|(m, _)| {
-        !coverage
-            .mapped
-            .get(m.table.as_str())
-            .is_some_and(|s| s.contains(id))
-    });
+    d.mapped.retain(|(m, _)| !coverage.has_row(m.table.as_str(), id));
     (!d.readings.is_empty() || d.note.is_some() || !d.mapped.is_empty()).then_some(d)
 }
 
@@ -276,7 +264,7 @@ mod tests {
     }
 
     fn covered(ids: &[i64], table: Option<(&str, &[i64])>) -> Coverage {
-        let mut c = Coverage::new(1, 10, &[]);
+        let mut c = Coverage::new(1, 10);
         for id in ids {
             c.readings.insert(*id);
         }

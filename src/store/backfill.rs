@@ -45,14 +45,6 @@ impl IdSet {
         self.slot(id)
             .is_some_and(|(word, bit)| self.bits[word] & bit != 0)
     }
-
-    pub fn len(&self) -> u64 {
-        self.bits.iter().map(|w| u64::from(w.count_ones())).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.bits.iter().all(|w| *w == 0)
-    }
 }
 
 /// The stored messages a backfill covers (`first_id..=last_id`, the ids stored when it was
@@ -68,17 +60,19 @@ pub struct Coverage {
 }
 
 impl Coverage {
-    /// Empty sets for the ids `first..=last`, one for each of `tables`.
-    pub fn new(first: i64, last: i64, tables: &[String]) -> Self {
+    /// No message covered yet among the ids `first..=last`, and no mapping table.
+    pub fn new(first: i64, last: i64) -> Self {
         Coverage {
             first_id: first,
             last_id: last,
             readings: IdSet::new(first, last),
-            mapped: tables
-                .iter()
-                .map(|t| (t.clone(), IdSet::new(first, last)))
-                .collect(),
+            mapped: HashMap::new(),
         }
+    }
+
+    /// Whether message `id` has a row in mapping table `table`.
+    pub fn has_row(&self, table: &str, id: i64) -> bool {
+        self.mapped.get(table).is_some_and(|s| s.contains(id))
     }
 }
 
@@ -119,9 +113,10 @@ mod tests {
         }
         assert!(s.contains(10) && s.contains(11) && s.contains(73) && s.contains(74) && s.contains(200));
         assert!(!s.contains(9) && !s.contains(201) && !s.contains(12) && !s.contains(i64::MIN));
-        assert_eq!(s.len(), 5);
-        let empty = IdSet::new(5, 4);
-        assert!(empty.is_empty() && !empty.contains(5));
+        assert_eq!((-10..=300).filter(|id| s.contains(*id)).count(), 5);
+        let mut empty = IdSet::new(5, 4);
+        empty.insert(5);
+        assert!(!empty.contains(5) && !empty.contains(4));
         let none = IdSet::default();
         assert!(!none.contains(0));
     }

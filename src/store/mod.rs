@@ -174,7 +174,10 @@ pub trait Store: Send + Sync + 'static {
     /// Which stored messages, from the first to the newest stored now, already have readings
     /// (or a note on why they have none) and a row in each of the mapping `tables`, read in one
     /// snapshot. For `tidegate backfill`.
-    async fn coverage(&self, _tables: &[String]) -> Result<backfill::Coverage, StoreError> {
+    async fn coverage(
+        &self,
+        _tables: &[crate::readings::mapping::Ident],
+    ) -> Result<backfill::Coverage, StoreError> {
         Err(StoreError::Query(
             "this store keeps no messages to derive from".into(),
         ))

@@ -18,6 +18,7 @@ use super::{
 };
 use crate::{
     message::Message,
+    readings::mapping::Ident,
     store::backfill::{stored_message, Coverage, IdSet},
 };
 
@@ -25,7 +26,7 @@ use crate::{
 /// one repeatable-read snapshot.
 pub async fn coverage(
     client: &mut ClientWrapper,
-    tables: &[String],
+    tables: &[Ident],
 ) -> Result<Coverage, tokio_postgres::Error> {
     let tx = client
         .build_transaction()
@@ -37,7 +38,7 @@ pub async fn coverage(
     let (Some(first), Some(last)) = (row.get::<_, Option<i64>>(0), row.get::<_, Option<i64>>(1)) else {
         return Ok(Coverage::default());
     };
-    let mut c = Coverage::new(first, last, &[]);
+    let mut c = Coverage::new(first, last);
     for sql in [
         "SELECT message_id FROM series_points",
         "SELECT message_id FROM reading_notes",
@@ -45,7 +46,7 @@ pub async fn coverage(
         add_ids(&tx, sql, &mut c.readings).await?;
     }
     for table in tables {
-        let quoted = format!("\"{}\"", table.replace('"', "\"\""));
+        let quoted = table.quoted();
         let exists: Option<String> = tx
             .query_one("SELECT to_regclass($1)::text", &[&quoted])
             .await?
@@ -53,7 +54,7 @@ pub async fn coverage(
         if exists.is_some() {
             let mut ids = IdSet::new(first, last);
             add_ids(&tx, &format!("SELECT message_id FROM {quoted}"), &mut ids).await?;
-            c.mapped.insert(table.clone(), ids);
+            c.mapped.insert(table.as_str().to_string(), ids);
         }
     }
     tx.commit().await?;

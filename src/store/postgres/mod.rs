@@ -526,7 +526,10 @@ impl Store for PgStore {
             .map_err(|e| StoreError::Query(describe_pg(&e)))
     }
 
-    async fn coverage(&self, tables: &[String]) -> Result<crate::store::backfill::Coverage, StoreError> {
+    async fn coverage(
+        &self,
+        tables: &[crate::readings::mapping::Ident],
+    ) -> Result<crate::store::backfill::Coverage, StoreError> {
         let mut client = self.client(StoreError::Query).await?;
         backfill::coverage(&mut client, tables)
             .await

@@ -10,13 +10,14 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use super::{series::Series, write::write_derived};
 use crate::{
     message::Message,
+    readings::mapping::Ident,
     store::backfill::{stored_message, Coverage, IdSet},
 };
 
 /// Which messages stored now already have readings or a note, and rows in each of `tables`.
 /// One snapshot, so that a message committed meanwhile (with whatever it derived) is after
 /// `last_id` and outside the backfill.
-pub fn coverage(conn: &Connection, tables: &[String]) -> rusqlite::Result<Coverage> {
+pub fn coverage(conn: &Connection, tables: &[Ident]) -> rusqlite::Result<Coverage> {
     let tx = conn.unchecked_transaction()?;
     let (first, last): (Option<i64>, Option<i64>) =
         tx.query_row("SELECT min(id), max(id) FROM messages", [], |r| {
@@ -25,7 +26,7 @@ pub fn coverage(conn: &Connection, tables: &[String]) -> rusqlite::Result<Covera
     let (Some(first), Some(last)) = (first, last) else {
         return Ok(Coverage::default());
     };
-    let mut c = Coverage::new(first, last, &[]);
+    let mut c = Coverage::new(first, last);
     for sql in [
         "SELECT message_id FROM series_points",
         "SELECT message_id FROM reading_notes",
@@ -36,16 +37,19 @@ pub fn coverage(conn: &Connection, tables: &[String]) -> rusqlite::Result<Covera
         let exists = tx
             .query_row(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
-                [table],
+                [table.as_str()],
                 |_| Ok(()),
             )
             .optional()?
             .is_some();
         if exists {
             let mut ids = IdSet::new(first, last);
-            let quoted = format!("\"{}\"", table.replace('"', "\"\""));
-            add_ids(&tx, &format!("SELECT message_id FROM {quoted}"), &mut ids)?;
-            c.mapped.insert(table.clone(), ids);
+            add_ids(
+                &tx,
+                &format!("SELECT message_id FROM {}", table.quoted()),
+                &mut ids,
+            )?;
+            c.mapped.insert(table.as_str().to_string(), ids);
         }
     }
     Ok(c)

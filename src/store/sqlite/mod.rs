@@ -176,7 +176,10 @@ impl Store for SqliteStore {
             .map_err(|_| StoreError::Closed)?
     }
 
-    async fn coverage(&self, tables: &[String]) -> Result<crate::store::backfill::Coverage, StoreError> {
+    async fn coverage(
+        &self,
+        tables: &[crate::readings::mapping::Ident],
+    ) -> Result<crate::store::backfill::Coverage, StoreError> {
         let (readers, tables) = (self.readers.clone(), tables.to_vec());
         tokio::task::spawn_blocking(move || readers.with(|c| backfill::coverage(c, &tables)))
             .await
