@@ -56,11 +56,21 @@ pub struct Summary {
     pub readings: u64,
     /// Notes on why a payload gave no readings.
     pub notes: u64,
-    /// Per mapping table: rows added, and values that did not fit (recorded in `rejected`).
-    pub mapped: BTreeMap<String, (u64, u64)>,
+    /// Per mapping table.
+    pub mapped: BTreeMap<String, TableTally>,
     pub dry_run: bool,
     /// What became of telling Metabase of a table the backfill created, when one is configured.
     pub metabase: Option<String>,
+}
+
+/// What a backfill did for one mapping table.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TableTally {
+    pub rows: u64,
+    /// Messages whose value does not fit the table's column, recorded in `rejected` now.
+    pub misfits: u64,
+    /// The same, already recorded there by an earlier run or live: not recorded again.
+    pub known_misfits: u64,
 }
 
 impl std::fmt::Display for Summary {
@@ -83,12 +93,20 @@ impl std::fmt::Display for Summary {
             n(self.messages_with_readings, "message"),
             n(self.notes, "note")
         )?;
-        for (table, (rows, misfits)) in &self.mapped {
-            write!(f, "  mapping table {table}: {verb} {}", n(*rows, "row"))?;
-            if *misfits > 0 {
+        for (table, t) in &self.mapped {
+            write!(f, "  mapping table {table}: {verb} {}", n(t.rows, "row"))?;
+            if t.misfits > 0 {
                 write!(
                     f,
-                    "; {misfits} did not fit (recorded in `rejected`, source 'mapping')"
+                    "; {} did not fit (recorded in `rejected`, source 'mapping')",
+                    t.misfits
+                )?;
+            }
+            if t.known_misfits > 0 {
+                write!(
+                    f,
+                    "; {} still do not fit (in `rejected` already, not recorded again)",
+                    t.known_misfits
                 )?;
             }
             writeln!(f)?;
@@ -161,7 +179,10 @@ pub async fn backfill(
     let coverage = store.coverage(&tables).await?;
     let mut summary = Summary {
         store: store.describe(),
-        mapped: tables.iter().map(|t| (t.as_str().to_string(), (0, 0))).collect(),
+        mapped: tables
+            .iter()
+            .map(|t| (t.as_str().to_string(), TableTally::default()))
+            .collect(),
         dry_run,
         ..Summary::default()
     };
@@ -182,7 +203,7 @@ pub async fn backfill(
                 continue;
             }
             let derived = crate::readings::derive(readings, &m.topic, &m.payload, m.received_at);
-            if let Some(d) = derived.and_then(|d| missing(d, id, &coverage)) {
+            if let Some(d) = derived.and_then(|d| missing(d, id, &coverage, &mut summary)) {
                 tally(&mut summary, &d);
                 m.derived = Some(d);
                 rows.push((id, m));
@@ -210,12 +231,25 @@ fn lacks_anything(readings: &ReadingsConfig, id: i64, topic: &str, coverage: &Co
 
 /// What of `d` message `id` does not have yet: its readings and note unless it has readings or
 /// a note, and its rows in the mapping tables it has none in. `None` when that is nothing.
-fn missing(mut d: Derived, id: i64, coverage: &Coverage) -> Option<Derived> {
+/// A value that still does not fit a table where `rejected` already holds this message's misfit
+/// is dropped and counted in `summary`: it is tried each run (the mapping may have been mended
+/// since), but recorded once.
+fn missing(mut d: Derived, id: i64, coverage: &Coverage, summary: &mut Summary) -> Option<Derived> {
     if coverage.readings.contains(id) {
         d.readings.clear();
         d.note = None;
     }
-    d.mapped.retain(|(m, _)| !coverage.has_row(m.table.as_str(), id));
+    d.mapped.retain(|(m, row)| {
+        let table = m.table.as_str();
+        if coverage.has_row(table, id) {
+            return false;
+        }
+        if row.is_err() && coverage.has_misfit(table, id) {
+            summary.mapped.entry(table.to_string()).or_default().known_misfits += 1;
+            return false;
+        }
+        true
+    });
     (!d.readings.is_empty() || d.note.is_some() || !d.mapped.is_empty()).then_some(d)
 }
 
@@ -228,8 +262,8 @@ fn tally(s: &mut Summary, d: &Derived) {
     for (m, row) in &d.mapped {
         let e = s.mapped.entry(m.table.as_str().to_string()).or_default();
         match row {
-            Ok(_) => e.0 += 1,
-            Err(_) => e.1 += 1,
+            Ok(_) => e.rows += 1,
+            Err(_) => e.misfits += 1,
         }
     }
 }
@@ -293,19 +327,65 @@ mod tests {
         let cfg = with_mapping("filter = \"s/#\"\ntable = \"climate\"\n[columns]\ntemp = \"$.t\"\n");
         let at = "2026-12-01T10:00:00Z".parse().unwrap();
         let derive = || crate::readings::derive(&cfg, "s/1", br#"{"t": 21.5, "h": 40}"#, at).unwrap();
-        let none = missing(derive(), 3, &covered(&[], None)).unwrap();
+        let none = missing(derive(), 3, &covered(&[], None), &mut Summary::default()).unwrap();
         assert_eq!((none.readings.len(), none.mapped.len()), (2, 1));
-        let has_readings = missing(derive(), 3, &covered(&[3], None)).unwrap();
+        let has_readings = missing(derive(), 3, &covered(&[3], None), &mut Summary::default()).unwrap();
         assert_eq!((has_readings.readings.len(), has_readings.mapped.len()), (0, 1));
-        let has_row = missing(derive(), 3, &covered(&[], Some(("climate", &[3])))).unwrap();
+        let has_row = missing(
+            derive(),
+            3,
+            &covered(&[], Some(("climate", &[3]))),
+            &mut Summary::default(),
+        )
+        .unwrap();
         assert_eq!((has_row.readings.len(), has_row.mapped.len()), (2, 0));
-        assert!(missing(derive(), 3, &covered(&[3], Some(("climate", &[3])))).is_none());
+        assert!(missing(
+            derive(),
+            3,
+            &covered(&[3], Some(("climate", &[3]))),
+            &mut Summary::default()
+        )
+        .is_none());
         // Another message's coverage is not this one's.
-        assert!(missing(derive(), 4, &covered(&[3], Some(("climate", &[3])))).is_some());
+        assert!(missing(
+            derive(),
+            4,
+            &covered(&[3], Some(("climate", &[3]))),
+            &mut Summary::default()
+        )
+        .is_some());
         // Not even parsed when it lacks nothing: readings there, and no mapping for its topic.
         let all = covered(&[3], Some(("climate", &[3])));
         assert!(!lacks_anything(&cfg, 3, "s/1", &all) && lacks_anything(&cfg, 4, "s/1", &all));
         assert!(!lacks_anything(&cfg, 3, "other/topic", &covered(&[3], None)));
         assert!(lacks_anything(&cfg, 3, "s/1", &covered(&[3], None)));
+    }
+
+    /// A value that still does not fit, for a message whose misfit `rejected` holds, is dropped
+    /// and counted; once it fits (the mapping mended), its row is written after all.
+    #[test]
+    fn a_known_misfit_is_tried_again_but_recorded_once() {
+        let at = "2026-12-01T10:00:00Z".parse().unwrap();
+        let mut known = covered(&[3], None);
+        let mut misfits = IdSet::new(1, 10);
+        misfits.insert(3);
+        known.misfits.insert("climate".into(), misfits);
+        let real = with_mapping("filter = \"s/#\"\ntable = \"climate\"\n[columns]\ntemp = \"$.t\"\n");
+        let hot = crate::readings::derive(&real, "s/1", br#"{"t": "hot"}"#, at).unwrap();
+        assert!(hot.mapped[0].1.is_err(), "the test's payload must misfit");
+        let mut summary = Summary::default();
+        assert!(missing(hot.clone(), 3, &known, &mut summary).is_none());
+        assert_eq!(summary.mapped["climate"].known_misfits, 1);
+        let other = missing(hot, 4, &known, &mut summary).expect("message 4's misfit is not recorded yet");
+        assert_eq!(
+            (other.mapped.len(), summary.mapped["climate"].known_misfits),
+            (1, 1)
+        );
+        let mended = with_mapping(
+            "filter = \"s/#\"\ntable = \"climate\"\n[columns]\ntemp = { path = \"$.t\", type = \"text\" }\n",
+        );
+        let fits = crate::readings::derive(&mended, "s/1", br#"{"t": "hot"}"#, at).unwrap();
+        let row = missing(fits, 3, &known, &mut summary).expect("a mended mapping writes the row");
+        assert!(row.mapped[0].1.is_ok());
     }
 }

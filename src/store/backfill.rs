@@ -57,6 +57,8 @@ pub struct Coverage {
     pub readings: IdSet,
     /// Per mapping table: messages with a row in it. A table not created yet is absent.
     pub mapped: HashMap<String, IdSet>,
+    /// Per mapping table: messages whose value did not fit it, as recorded in `rejected`.
+    pub misfits: HashMap<String, IdSet>,
 }
 
 impl Coverage {
@@ -67,12 +69,18 @@ impl Coverage {
             last_id: last,
             readings: IdSet::new(first, last),
             mapped: HashMap::new(),
+            misfits: HashMap::new(),
         }
     }
 
     /// Whether message `id` has a row in mapping table `table`.
     pub fn has_row(&self, table: &str, id: i64) -> bool {
         self.mapped.get(table).is_some_and(|s| s.contains(id))
+    }
+
+    /// Whether `rejected` holds a misfit of message `id` for mapping table `table`.
+    pub fn has_misfit(&self, table: &str, id: i64) -> bool {
+        self.misfits.get(table).is_some_and(|s| s.contains(id))
     }
 }
 

@@ -43,7 +43,7 @@ pub async fn coverage(
         "SELECT message_id FROM series_points",
         "SELECT message_id FROM reading_notes",
     ] {
-        add_ids(&tx, sql, &mut c.readings).await?;
+        add_ids(&tx, sql, &[], &mut c.readings).await?;
     }
     for table in tables {
         let quoted = table.quoted();
@@ -53,8 +53,17 @@ pub async fn coverage(
             .get(0);
         if exists.is_some() {
             let mut ids = IdSet::new(first, last);
-            add_ids(&tx, &format!("SELECT message_id FROM {quoted}"), &mut ids).await?;
+            add_ids(&tx, &format!("SELECT message_id FROM {quoted}"), &[], &mut ids).await?;
             c.mapped.insert(table.as_str().to_string(), ids);
+            let mut misfits = IdSet::new(first, last);
+            add_ids(
+                &tx,
+                "SELECT message_id FROM rejected WHERE mapping = $1 AND message_id IS NOT NULL",
+                &[&table.as_str()],
+                &mut misfits,
+            )
+            .await?;
+            c.misfits.insert(table.as_str().to_string(), misfits);
         }
     }
     tx.commit().await?;
@@ -65,9 +74,10 @@ pub async fn coverage(
 async fn add_ids(
     client: &deadpool_postgres::Transaction<'_>,
     sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     set: &mut IdSet,
 ) -> Result<(), tokio_postgres::Error> {
-    let rows = client.query_raw(sql, std::iter::empty::<i64>()).await?;
+    let rows = client.query_raw(sql, params.iter().copied()).await?;
     pin_mut!(rows);
     while let Some(r) = rows.try_next().await? {
         set.insert(r.get(0));

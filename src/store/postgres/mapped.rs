@@ -109,8 +109,17 @@ pub(super) async fn write_mapped(
                 }
                 Err(reason) => {
                     tx.execute(
-                        "INSERT INTO rejected (received_at, topic, size, qos, reason, source) VALUES ($1, $2, $3, $4, $5, 'mapping')",
-                        &[&m.received_at, &pg_text(&m.topic).as_ref(), &(m.size as i64), &i16::from(m.qos), &pg_text(&reason).as_ref()],
+                        "INSERT INTO rejected (received_at, topic, size, qos, reason, source, message_id, mapping)
+                         VALUES ($1, $2, $3, $4, $5, 'mapping', $6, $7)",
+                        &[
+                            &m.received_at,
+                            &pg_text(&m.topic).as_ref(),
+                            &(m.size as i64),
+                            &i16::from(m.qos),
+                            &pg_text(&reason).as_ref(),
+                            &id,
+                            &mapping.table.as_str(),
+                        ],
                     )
                     .await?;
                 }

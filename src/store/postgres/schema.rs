@@ -377,8 +377,17 @@ ANALYZE series_1h;
 ANALYZE series_latest;
 "#;
 
+/// Version 15: a mapping value that does not fit its column names, in `rejected`, the stored
+/// message (`message_id`) and the mapping table (`mapping`): a Metabase question then shows the
+/// payload beside the reason, and `tidegate backfill` does not record the same misfit again on
+/// each run. Both are empty for a message refused whole (it has no stored row).
+const V15: &str = r#"
+ALTER TABLE rejected ADD COLUMN message_id bigint;
+ALTER TABLE rejected ADD COLUMN mapping text;
+"#;
+
 /// Every migration, oldest first; a new schema version is one more entry.
-const MIGRATIONS: [&str; 14] = [V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13, V14];
+const MIGRATIONS: [&str; 15] = [V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13, V14, V15];
 
 /// The tables a migration creates under names a user's own table could already have: it would
 /// fail on that table, so it is named first (`MigrateError::NameTaken`).

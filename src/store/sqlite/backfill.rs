@@ -31,7 +31,7 @@ pub fn coverage(conn: &Connection, tables: &[Ident]) -> rusqlite::Result<Coverag
         "SELECT message_id FROM series_points",
         "SELECT message_id FROM reading_notes",
     ] {
-        add_ids(&tx, sql, &mut c.readings)?;
+        add_ids(&tx, sql, [], &mut c.readings)?;
     }
     for table in tables {
         let exists = tx
@@ -47,17 +47,31 @@ pub fn coverage(conn: &Connection, tables: &[Ident]) -> rusqlite::Result<Coverag
             add_ids(
                 &tx,
                 &format!("SELECT message_id FROM {}", table.quoted()),
+                [],
                 &mut ids,
             )?;
             c.mapped.insert(table.as_str().to_string(), ids);
+            let mut misfits = IdSet::new(first, last);
+            add_ids(
+                &tx,
+                "SELECT message_id FROM rejected WHERE mapping = ?1 AND message_id IS NOT NULL",
+                [table.as_str()],
+                &mut misfits,
+            )?;
+            c.misfits.insert(table.as_str().to_string(), misfits);
         }
     }
     Ok(c)
 }
 
-fn add_ids(tx: &Connection, sql: &str, set: &mut IdSet) -> rusqlite::Result<()> {
+fn add_ids(
+    tx: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    set: &mut IdSet,
+) -> rusqlite::Result<()> {
     let mut st = tx.prepare(sql)?;
-    let mut rows = st.query([])?;
+    let mut rows = st.query(params)?;
     while let Some(r) = rows.next()? {
         set.insert(r.get(0)?);
     }

@@ -82,10 +82,19 @@ pub(super) fn write_mapped(
                     .execute(rusqlite::params_from_iter(args))?;
                 }
                 Err(reason) => {
-                    tx.execute(
-                        "INSERT INTO rejected (received_at, topic, size, qos, reason, source) VALUES (?1, ?2, ?3, ?4, ?5, 'mapping')",
-                        params![crate::time::to_sql_text(m.received_at), m.topic, m.size as i64, m.qos, reason],
-                    )?;
+                    tx.prepare_cached(
+                        "INSERT INTO rejected (received_at, topic, size, qos, reason, source, message_id, mapping)
+                         VALUES (?1, ?2, ?3, ?4, ?5, 'mapping', ?6, ?7)",
+                    )?
+                    .execute(params![
+                        crate::time::to_sql_text(m.received_at),
+                        m.topic,
+                        m.size as i64,
+                        m.qos,
+                        reason,
+                        id,
+                        mapping.table.as_str()
+                    ])?;
                 }
             }
         }

@@ -6,7 +6,7 @@ use rusqlite::{Connection, OptionalExtension};
 use crate::store::{dedup::Hash, delivery_marks};
 
 /// The newest schema this build knows.
-pub const VERSION: i64 = 10;
+pub const VERSION: i64 = 11;
 
 const V1: &str = r#"
 CREATE TABLE messages (
@@ -191,6 +191,15 @@ CREATE TABLE mqtt_subscriptions (
 /// session 28). `series` has a row per series, so the index costs the write path nothing.
 const V9: &str = r#"
 CREATE INDEX series_device ON series (device);
+"#;
+
+/// Version 11: a mapping value that does not fit its column names, in `rejected`, the stored
+/// message (`message_id`) and the mapping table (`mapping`). A Metabase question then shows the
+/// payload beside the reason, and `tidegate backfill` does not record the same misfit again on
+/// each run. Both are empty for a message refused whole (it has no stored row).
+const V11: &str = r#"
+ALTER TABLE rejected ADD COLUMN message_id INTEGER;
+ALTER TABLE rejected ADD COLUMN mapping TEXT;
 "#;
 
 /// Version 10: each rollup table split in two behind a view of its name. `{t}_closed` is the
@@ -428,6 +437,9 @@ pub fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
     }
     if found < 10 {
         tx.execute_batch(&v10())?;
+    }
+    if found < 11 {
+        tx.execute_batch(V11)?;
     }
     tx.pragma_update(None, "user_version", VERSION)?;
     tx.commit()?;
