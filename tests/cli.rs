@@ -652,3 +652,39 @@ fn backfill_refuses_a_missing_database_and_a_config_that_derives_nothing() {
         "untouched"
     );
 }
+
+/// A `--db` that SQLite cannot open says why and what to do, not only SQLite's "unable to open
+/// database file": a directory that does not exist, a directory given as the file.
+#[test]
+fn a_database_path_that_cannot_be_opened_says_what_to_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-dir").join("t.db");
+    let cases = [
+        (
+            missing.to_str().unwrap(),
+            "no-such-dir does not exist; create it (mkdir -p ",
+        ),
+        (
+            dir.path().to_str().unwrap(),
+            "it is a directory; give --db a file name in it",
+        ),
+    ];
+    for (db, says) in cases {
+        let (status, out) = run_to_end(
+            &[
+                "run",
+                "--broker",
+                "mqtt://127.0.0.1:1",
+                "--db",
+                db,
+                "--listen",
+                "off",
+            ],
+            &[],
+            dir.path(),
+        );
+        assert!(!status.success(), "{db}: {out}");
+        assert!(out.contains(says), "{db}: {out}");
+    }
+    assert!(!dir.path().join("no-such-dir").exists(), "nothing created");
+}

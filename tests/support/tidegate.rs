@@ -59,9 +59,18 @@ impl Tidegate {
             .and_then(|i| args.get(i + 1))
             .and_then(|f| std::fs::read_to_string(f).ok())
             .is_some_and(|text| text.lines().any(|l| l.trim_start().starts_with("listen")));
-        if matches!(args.first().map(String::as_str), Some("run" | "serve"))
-            && !args.iter().any(|a| a == "--listen")
-            && !file_listens
+        // The subcommand follows the global options (`--log-format json`): without this, a
+        // run with one listened on the default port, 8080, and failed where that was taken.
+        let mut words = args.iter().map(String::as_str);
+        let command = loop {
+            match words.next() {
+                Some("--log-format") => {
+                    words.next();
+                }
+                other => break other,
+            }
+        };
+        if matches!(command, Some("run" | "serve")) && !args.iter().any(|a| a == "--listen") && !file_listens
         {
             args.extend(["--listen".to_string(), "127.0.0.1:0".to_string()]);
         }

@@ -48,6 +48,30 @@ pub(crate) fn connect(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// Why SQLite could not open `path`, said so that the operator knows what to change: SQLite's
+/// own "unable to open database file" does not say that the directory is missing or that the
+/// path is a directory.
+fn cannot_open(path: &Path, e: &rusqlite::Error) -> String {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return format!(
+            "the directory {} does not exist; create it (mkdir -p {}) or give --db a file in an existing directory",
+            dir.display(),
+            dir.display()
+        );
+    }
+    if path.is_dir() {
+        return format!(
+            "it is a directory; give --db a file name in it, such as {}",
+            path.join("tidegate.db").display()
+        );
+    }
+    e.to_string()
+}
+
 impl SqliteStore {
     /// Opens (or creates) the file, migrates it and starts the writer thread, which commits at
     /// most `group_max` messages at a time (unless one batch holds more).
@@ -57,7 +81,7 @@ impl SqliteStore {
             target: target.clone(),
             reason,
         };
-        let mut conn = connect(path).map_err(|e| open_err(e.to_string()))?;
+        let mut conn = connect(path).map_err(|e| open_err(cannot_open(path, &e)))?;
         // Room for every statement a write transaction runs (about thirty with both rollup
         // widths): with rusqlite's default of 16, a batch pushed its own first statements out
         // and SQLite compiled them again in the next.
