@@ -105,8 +105,9 @@ impl std::fmt::Display for Summary {
             if t.known_misfits > 0 {
                 write!(
                     f,
-                    "; {} still do not fit (in `rejected` already, not recorded again)",
-                    t.known_misfits
+                    "; {} still {} not fit (in `rejected` already, not recorded again)",
+                    t.known_misfits,
+                    if t.known_misfits == 1 { "does" } else { "do" }
                 )?;
             }
             writeln!(f)?;
