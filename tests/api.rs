@@ -1453,11 +1453,16 @@ fn a_subscribe_given_listen_serves_health_and_metrics_only() {
         "not ready again once its API answers: {:?}",
         readyz()
     );
-    let text = c.get(format!("{base}/metrics")).send().unwrap().text().unwrap();
-    assert_eq!(
-        support::metric(&text, "tidegate_messages_committed_total"),
-        10.0,
-        "{text}"
+    // The rows are in the database a moment before the subscriber reads the API's answer and
+    // counts them as committed.
+    let metrics = || c.get(format!("{base}/metrics")).send().unwrap().text().unwrap();
+    let committed = |text: &str| support::metric(text, "tidegate_messages_committed_total");
+    assert!(
+        support::wait_for(Duration::from_secs(20), || (committed(&metrics()) == 10.0)
+            .then_some(()))
+        .is_some(),
+        "{}",
+        metrics()
     );
 
     assert_eq!(get(&c, &format!("{base}/api/v1/topics")).0, StatusCode::NOT_FOUND);
