@@ -7,43 +7,95 @@ use std::collections::HashMap;
 
 use crate::message::{Message, Origin};
 
-/// A set of message ids between two bounds, one bit each: 10 million messages take 1.25 MB,
-/// whatever pattern of ids is in it.
+/// A set of message ids between two bounds, one bit each, in pages of 65,536 ids made as ids
+/// land in them: 10 million messages take 1.25 MB, and ids far apart (a sequence that jumped to
+/// 2^62) take a page each instead of a bit for every id between them.
 #[derive(Debug, Clone, Default)]
 pub struct IdSet {
     first: i64,
-    /// How many ids from `first` it can hold.
-    span: u64,
-    bits: Vec<u64>,
+    /// The largest offset from `first` it can hold; `None` when it can hold none.
+    last_at: Option<u64>,
+    pages: Pages,
 }
+
+type Page = Box<[u64; PAGE_WORDS]>;
+
+/// The pages by number: a slot each while the bounds span few enough of them (looked up as fast
+/// as one bitmap), else only those made.
+#[derive(Debug, Clone)]
+enum Pages {
+    Slots(Vec<Option<Page>>),
+    Made(foldhash::HashMap<u64, Page>),
+}
+
+impl Default for Pages {
+    fn default() -> Self {
+        Pages::Slots(Vec::new())
+    }
+}
+
+/// Words of 64 ids in a page.
+const PAGE_WORDS: usize = 1024;
+const PAGE_BITS: u32 = 16;
+/// Most page slots kept (8 MiB of them): bounds up to 68 billion ids apart.
+const MAX_SLOTS: u64 = 1 << 20;
 
 impl IdSet {
     /// An empty set that can hold the ids `first..=last`.
     pub fn new(first: i64, last: i64) -> Self {
-        let span = last.saturating_sub(first).saturating_add(1).max(0) as u64;
+        // In i128: `last - first` overflows i64 for bounds at its ends, never a u64.
+        let last_at = u64::try_from(i128::from(last) - i128::from(first)).ok();
+        let pages = match last_at.map(|at| (at >> PAGE_BITS) + 1) {
+            Some(n) if n <= MAX_SLOTS => Pages::Slots((0..n).map(|_| None).collect()),
+            Some(_) => Pages::Made(Default::default()),
+            None => Pages::default(),
+        };
         IdSet {
             first,
-            span,
-            bits: vec![0; span.div_ceil(64) as usize],
+            last_at,
+            pages,
         }
     }
 
-    fn slot(&self, id: i64) -> Option<(usize, u64)> {
-        let at = u64::try_from(id.checked_sub(self.first)?).ok()?;
-        (at < self.span).then(|| ((at / 64) as usize, 1 << (at % 64)))
+    /// The page, word and bit of `id`, if it is within the bounds.
+    fn slot(&self, id: i64) -> Option<(u64, usize, u64)> {
+        let at = u64::try_from(i128::from(id) - i128::from(self.first)).ok()?;
+        (at <= self.last_at?).then(|| (at >> PAGE_BITS, ((at >> 6) as usize) % PAGE_WORDS, 1 << (at % 64)))
     }
 
     /// Adds `id`; an id outside the bounds is ignored (a message stored after the coverage was
     /// read is not the backfill's).
     pub fn insert(&mut self, id: i64) {
-        if let Some((word, bit)) = self.slot(id) {
-            self.bits[word] |= bit;
-        }
+        let Some((page, word, bit)) = self.slot(id) else {
+            return;
+        };
+        let new = || Box::new([0; PAGE_WORDS]);
+        let page = match &mut self.pages {
+            // `slot` bounds the page number by the slots made in `new`.
+            Pages::Slots(slots) => slots[page as usize].get_or_insert_with(new),
+            Pages::Made(made) => made.entry(page).or_insert_with(new),
+        };
+        page[word] |= bit;
     }
 
     pub fn contains(&self, id: i64) -> bool {
-        self.slot(id)
-            .is_some_and(|(word, bit)| self.bits[word] & bit != 0)
+        let Some((page, word, bit)) = self.slot(id) else {
+            return false;
+        };
+        let page = match &self.pages {
+            Pages::Slots(slots) => slots[page as usize].as_ref(),
+            Pages::Made(made) => made.get(&page),
+        };
+        page.is_some_and(|p| p[word] & bit != 0)
+    }
+
+    /// Pages made so far.
+    #[cfg(test)]
+    fn pages_made(&self) -> usize {
+        match &self.pages {
+            Pages::Slots(slots) => slots.iter().flatten().count(),
+            Pages::Made(made) => made.len(),
+        }
     }
 }
 
@@ -127,5 +179,32 @@ mod tests {
         assert!(!empty.contains(5) && !empty.contains(4));
         let none = IdSet::default();
         assert!(!none.contains(0));
+    }
+
+    /// Ids at the ends of i64, or far apart, cost a page each, not a bit for every id between.
+    #[test]
+    fn ids_far_apart_take_little_memory() {
+        let mut s = IdSet::new(i64::MIN, i64::MAX);
+        for id in [i64::MIN, -1, 0, 1, 1 << 62, i64::MAX] {
+            s.insert(id);
+        }
+        for id in [i64::MIN, -1, 0, 1, 1 << 62, i64::MAX] {
+            assert!(s.contains(id), "{id}");
+        }
+        assert!(!s.contains(2) && !s.contains(i64::MIN + 1) && !s.contains(i64::MAX - 1));
+        assert!(s.pages_made() <= 5, "{} pages", s.pages_made());
+        let mut wide = IdSet::new(1, i64::MAX);
+        wide.insert(0);
+        wide.insert(65_536 * 3 + 5);
+        assert!(!wide.contains(0) && wide.contains(65_536 * 3 + 5) && wide.pages_made() == 1);
+        // Bounds close enough for a slot a page, as most stores' are.
+        let mut near = IdSet::new(1, 10_000_000);
+        for id in (1..=10_000_000).step_by(3) {
+            near.insert(id);
+        }
+        assert!(matches!(near.pages, Pages::Slots(_)) && near.pages_made() == 153);
+        assert!(
+            near.contains(1) && near.contains(9_999_997) && !near.contains(2) && !near.contains(10_000_001)
+        );
     }
 }
