@@ -67,7 +67,8 @@ pub struct Summary {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct TableTally {
     pub rows: u64,
-    /// Messages whose value does not fit the table's column, recorded in `rejected` now.
+    /// Messages whose value does not fit the table's column, recorded in `rejected` by this run
+    /// (only counted on a dry run).
     pub misfits: u64,
     /// The same, already recorded there by an earlier run or live: not recorded again.
     pub known_misfits: u64,

@@ -34,9 +34,9 @@ impl Default for Pages {
     }
 }
 
-/// Words of 64 ids in a page.
-const PAGE_WORDS: usize = 1024;
+/// A page holds 2^16 ids, in words of 64.
 const PAGE_BITS: u32 = 16;
+const PAGE_WORDS: usize = 1 << (PAGE_BITS - 6);
 /// Most page slots kept (8 MiB of them): bounds up to 68 billion ids apart.
 const MAX_SLOTS: u64 = 1 << 20;
 
@@ -69,11 +69,11 @@ impl IdSet {
         let Some((page, word, bit)) = self.slot(id) else {
             return;
         };
-        let new = || Box::new([0; PAGE_WORDS]);
+        let blank = || Box::new([0; PAGE_WORDS]);
         let page = match &mut self.pages {
-            // `slot` bounds the page number by the slots made in `new`.
-            Pages::Slots(slots) => slots[page as usize].get_or_insert_with(new),
-            Pages::Made(made) => made.entry(page).or_insert_with(new),
+            // `slot` bounds the page number by the slots `IdSet::new` made.
+            Pages::Slots(slots) => slots[page as usize].get_or_insert_with(blank),
+            Pages::Made(made) => made.entry(page).or_insert_with(blank),
         };
         page[word] |= bit;
     }
