@@ -514,3 +514,74 @@ fn tls_to_postgresql_is_verified_and_a_local_url_without_sslmode_needs_none() {
         );
     }
 }
+
+/// Mapping tables are made and widened in name order, by every instance and by `tidegate
+/// backfill`. A batch whose messages widen `b` and then `a` waits for `a` holding nothing on `b`,
+/// so another transaction widening `a` and then `b` (another instance's batch) goes through, and
+/// neither is aborted as a deadlock.
+#[test]
+fn mapping_tables_are_widened_in_one_order_so_two_writers_cannot_deadlock() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("tidegate.toml");
+    std::fs::write(
+        &conf,
+        "[[mapping]]\nfilter = \"ddl/a\"\ntable = \"a\"\nauto_columns = true\n\
+         [[mapping]]\nfilter = \"ddl/b\"\ntable = \"b\"\nauto_columns = true\n",
+    )
+    .unwrap();
+    let url = pg::fresh_database(&pg::shared());
+    let plain = pg_url_without_params(&url);
+    let t = Tidegate::start(
+        &["serve", "--db", &url, "--config", conf.to_str().unwrap()],
+        dir.path(),
+    );
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ingest = format!("{}/api/v1/messages", t.api());
+    let post = move |lines: &[(&str, &str)]| {
+        let body: String = lines
+            .iter()
+            .map(|(topic, payload)| format!("{{\"topic\":\"{topic}\",\"payload\":{payload}}}\n"))
+            .collect();
+        reqwest::blocking::Client::new()
+            .post(&ingest)
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .timeout(Duration::from_secs(60))
+            .send()
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    assert_eq!(post(&[("ddl/a", r#"{"x":1}"#), ("ddl/b", r#"{"x":1}"#)]), 201);
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let other = rt.block_on(async {
+        let (c, conn) = tokio_postgres::connect(&plain, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        c
+    });
+    let count = |sql: &str| -> i64 { rt.block_on(other.query_one(sql, &[])).unwrap().get(0) };
+    rt.block_on(other.batch_execute("BEGIN; ALTER TABLE a ADD COLUMN other_a integer"))
+        .unwrap();
+    // In message order this batch widens `b` first.
+    let batch = std::thread::spawn(move || post(&[("ddl/b", r#"{"y":2}"#), ("ddl/a", r#"{"y":2}"#)]));
+    let waits = support::wait_for(Duration::from_secs(20), || {
+        (count("SELECT count(*) FROM pg_locks WHERE relation = 'a'::regclass AND NOT granted") > 0)
+            .then_some(())
+    });
+    assert!(waits.is_some(), "tidegate's batch never waited for table a");
+    assert_eq!(
+        count("SELECT count(*) FROM pg_locks WHERE relation = 'b'::regclass AND pid <> pg_backend_pid()"),
+        0,
+        "the batch waiting for a holds a lock on b: a writer taking a then b deadlocks with it"
+    );
+    rt.block_on(other.batch_execute("ALTER TABLE b ADD COLUMN other_b integer; COMMIT"))
+        .expect("the other writer widened a then b");
+    assert_eq!(batch.join().unwrap(), 201, "{}", t.log_text());
+    let (server, name) = plain.rsplit_once('/').unwrap();
+    let q = |sql: &str| pg::psql(server, name, sql);
+    assert_eq!(q("SELECT count(*) || ' ' || count(y) FROM a"), "2 1");
+    assert_eq!(q("SELECT count(*) || ' ' || count(y) FROM b"), "2 1");
+    assert!(!t.log_text().contains("deadlock"), "{}", t.log_text());
+}

@@ -1,14 +1,41 @@
 //! The `[[mapping]]` tables on PostgreSQL: created, widened and filled inside the batch's
 //! transaction. It must never fail a batch over a value that does not fit its column: that is
-//! recorded in `rejected`, and the message is stored all the same.
+//! recorded in `rejected`, and the message is stored all the same. It must take the tables in
+//! name order: two writers (instances, or a backfill beside a live batch) widening the same
+//! tables in different orders would each hold one and wait for the other.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
 
 use super::pg_text;
-use crate::message::Message;
+use crate::{
+    message::Message,
+    readings::mapping::{ColType, Ident, SqlValue},
+    store::mapped,
+};
+
+/// One value of a mapping row, as sent.
+type Param = Box<dyn tokio_postgres::types::ToSql + Sync + Send>;
+
+/// The most parameters one statement may carry (the protocol counts them in 16 bits).
+const MAX_PARAMS: usize = 65_535;
+
+/// What the batch does to one mapping table.
+#[derive(Default)]
+struct Table {
+    /// Its columns as read, then as this batch's rows widen them.
+    shape: HashMap<String, ColType>,
+    /// It did not exist when read.
+    missing: bool,
+    /// Columns to add, in the order first needed.
+    add: Vec<(Ident, ColType)>,
+    /// Runs of rows with the same columns, in message order: the statement's head, the rows.
+    /// Each run goes in with as few statements as the parameter limit allows: a statement a row
+    /// cost a round trip a row.
+    runs: Vec<(String, Vec<Vec<Param>>)>,
+}
 
 /// Rows of the mapping tables; a value that does not fit is recorded in `rejected`.
 pub(super) async fn write_mapped(
@@ -17,141 +44,163 @@ pub(super) async fn write_mapped(
     to_store: &[usize],
     ids: &[i64],
 ) -> Result<(), tokio_postgres::Error> {
-    use tokio_postgres::types::ToSql;
+    let stored = || to_store.iter().zip(ids).map(|(&i, &id)| (&batch[i], id));
+    let mut tables: BTreeMap<&Ident, Table> = BTreeMap::new();
+    for (m, _) in stored() {
+        for (mapping, _) in m.derived.iter().flat_map(|d| &d.mapped) {
+            tables.entry(&mapping.table).or_default();
+        }
+    }
+    if tables.is_empty() {
+        return Ok(());
+    }
+    // Reading the catalog locks no table.
+    let names: Vec<&str> = tables.keys().map(|t| t.as_str()).collect();
+    for r in tx
+        .query(
+            "SELECT table_name::text, column_name::text, data_type::text FROM information_schema.columns
+             WHERE table_schema = current_schema() AND table_name = ANY($1)",
+            &[&names],
+        )
+        .await?
+    {
+        let table = tables.iter_mut().find(|(t, _)| t.as_str() == r.get::<_, &str>(0));
+        if let Some((_, t)) = table {
+            t.shape.insert(r.get(1), mapped::col_type(r.get(2)));
+        }
+    }
+    for t in tables.values_mut() {
+        t.missing = t.shape.is_empty();
+    }
 
-    use crate::{
-        readings::mapping::{ColType, SqlValue},
-        store::mapped,
-    };
-    let mut shapes: HashMap<String, HashMap<String, ColType>> = HashMap::new();
-    // Runs of rows for the same table and columns, in message order, each inserted with as few
-    // statements as the parameter limit allows: a statement a row cost a round trip a row.
-    let mut rows: Vec<(String, Vec<Vec<Param>>)> = Vec::new();
-    for (&i, &id) in to_store.iter().zip(ids) {
-        let m = &batch[i];
+    let mut misfits = Vec::new();
+    for (m, id) in stored() {
         let Some(d) = &m.derived else { continue };
         for (mapping, result) in &d.mapped {
-            let t = mapping.table.quoted();
-            if !shapes.contains_key(mapping.table.as_str()) {
-                let columns = || async {
-                    let rows = tx
-                        .query(
-                            "SELECT column_name::text, data_type::text FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1",
-                            &[&mapping.table.as_str()],
-                        )
-                        .await?;
-                    Ok::<HashMap<String, ColType>, tokio_postgres::Error>(
-                        rows.iter()
-                            .map(|r| (r.get::<_, String>(0), mapped::col_type(&r.get::<_, String>(1))))
-                            .collect(),
-                    )
-                };
-                let mut cols = columns().await?;
-                // Created only when missing: `IF NOT EXISTS` on an existing table has the server
-                // send a notice, which the driver logs, two lines a batch. It stays, for another
-                // instance creating the table at the same moment.
-                if cols.is_empty() {
-                    tx.batch_execute(&format!(
-                        "CREATE TABLE IF NOT EXISTS {t} (id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, message_id bigint NOT NULL,
-                                                         ts timestamptz NOT NULL, topic text NOT NULL, device text);
-                         CREATE INDEX IF NOT EXISTS \"{}_ts\" ON {t} (ts);",
-                        mapping.table.as_str()
-                    ))
-                    .await?;
-                    cols = columns().await?;
-                }
-                shapes.insert(mapping.table.as_str().to_string(), cols);
-            }
-            let shape = shapes.get_mut(mapping.table.as_str()).expect("loaded above");
-            match result.clone().and_then(|row| mapped::plan(mapping, &row, shape)) {
-                Ok((add, values)) => {
-                    for (name, ty) in add {
-                        tx.batch_execute(&format!(
-                            "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {} {}",
-                            name.quoted(),
-                            ty.postgres()
-                        ))
-                        .await?;
-                    }
-                    let topic = pg_text(&m.topic).into_owned();
-                    let device = d.device.as_deref().map(|x| pg_text(x).into_owned());
-                    let mut params: Vec<Param> =
-                        vec![Box::new(id), Box::new(d.ts), Box::new(topic), Box::new(device)];
-                    let mut names = Vec::new();
-                    for (name, v) in values {
-                        let ty = shape.get(name.as_str()).copied().unwrap_or(ColType::Text);
-                        params.push(match (v, ty) {
-                            (SqlValue::Null, ColType::Real) => Box::new(None::<f64>),
-                            (SqlValue::Null, ColType::Integer) => Box::new(None::<i64>),
-                            (SqlValue::Null, ColType::Boolean) => Box::new(None::<bool>),
-                            (SqlValue::Null, ColType::Timestamp) => Box::new(None::<DateTime<Utc>>),
-                            (SqlValue::Null, ColType::Text) => Box::new(None::<String>),
-                            (SqlValue::Integer(i), ColType::Real) => Box::new(i as f64),
-                            (SqlValue::Real(f), ColType::Integer) => Box::new(f as i64),
-                            (SqlValue::Real(f), _) => Box::new(f),
-                            (SqlValue::Integer(i), _) => Box::new(i),
-                            (SqlValue::Text(s), _) => Box::new(pg_text(&s).into_owned()),
-                            (SqlValue::Bool(b), _) => Box::new(b),
-                            (SqlValue::Time(t), _) => Box::new(t),
-                        });
-                        names.push(name.quoted());
-                    }
-                    let cols = if names.is_empty() {
-                        String::new()
-                    } else {
-                        format!(", {}", names.join(", "))
-                    };
-                    let into = format!("INSERT INTO {t} (message_id, ts, topic, device{cols}) VALUES ");
-                    match rows.last_mut() {
-                        Some((last, held)) if *last == into => held.push(params),
-                        _ => rows.push((into, vec![params])),
-                    }
-                }
+            let table = tables.get_mut(&mapping.table).expect("listed above");
+            let (add, values) = match result
+                .clone()
+                .and_then(|row| mapped::plan(mapping, &row, &mut table.shape))
+            {
+                Ok(planned) => planned,
                 Err(reason) => {
-                    tx.execute(
-                        "INSERT INTO rejected (received_at, topic, size, qos, reason, source, message_id, mapping)
-                         VALUES ($1, $2, $3, $4, $5, 'mapping', $6, $7)",
-                        &[
-                            &m.received_at,
-                            &pg_text(&m.topic).as_ref(),
-                            &(m.size as i64),
-                            &i16::from(m.qos),
-                            &pg_text(&reason).as_ref(),
-                            &id,
-                            &mapping.table.as_str(),
-                        ],
-                    )
-                    .await?;
+                    misfits.push((m, id, mapping.table.as_str(), reason));
+                    continue;
                 }
+            };
+            table.add.extend(add);
+            let topic = pg_text(&m.topic).into_owned();
+            let device = d.device.as_deref().map(|x| pg_text(x).into_owned());
+            let mut params: Vec<Param> =
+                vec![Box::new(id), Box::new(d.ts), Box::new(topic), Box::new(device)];
+            let mut names = String::new();
+            for (name, v) in values {
+                let ty = table.shape.get(name.as_str()).copied().unwrap_or(ColType::Text);
+                params.push(param(v, ty));
+                names.push_str(", ");
+                names.push_str(&name.quoted());
+            }
+            let into = format!(
+                "INSERT INTO {} (message_id, ts, topic, device{names}) VALUES ",
+                mapping.table.quoted()
+            );
+            match table.runs.last_mut() {
+                Some((last, held)) if *last == into => held.push(params),
+                _ => table.runs.push((into, vec![params])),
             }
         }
     }
-    for (into, held) in &rows {
-        let width = held[0].len();
-        for chunk in held.chunks((MAX_PARAMS / width).max(1)) {
-            let mut sql = into.clone();
-            let mut n = 0;
-            for (k, row) in chunk.iter().enumerate() {
-                sql.push_str(if k == 0 { "(" } else { ", (" });
-                for c in 0..row.len() {
-                    n += 1;
-                    sql.push_str(&format!("{}${n}", if c == 0 { "" } else { ", " }));
-                }
-                sql.push(')');
-            }
-            let refs: Vec<&(dyn ToSql + Sync)> = chunk
-                .iter()
-                .flatten()
-                .map(|b| b.as_ref() as &(dyn ToSql + Sync))
-                .collect();
-            tx.execute(&sql, &refs).await?;
+
+    // Each table made, widened and filled before the next, in name order.
+    for (name, table) in &tables {
+        let t = name.quoted();
+        // Created only when missing: `IF NOT EXISTS` on an existing table has the server send a
+        // notice, which the driver logs, two lines a batch. It stays, for another instance
+        // creating the table at the same moment.
+        if table.missing {
+            tx.batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS {t} (id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, message_id bigint NOT NULL,
+                                                 ts timestamptz NOT NULL, topic text NOT NULL, device text);
+                 CREATE INDEX IF NOT EXISTS \"{}_ts\" ON {t} (ts);",
+                name.as_str()
+            ))
+            .await?;
         }
+        for (column, ty) in &table.add {
+            tx.batch_execute(&format!(
+                "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {} {}",
+                column.quoted(),
+                ty.postgres()
+            ))
+            .await?;
+        }
+        for (into, held) in &table.runs {
+            insert_run(tx, into, held).await?;
+        }
+    }
+    for (m, id, table, reason) in misfits {
+        tx.execute(
+            "INSERT INTO rejected (received_at, topic, size, qos, reason, source, message_id, mapping)
+             VALUES ($1, $2, $3, $4, $5, 'mapping', $6, $7)",
+            &[
+                &m.received_at,
+                &pg_text(&m.topic).as_ref(),
+                &(m.size as i64),
+                &i16::from(m.qos),
+                &pg_text(&reason).as_ref(),
+                &id,
+                &table,
+            ],
+        )
+        .await?;
     }
     Ok(())
 }
 
-/// One value of a mapping row, as sent.
-type Param = Box<dyn tokio_postgres::types::ToSql + Sync + Send>;
+/// A value as sent for a column of type `ty`.
+fn param(v: SqlValue, ty: ColType) -> Param {
+    match (v, ty) {
+        (SqlValue::Null, ColType::Real) => Box::new(None::<f64>),
+        (SqlValue::Null, ColType::Integer) => Box::new(None::<i64>),
+        (SqlValue::Null, ColType::Boolean) => Box::new(None::<bool>),
+        (SqlValue::Null, ColType::Timestamp) => Box::new(None::<DateTime<Utc>>),
+        (SqlValue::Null, ColType::Text) => Box::new(None::<String>),
+        (SqlValue::Integer(i), ColType::Real) => Box::new(i as f64),
+        (SqlValue::Real(f), ColType::Integer) => Box::new(f as i64),
+        (SqlValue::Real(f), _) => Box::new(f),
+        (SqlValue::Integer(i), _) => Box::new(i),
+        (SqlValue::Text(s), _) => Box::new(pg_text(&s).into_owned()),
+        (SqlValue::Bool(b), _) => Box::new(b),
+        (SqlValue::Time(t), _) => Box::new(t),
+    }
+}
 
-/// The most parameters one statement may carry (the protocol counts them in 16 bits).
-const MAX_PARAMS: usize = 65_535;
+/// Rows that share `into` (the statement's head), in as few statements as the parameter limit
+/// allows.
+async fn insert_run(
+    tx: &Transaction<'_>,
+    into: &str,
+    held: &[Vec<Param>],
+) -> Result<(), tokio_postgres::Error> {
+    use tokio_postgres::types::ToSql;
+    let width = held[0].len();
+    for chunk in held.chunks((MAX_PARAMS / width).max(1)) {
+        let mut sql = into.to_string();
+        let mut n = 0;
+        for (k, row) in chunk.iter().enumerate() {
+            sql.push_str(if k == 0 { "(" } else { ", (" });
+            for c in 0..row.len() {
+                n += 1;
+                sql.push_str(&format!("{}${n}", if c == 0 { "" } else { ", " }));
+            }
+            sql.push(')');
+        }
+        let refs: Vec<&(dyn ToSql + Sync)> = chunk
+            .iter()
+            .flatten()
+            .map(|b| b.as_ref() as &(dyn ToSql + Sync))
+            .collect();
+        tx.execute(&sql, &refs).await?;
+    }
+    Ok(())
+}
