@@ -2,17 +2,25 @@
 //! (stored while readings were off, or before a `[[mapping]]` was added). It reads the stored
 //! messages in id order a chunk at a time, derives each with the readings config in force, keeps
 //! only what that message does not have yet, and writes it in one transaction per chunk. It must
-//! never change or store again a message; a second run adds nothing, and a run stopped halfway
+//! never change or store again a message, nor give readings to one whose readings retention
+//! removed (the rollups still count those); a second run adds nothing, and a run stopped halfway
 //! is finished by the next.
 
 use std::{collections::BTreeMap, sync::Arc};
 
 use anyhow::Context;
+use chrono::{DateTime, Utc};
 
 use crate::{
     config::{RunArgs, Settings},
+    message::Message,
     readings::{Derived, ReadingsConfig},
-    store::{self, backfill::Coverage, Store},
+    store::{
+        self,
+        backfill::{Coverage, Minute},
+        rollup::Width,
+        Store,
+    },
 };
 
 #[derive(Debug, clap::Args)]
@@ -56,6 +64,8 @@ pub struct Summary {
     pub readings: u64,
     /// Notes on why a payload gave no readings.
     pub notes: u64,
+    /// Messages not given readings because the rollups count them already (`counted_already`).
+    pub counted_already: u64,
     /// Per mapping table.
     pub mapped: BTreeMap<String, TableTally>,
     pub dry_run: bool,
@@ -94,6 +104,14 @@ impl std::fmt::Display for Summary {
             n(self.messages_with_readings, "message"),
             n(self.notes, "note")
         )?;
+        if self.counted_already > 0 {
+            writeln!(
+                f,
+                "  readings: {} skipped: retention removed their readings, which readings_1m and \
+                 readings_1h still count (adding them again would count them twice)",
+                n(self.counted_already, "message")
+            )?;
+        }
         for (table, t) in &self.mapped {
             write!(f, "  mapping table {table}: {verb} {}", n(t.rows, "row"))?;
             if t.misfits > 0 {
@@ -206,11 +224,28 @@ pub async fn backfill(
             }
             let derived = crate::readings::derive(readings, &m.topic, &m.payload, m.received_at);
             if let Some(d) = derived.and_then(|d| missing(d, id, &coverage, &mut summary)) {
-                tally(&mut summary, &d);
                 m.derived = Some(d);
                 rows.push((id, m));
             }
         }
+        let counted = counted_already(store, &rows).await?;
+        let rows: Vec<(i64, Message)> = rows
+            .into_iter()
+            .zip(counted)
+            .filter_map(|((id, mut m), counted)| {
+                let d = m.derived.as_mut()?;
+                if counted {
+                    summary.counted_already += 1;
+                    d.readings.clear();
+                    d.note = None;
+                    if d.mapped.is_empty() {
+                        return None;
+                    }
+                }
+                tally(&mut summary, d);
+                Some((id, m))
+            })
+            .collect();
         if !dry_run && !rows.is_empty() {
             store.write_derived(Arc::new(rows)).await?;
         }
@@ -218,6 +253,46 @@ pub async fn backfill(
     }
     bar.finish_and_clear();
     Ok(summary)
+}
+
+/// Which of `rows` have a number in a minute that `readings_1m` counts more numbers in than
+/// `readings` holds. Their readings were written once and removed by retention (which deletes
+/// readings by time and keeps the rollups longer): written again they would be counted twice in
+/// the rollups, and retention would remove them again.
+async fn counted_already(store: &dyn Store, rows: &[(i64, Message)]) -> anyhow::Result<Vec<bool>> {
+    // By borrowed key: a chunk has three readings a message or so, and far fewer minutes.
+    let mut at: foldhash::HashMap<(&str, &str, &str, DateTime<Utc>), usize> =
+        foldhash::HashMap::with_capacity_and_hasher(rows.len(), Default::default());
+    let mut minutes: Vec<Minute> = Vec::with_capacity(rows.len());
+    for key in rows.iter().flat_map(|(_, m)| numbers(m)) {
+        at.entry(key).or_insert_with(|| {
+            let (topic, device, field, minute) = key;
+            minutes.push(Minute {
+                topic: topic.to_string(),
+                device: device.to_string(),
+                field: field.to_string(),
+                minute,
+            });
+            minutes.len() - 1
+        });
+    }
+    if minutes.is_empty() {
+        return Ok(vec![false; rows.len()]);
+    }
+    let gone = store.counted_but_gone(minutes).await?;
+    let is_gone = |key| at.get(&key).and_then(|&k| gone.get(k)).copied().unwrap_or(false);
+    Ok(rows.iter().map(|(_, m)| numbers(m).any(is_gone)).collect())
+}
+
+/// The series and minute of each number `m` derived, as `readings_1m` keys them.
+fn numbers(m: &Message) -> impl Iterator<Item = (&str, &str, &str, DateTime<Utc>)> {
+    m.derived.iter().flat_map(move |d| {
+        let (device, minute) = (d.device.as_deref().unwrap_or_default(), Width::Minute.floor(d.ts));
+        d.readings
+            .iter()
+            .filter(|r| matches!(r.value, crate::readings::Value::Number(_)))
+            .map(move |r| (m.topic.as_str(), device, r.field.as_str(), minute))
+    })
 }
 
 /// Whether message `id` on `topic` may lack something `readings` derives: readings (when on),

@@ -2500,6 +2500,105 @@ fn every_store_backfills_to_what_deriving_from_the_start_gives() {
     }
 }
 
+/// Readings retention deletes by time and keeps the rollups: a message whose readings it
+/// removed lacks readings as much as one stored with readings off, but its minute still counts
+/// them. The backfill must give readings only to the second, or `readings_1m` and `readings_1h`
+/// would count the first twice.
+#[test]
+fn every_store_backfill_leaves_out_readings_retention_removed_and_the_rollups_still_count() {
+    use tidegate::config::RetentionPolicy;
+    let readings = tidegate::readings::ReadingsConfig::default();
+    let policy = RetentionPolicy {
+        raw: None,
+        readings: Some(std::time::Duration::from_secs(30 * 86400)),
+        rollups: None,
+    };
+    let minute = |days: i64| {
+        tidegate::store::rollup::Width::Minute.floor(chrono::Utc::now() - chrono::Duration::days(days))
+    };
+    let at = |t: chrono::DateTime<chrono::Utc>, secs: i64, v: i64| {
+        let mut m = msg("bf/r", format!(r#"{{"v":{v}}}"#).as_bytes());
+        m.received_at = t + chrono::Duration::seconds(secs);
+        m
+    };
+    let (derived_once, never_derived, recent) = (minute(40), minute(50), minute(1));
+    let counts = |settings: &StoreSettings| -> Vec<String> {
+        ["readings_1m", "readings_1h"]
+            .iter()
+            .map(|t| {
+                text_rows(
+                    settings,
+                    &format!(
+                        "SELECT CAST(count AS TEXT) || ' ' || CAST(CAST(round(sum) AS INTEGER) AS TEXT) FROM {t} WHERE topic = 'bf/r' ORDER BY bucket"
+                    ),
+                )
+            })
+            .collect()
+    };
+    for (name, settings, _dir) in stores() {
+        rt().block_on(async {
+            let s = store::open(&settings).await.unwrap();
+            write(
+                &s,
+                (0..3)
+                    .map(|k| with_readings(at(derived_once, 10 * k, 10)))
+                    .collect(),
+            )
+            .await;
+            write(&s, (0..2).map(|k| at(never_derived, 10 * k, 7)).collect()).await;
+            write(&s, vec![with_readings(at(recent, 0, 1))]).await;
+            let retain = || async { while s.retain(&policy, 1000).await.unwrap() > 0 {} };
+            retain().await;
+            assert_eq!(raw_values(&s, "bf/r", "v").await, [1.0], "{name}: retention ran");
+            let key = |minute| tidegate::store::backfill::Minute {
+                topic: "bf/r".into(),
+                device: String::new(),
+                field: "v".into(),
+                minute,
+            };
+            // Minutes close together are read as one range of buckets, far apart one by one.
+            let near = vec![
+                key(derived_once),
+                key(derived_once + chrono::Duration::minutes(1)),
+            ];
+            let far = vec![key(never_derived), key(derived_once), key(recent)];
+            assert_eq!(s.counted_but_gone(near).await.unwrap(), [true, false], "{name}");
+            assert_eq!(
+                s.counted_but_gone(far).await.unwrap(),
+                [false, true, false],
+                "{name}"
+            );
+            let want = ["2 14\n3 30\n1 1", "2 14\n3 30\n1 1"];
+
+            let dry = tidegate::backfill::backfill(&*s, &readings, true).await.unwrap();
+            let first = tidegate::backfill::backfill(&*s, &readings, false).await.unwrap();
+            assert_eq!(
+                (dry.readings, dry.counted_already),
+                (first.readings, first.counted_already),
+                "{name}"
+            );
+            assert_eq!(
+                (first.read, first.messages_with_readings, first.counted_already),
+                (6, 2, 3),
+                "{name}: {first}"
+            );
+            assert!(
+                first
+                    .to_string()
+                    .contains("3 messages skipped: retention removed their readings"),
+                "{name}: {first}"
+            );
+            assert_eq!(counts(&settings), want, "{name}");
+            // Retention removes what the backfill gave the old messages; the next backfill
+            // leaves all five alone.
+            retain().await;
+            let again = tidegate::backfill::backfill(&*s, &readings, false).await.unwrap();
+            assert_eq!((again.readings, again.counted_already), (0, 5), "{name}: {again}");
+            assert_eq!(counts(&settings), want, "{name}");
+        });
+    }
+}
+
 /// One batch whose mapping rows change their columns from message to message (a field that
 /// comes and goes, `auto_columns` adding it midway): every row lands in order with its own
 /// values, in every store.

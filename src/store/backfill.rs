@@ -136,6 +136,15 @@ impl Coverage {
     }
 }
 
+/// One series' minute, as `readings_1m` keys it: `device` is `''` for a message without one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Minute {
+    pub topic: String,
+    pub device: String,
+    pub field: String,
+    pub minute: chrono::DateTime<chrono::Utc>,
+}
+
 /// A stored message as the pipeline had it, for deriving again: topic, payload bytes (the exact
 /// ones when the stored text is not them), receive time, QoS and size.
 pub fn stored_message(

@@ -196,6 +196,13 @@ pub trait Store: Send + Sync + 'static {
         ))
     }
 
+    /// Which of `minutes` count more numbers in `readings_1m` than `readings` holds for them,
+    /// each compared in one snapshot: their readings were stored once and removed since (by
+    /// retention), so a backfill must not fold them into the rollups again. In `minutes`' order.
+    async fn counted_but_gone(&self, _minutes: Vec<backfill::Minute>) -> Result<Vec<bool>, StoreError> {
+        Err(StoreError::Query("this store keeps no readings".into()))
+    }
+
     /// Writes what was derived from stored messages (`Message::derived` of each, with its id):
     /// readings, notes, mapping rows, latest values and rollups, in one transaction, durable when
     /// it returns. Never a message, a topic count or a mark.

@@ -19,7 +19,7 @@ use super::{
 use crate::{
     message::Message,
     readings::mapping::Ident,
-    store::backfill::{stored_message, Coverage, IdSet},
+    store::backfill::{stored_message, Coverage, IdSet, Minute},
 };
 
 /// Which messages stored now already have readings or a note, and rows in each of `tables`, in
@@ -83,6 +83,44 @@ async fn add_ids(
         set.insert(r.get(0));
     }
     Ok(())
+}
+
+/// For each of `minutes`, whether `readings_1m` counts more numbers than `readings` holds: one
+/// statement, so both counts are read in one snapshot.
+pub async fn counted_but_gone(
+    client: &Client,
+    minutes: &[Minute],
+) -> Result<Vec<bool>, tokio_postgres::Error> {
+    let text = |f: fn(&Minute) -> &str| -> Vec<String> {
+        minutes
+            .iter()
+            .map(|m| super::pg_text(f(m)).into_owned())
+            .collect()
+    };
+    let (topics, devices, fields) = (text(|m| &m.topic), text(|m| &m.device), text(|m| &m.field));
+    let at: Vec<chrono::DateTime<chrono::Utc>> = minutes.iter().map(|m| m.minute).collect();
+    let rows = client
+        .query(
+            "SELECT k.i FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
+                             WITH ORDINALITY AS k (topic, device, field, minute, i)
+             JOIN series s ON md5(s.topic) = md5(k.topic) AND md5(coalesce(s.device, '')) = md5(k.device)
+                          AND md5(s.field) = md5(k.field)
+                          AND s.topic = k.topic AND coalesce(s.device, '') = k.device AND s.field = k.field
+             JOIN series_1m r ON r.series_id = s.id AND r.bucket = k.minute
+             WHERE r.count > (SELECT count(*) FROM series_points p
+                              WHERE p.series_id = s.id AND p.ts >= k.minute AND p.ts < k.minute + interval '1 minute'
+                                AND p.value IS NOT NULL)",
+            &[&topics, &devices, &fields, &at],
+        )
+        .await?;
+    let mut gone = vec![false; minutes.len()];
+    for r in rows {
+        let i = usize::try_from(r.get::<_, i64>(0) - 1).ok();
+        if let Some(g) = i.and_then(|i| gone.get_mut(i)) {
+            *g = true;
+        }
+    }
+    Ok(gone)
 }
 
 /// Up to `limit` messages with ids in `after + 1..=last`, in id order.

@@ -543,6 +543,16 @@ impl Store for PgStore {
             .map_err(|e| StoreError::Query(describe_pg(&e)))
     }
 
+    async fn counted_but_gone(
+        &self,
+        minutes: Vec<crate::store::backfill::Minute>,
+    ) -> Result<Vec<bool>, StoreError> {
+        let client = self.client(StoreError::Query).await?;
+        backfill::counted_but_gone(&client, &minutes)
+            .await
+            .map_err(|e| StoreError::Query(describe_pg(&e)))
+    }
+
     async fn write_derived(&self, rows: Arc<Vec<(i64, Message)>>) -> Result<(), StoreError> {
         let (ids, messages): (Vec<i64>, Vec<Message>) = Arc::try_unwrap(rows)
             .unwrap_or_else(|shared| (*shared).clone())

@@ -217,6 +217,16 @@ impl Store for SqliteStore {
             .map_err(|_| StoreError::Closed)?
     }
 
+    async fn counted_but_gone(
+        &self,
+        minutes: Vec<crate::store::backfill::Minute>,
+    ) -> Result<Vec<bool>, StoreError> {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || readers.with(|c| backfill::counted_but_gone(c, &minutes)))
+            .await
+            .map_err(|_| StoreError::Closed)?
+    }
+
     async fn write_derived(&self, rows: Arc<Vec<(i64, Message)>>) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
         self.tx
