@@ -4,6 +4,9 @@
 //! write meanwhile: the shared rows (rollups, latest values, series) are upserted as a batch
 //! upserts them, in the same lock order. It must never write a message.
 
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
 use deadpool_postgres::ClientWrapper;
 use futures::{pin_mut, TryStreamExt};
 use tokio_postgres::{Client, IsolationLevel};
@@ -91,28 +94,56 @@ pub async fn counted_but_gone(
     client: &Client,
     minutes: &[Minute],
 ) -> Result<Vec<bool>, tokio_postgres::Error> {
-    let text = |f: fn(&Minute) -> &str| -> Vec<String> {
-        minutes
-            .iter()
-            .map(|m| super::pg_text(f(m)).into_owned())
-            .collect()
+    let (Some(first), Some(last)) = (
+        minutes.iter().map(|m| m.minute).min(),
+        minutes.iter().map(|m| m.minute).max(),
+    ) else {
+        return Ok(Vec::new());
     };
-    let (topics, devices, fields) = (text(|m| &m.topic), text(|m| &m.device), text(|m| &m.field));
-    let at: Vec<chrono::DateTime<chrono::Utc>> = minutes.iter().map(|m| m.minute).collect();
-    let rows = client
-        .query(
-            "SELECT k.i FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
-                             WITH ORDINALITY AS k (topic, device, field, minute, i)
+    // Each series is looked up once (a chunk's minutes share a few series): a look-up a minute
+    // hashed six md5s each, and with a look-up of its bucket made a backfill half as slow again.
+    let mut series: HashMap<(&str, &str, &str), i64> = HashMap::new();
+    let (mut topics, mut devices, mut fields) = (Vec::new(), Vec::new(), Vec::new());
+    let of: Vec<i64> = minutes
+        .iter()
+        .map(|m| {
+            *series.entry((&m.topic, &m.device, &m.field)).or_insert_with(|| {
+                topics.push(super::pg_text(&m.topic).into_owned());
+                devices.push(super::pg_text(&m.device).into_owned());
+                fields.push(super::pg_text(&m.field).into_owned());
+                topics.len() as i64
+            })
+        })
+        .collect();
+    let at: Vec<DateTime<Utc>> = minutes.iter().map(|m| m.minute).collect();
+    let (first, last) = (&first, &last);
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+        vec![&topics, &devices, &fields, &of, &at];
+    // The buckets of the chunk's time range read as one range a series, when it is short: most
+    // minutes of messages stored with readings off have none. Else one look-up a minute.
+    let as_range = (*last - *first).num_minutes() <= 4 * minutes.len() as i64;
+    let buckets = if as_range {
+        params.push(first);
+        params.push(last);
+        "MATERIALIZED (SELECT s.n, r.series_id, r.bucket, r.count FROM s JOIN series_1m r
+                       ON r.series_id = s.id AND r.bucket >= $6 AND r.bucket <= $7)"
+    } else {
+        "NOT MATERIALIZED (SELECT s.n, r.series_id, r.bucket, r.count FROM s JOIN series_1m r ON r.series_id = s.id)"
+    };
+    let sql = format!(
+        "WITH s AS MATERIALIZED (
+             SELECT k.n, s.id FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS k (topic, device, field, n)
              JOIN series s ON md5(s.topic) = md5(k.topic) AND md5(coalesce(s.device, '')) = md5(k.device)
                           AND md5(s.field) = md5(k.field)
-                          AND s.topic = k.topic AND coalesce(s.device, '') = k.device AND s.field = k.field
-             JOIN series_1m r ON r.series_id = s.id AND r.bucket = k.minute
-             WHERE r.count > (SELECT count(*) FROM series_points p
-                              WHERE p.series_id = s.id AND p.ts >= k.minute AND p.ts < k.minute + interval '1 minute'
-                                AND p.value IS NOT NULL)",
-            &[&topics, &devices, &fields, &at],
-        )
-        .await?;
+                          AND s.topic = k.topic AND coalesce(s.device, '') = k.device AND s.field = k.field),
+         b AS {buckets}
+         SELECT m.i FROM unnest($4::bigint[], $5::timestamptz[]) WITH ORDINALITY AS m (n, minute, i)
+         JOIN b ON b.n = m.n AND b.bucket = m.minute
+         WHERE b.count > (SELECT count(*) FROM series_points p
+                          WHERE p.series_id = b.series_id AND p.ts >= m.minute AND p.ts < m.minute + interval '1 minute'
+                            AND p.value IS NOT NULL)",
+    );
+    let rows = client.query(&sql, &params).await?;
     let mut gone = vec![false; minutes.len()];
     for r in rows {
         let i = usize::try_from(r.get::<_, i64>(0) - 1).ok();
