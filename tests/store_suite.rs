@@ -704,6 +704,17 @@ fn a_retention_period_past_the_calendar_keeps_everything() {
     }
 }
 
+/// Runs retention in chunks of `chunk` rows until a chunk deletes nothing; returns the rows deleted.
+async fn retain_all(s: &Arc<dyn Store>, policy: &tidegate::config::RetentionPolicy, chunk: usize) -> u64 {
+    let mut deleted = 0;
+    loop {
+        match s.retain(policy, chunk).await.unwrap() {
+            0 => return deleted,
+            n => deleted += n,
+        }
+    }
+}
+
 #[test]
 fn retention_deletes_exactly_what_is_older() {
     use tidegate::config::RetentionPolicy;
@@ -724,14 +735,7 @@ fn retention_deletes_exactly_what_is_older() {
                 rollups: None,
             };
             // In chunks of one row: the caller loops until nothing is left.
-            let mut deleted = 0;
-            loop {
-                let n = s.retain(&policy, 1).await.unwrap();
-                if n == 0 {
-                    break;
-                }
-                deleted += n;
-            }
+            let deleted = retain_all(&s, &policy, 1).await;
             assert_eq!(deleted, 4, "{name}: two messages and their two readings");
             let left: Vec<String> = s
                 .messages(all(Some("ret/x")))
@@ -776,6 +780,39 @@ fn retention_deletes_exactly_what_is_older() {
                 .await
                 .unwrap();
             assert_eq!(hours.len(), 4, "{name}");
+        });
+    }
+}
+
+/// A note (why a message gave no readings) is deleted with its message: a device whose every
+/// message gets one (a clock that is wrong) must not grow `reading_notes` past raw retention.
+#[test]
+fn every_store_retention_deletes_a_messages_note_with_it() {
+    use tidegate::config::RetentionPolicy;
+    let policy = RetentionPolicy {
+        raw: Some(std::time::Duration::from_secs(30 * 86400)),
+        readings: None,
+        rollups: None,
+    };
+    for (name, settings, _dir) in stores() {
+        rt().block_on(async {
+            let s = store::open(&settings).await.unwrap();
+            let now = chrono::Utc::now();
+            let batch = [40i64, 35, 1]
+                .iter()
+                .map(|days| {
+                    // A number past a 64-bit float: the message is kept raw, with a note.
+                    let mut m = msg("notes/x", format!(r#"{{"v":1e999,"d":{days}}}"#).as_bytes());
+                    m.received_at = now - chrono::Duration::days(*days);
+                    with_readings(m)
+                })
+                .collect();
+            write(&s, batch).await;
+            let notes = || text_rows(&settings, "SELECT CAST(count(*) AS TEXT) FROM reading_notes");
+            assert_eq!(notes(), "3", "{name}");
+            let deleted = retain_all(&s, &policy, 1).await;
+            assert_eq!(deleted, 4, "{name}: two messages and their notes");
+            assert_eq!(notes(), "1", "{name}");
         });
     }
 }
@@ -2547,7 +2584,7 @@ fn every_store_backfill_leaves_out_readings_retention_removed_and_the_rollups_st
             .await;
             write(&s, (0..2).map(|k| at(never_derived, 10 * k, 7)).collect()).await;
             write(&s, vec![with_readings(at(recent, 0, 1))]).await;
-            let retain = || async { while s.retain(&policy, 1000).await.unwrap() > 0 {} };
+            let retain = || retain_all(&s, &policy, 1000);
             retain().await;
             assert_eq!(raw_values(&s, "bf/r", "v").await, [1.0], "{name}: retention ran");
             let key = |minute| tidegate::store::backfill::Minute {

@@ -20,15 +20,18 @@ pub async fn retain(
     let mut n = 0;
     if let Some(c) = cutoff(policy.raw) {
         // Any expired chunk, not the oldest first: `messages_received_at` is a BRIN index too.
+        // A message's note (why it gave no readings) goes with it.
         let gone = tx
             .query(
                 "WITH gone AS (DELETE FROM messages
                                WHERE ctid = ANY(ARRAY(SELECT ctid FROM messages WHERE received_at < $1 LIMIT $2))
-                               RETURNING topic)
-                 SELECT topic, count(*) FROM gone GROUP BY topic",
+                               RETURNING id, topic),
+                      notes AS (DELETE FROM reading_notes WHERE message_id IN (SELECT id FROM gone) RETURNING 1)
+                 SELECT topic, count(*), (SELECT count(*) FROM notes) FROM gone GROUP BY topic",
                 &[&c, &chunk],
             )
             .await?;
+        n += gone.first().map_or(0, |r| r.get::<_, i64>(2) as u64);
         n += uncount_topics(&tx, &gone).await?;
         n += tx
             .execute(

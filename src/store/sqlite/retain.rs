@@ -15,16 +15,25 @@ pub fn retain(conn: &mut Connection, policy: &RetentionPolicy, chunk: usize) -> 
     if let Some(c) = cutoff(policy.raw) {
         // `topics` counts the messages stored, so what retention deletes comes off it too.
         let mut gone: std::collections::HashMap<String, i64> = Default::default();
+        let mut ids = Vec::new();
         {
             let mut delete = tx.prepare(&format!(
                 "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE received_at < ?1 ORDER BY received_at LIMIT {chunk})
-                 RETURNING topic"
+                 RETURNING id, topic"
             ))?;
             let mut rows = delete.query([&c])?;
             while let Some(r) = rows.next()? {
-                *gone.entry(r.get(0)?).or_default() += 1;
+                ids.push(r.get::<_, i64>(0)?);
+                *gone.entry(r.get(1)?).or_default() += 1;
             }
         }
+        // A note says why a message gave no readings: it goes with the message (a note a
+        // message, for a device whose clock is wrong, kept forever otherwise).
+        let mut unnote = tx.prepare_cached("DELETE FROM reading_notes WHERE message_id = ?1")?;
+        for id in ids {
+            n += unnote.execute([id])? as u64;
+        }
+        drop(unnote);
         let mut uncount = tx.prepare_cached(
             "UPDATE topics SET message_count = max(message_count - ?2, 0) WHERE topic = ?1",
         )?;
