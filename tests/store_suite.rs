@@ -594,6 +594,7 @@ fn every_store_keeps_the_newest_reading_of_each_series() {
                 raw: None,
                 readings: Some(std::time::Duration::from_secs(30 * 86400)),
                 rollups: None,
+                ..Default::default()
             };
             while s.retain(&policy, 100).await.unwrap() > 0 {}
             assert_eq!(
@@ -695,6 +696,7 @@ fn a_retention_period_past_the_calendar_keeps_everything() {
                     raw: keep,
                     readings: keep,
                     rollups: keep,
+                    ..Default::default()
                 };
                 assert_eq!(s.retain(&policy, 100).await.unwrap(), 0, "{name}: {keep:?}");
             }
@@ -733,6 +735,7 @@ fn retention_deletes_exactly_what_is_older() {
                 raw: Some(std::time::Duration::from_secs(30 * 86400)),
                 readings: Some(std::time::Duration::from_secs(30 * 86400)),
                 rollups: None,
+                ..Default::default()
             };
             // In chunks of one row: the caller loops until nothing is left.
             let deleted = retain_all(&s, &policy, 1).await;
@@ -793,6 +796,7 @@ fn every_store_retention_deletes_a_messages_note_with_it() {
         raw: Some(std::time::Duration::from_secs(30 * 86400)),
         readings: None,
         rollups: None,
+        ..Default::default()
     };
     for (name, settings, _dir) in stores() {
         rt().block_on(async {
@@ -813,6 +817,72 @@ fn every_store_retention_deletes_a_messages_note_with_it() {
             let deleted = retain_all(&s, &policy, 1).await;
             assert_eq!(deleted, 4, "{name}: two messages and their notes");
             assert_eq!(notes(), "1", "{name}");
+        });
+    }
+}
+
+/// A mapping with `retain` has its rows older than that deleted (by `ts`); a mapping without
+/// keeps them whatever the other periods say, and a table not created yet is no error.
+#[test]
+fn every_store_retention_trims_a_mapping_table_that_asks_for_it_and_no_other() {
+    use tidegate::{
+        config::RetentionPolicy,
+        readings::{
+            mapping::{Ident, Mapping, MappingSpec},
+            ReadingsConfig,
+        },
+    };
+    let mapping =
+        |toml: &str| Arc::new(Mapping::from_spec(&toml::from_str::<MappingSpec>(toml).unwrap()).unwrap());
+    let cfg = ReadingsConfig {
+        mappings: vec![
+            mapping("filter = \"trim/#\"\ntable = \"m_trim\"\nretain = \"30d\"\n[columns]\nv = \"$.v\"\n"),
+            mapping("filter = \"keep/#\"\ntable = \"m_keep\"\n[columns]\nv = \"$.v\"\n"),
+        ],
+        ..Default::default()
+    };
+    let policy = RetentionPolicy {
+        raw: Some(std::time::Duration::from_secs(365 * 86400)),
+        mapped: vec![
+            (
+                Ident::parse("m_trim").unwrap(),
+                std::time::Duration::from_secs(30 * 86400),
+            ),
+            (
+                Ident::parse("m_none").unwrap(),
+                std::time::Duration::from_secs(86400),
+            ),
+        ],
+        ..Default::default()
+    };
+    for (name, settings, _dir) in stores() {
+        rt().block_on(async {
+            let s = store::open(&settings).await.unwrap();
+            let now = chrono::Utc::now();
+            let mut batch = Vec::new();
+            for topic in ["trim/a", "keep/a"] {
+                for days in [40i64, 31, 1] {
+                    let mut m = msg(topic, format!(r#"{{"v":{days}}}"#).as_bytes());
+                    m.received_at = now - chrono::Duration::days(days);
+                    m.derived = tidegate::readings::derive(&cfg, &m.topic, &m.payload, m.received_at);
+                    batch.push(m);
+                }
+            }
+            write(&s, batch).await;
+            assert_eq!(retain_all(&s, &policy, 1).await, 2, "{name}");
+            let values = |t: &str| {
+                text_rows(
+                    &settings,
+                    &format!("SELECT CAST(CAST(v AS INTEGER) AS TEXT) FROM {t} ORDER BY ts"),
+                )
+            };
+            assert_eq!(values("m_trim"), "1", "{name}");
+            assert_eq!(values("m_keep"), "40\n31\n1", "{name}");
+            assert_eq!(
+                s.messages(all(None)).await.unwrap().len(),
+                6,
+                "{name}: messages kept"
+            );
         });
     }
 }
@@ -1683,6 +1753,7 @@ fn retention_runs_while_ingest_goes_on_and_deletes_only_what_is_older() {
                 raw: Some(std::time::Duration::from_secs(30 * 86400)),
                 readings: Some(std::time::Duration::from_secs(30 * 86400)),
                 rollups: None,
+                ..Default::default()
             };
             // …while new ones keep arriving: small retention chunks interleave with the writes.
             let writer = {
@@ -2549,6 +2620,7 @@ fn every_store_backfill_leaves_out_readings_retention_removed_and_the_rollups_st
         raw: None,
         readings: Some(std::time::Duration::from_secs(30 * 86400)),
         rollups: None,
+        ..Default::default()
     };
     let minute = |days: i64| {
         tidegate::store::rollup::Width::Minute.floor(chrono::Utc::now() - chrono::Duration::days(days))

@@ -268,7 +268,12 @@ impl Settings {
         let spool = store::resolve_spool(&a, store.as_ref())?;
         let metabase = metabase::resolve_metabase(&a, mode)?;
         let readings = readings::resolve_readings(&a)?;
-        let retention = store::resolve_retention(&a)?;
+        let mut retention = store::resolve_retention(&a)?;
+        retention.mapped = readings
+            .mappings
+            .iter()
+            .filter_map(|m| Some((m.table.clone(), m.retain?)))
+            .collect();
         Ok(Settings {
             mqtt,
             pipeline,
@@ -675,6 +680,33 @@ mod tests {
             assert_eq!(err.setting, setting, "{err}");
             assert!(!err.to_string().contains("mb_k3y-value"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_mapping_retain_joins_the_retention_policy() {
+        let spec = |table: &str, retain: Option<&str>| crate::readings::mapping::MappingSpec {
+            filter: format!("{table}/#"),
+            table: table.into(),
+            auto_columns: true,
+            columns: Default::default(),
+            retain: retain.map(|r| r.parse().unwrap()),
+        };
+        let s = Settings::resolve(
+            Mode::Serve,
+            RunArgs {
+                mappings: Some(vec![spec("kept", None), spec("trimmed", Some("90d"))]),
+                ..RunArgs::default()
+            },
+        )
+        .unwrap();
+        let mapped: Vec<_> = s
+            .retention
+            .mapped
+            .iter()
+            .map(|(t, d)| (t.as_str(), d.as_secs()))
+            .collect();
+        assert_eq!(mapped, [("trimmed", 90 * 86400)]);
+        assert!(!s.retention.is_off());
     }
 
     #[test]

@@ -87,11 +87,13 @@ pub struct RetentionPolicy {
     pub raw: Option<Duration>,
     pub readings: Option<Duration>,
     pub rollups: Option<Duration>,
+    /// The mapping tables given a `retain`, with it.
+    pub mapped: Vec<(crate::readings::mapping::Ident, Duration)>,
 }
 
 impl RetentionPolicy {
     pub fn is_off(&self) -> bool {
-        self.raw.is_none() && self.readings.is_none() && self.rollups.is_none()
+        self.raw.is_none() && self.readings.is_none() && self.rollups.is_none() && self.mapped.is_empty()
     }
 
     /// The time before which rows kept for `keep` have expired at `now`. `None` when nothing
@@ -157,6 +159,7 @@ pub(super) fn resolve_retention(a: &RunArgs) -> Result<RetentionPolicy, ConfigEr
         raw: a.retain_raw.map(|s| s.0),
         readings: a.retain_readings.map(|s| s.0),
         rollups: a.retain_rollups.map(|s| s.0),
+        mapped: Vec::new(),
     };
     for (name, d) in [
         ("retain-raw", retention.raw),

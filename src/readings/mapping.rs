@@ -144,6 +144,9 @@ pub struct MappingSpec {
     pub auto_columns: bool,
     #[serde(default)]
     pub columns: std::collections::BTreeMap<String, ColumnSpec>,
+    /// Rows older than this (by `ts`) are deleted; kept when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retain: Option<crate::config::Span>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -160,6 +163,8 @@ pub struct Mapping {
     pub table: Ident,
     pub auto_columns: bool,
     pub columns: Vec<Column>,
+    /// How long its rows are kept (by `ts`); `None`: for good.
+    pub retain: Option<std::time::Duration>,
 }
 
 /// `$.a.b[0]` → `/a/b/0`.
@@ -251,11 +256,16 @@ impl Mapping {
                 spec.table
             ));
         }
+        let retain = spec.retain.map(|r| r.0);
+        if retain.is_some_and(|r| r < std::time::Duration::from_secs(60)) {
+            return Err(format!("mapping `{}`: retain must be at least 1m", spec.table));
+        }
         Ok(Mapping {
             filter: spec.filter.clone(),
             table,
             auto_columns: spec.auto_columns,
             columns,
+            retain,
         })
     }
 
@@ -351,6 +361,26 @@ mod tests {
     }
 
     #[test]
+    fn a_mapping_keeps_its_rows_as_long_as_its_retain_says() {
+        let m = spec("filter = \"a/#\"\ntable = \"t\"\nauto_columns = true\nretain = \"90d\"\n");
+        assert_eq!(m.retain, Some(std::time::Duration::from_secs(90 * 86400)));
+        assert_eq!(
+            spec("filter = \"a/#\"\ntable = \"t\"\nauto_columns = true\n").retain,
+            None
+        );
+        let short: MappingSpec =
+            toml::from_str("filter = \"a/#\"\ntable = \"t\"\nauto_columns = true\nretain = \"30s\"\n")
+                .unwrap();
+        assert_eq!(
+            Mapping::from_spec(&short).err().unwrap_or_default(),
+            "mapping `t`: retain must be at least 1m"
+        );
+        let typo =
+            toml::from_str::<MappingSpec>("filter = \"a/#\"\ntable = \"t\"\nretain = \"90 days ago\"\n");
+        assert!(typo.unwrap_err().to_string().contains("is not a duration"));
+    }
+
+    #[test]
     fn paths_types_and_conflicts() {
         let m = spec(
             r#"filter = "sensors/+/telemetry"
@@ -401,6 +431,7 @@ mod tests {
                 table: ours.into(),
                 auto_columns: true,
                 columns: Default::default(),
+                retain: None,
             };
             let err = Mapping::from_spec(&bad).err().unwrap_or_default();
             assert!(

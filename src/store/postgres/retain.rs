@@ -71,6 +71,25 @@ pub async fn retain(
         }
     }
     tx.commit().await?;
+    // The mapping tables given a `retain`: a statement each, outside the transaction above. A
+    // batch widening a mapping table waits for every lock on it, and holds row locks (`topics`)
+    // that transaction takes; a lock held only for its own statement cannot close a cycle.
+    for (table, keep) in &policy.mapped {
+        let Some(c) = cutoff(Some(*keep)) else { continue };
+        let t = table.quoted();
+        let exists: Option<String> = client
+            .query_one("SELECT to_regclass($1)::text", &[&t])
+            .await?
+            .get(0);
+        if exists.is_some() {
+            n += client
+                .execute(
+                    &format!("DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} WHERE ts < $1 LIMIT $2))"),
+                    &[&c, &chunk],
+                )
+                .await?;
+        }
+    }
     Ok(n)
 }
 

@@ -36,15 +36,7 @@ pub fn coverage(conn: &Connection, tables: &[Ident]) -> rusqlite::Result<Coverag
         add_ids(&tx, sql, [], &mut c.readings)?;
     }
     for table in tables {
-        let exists = tx
-            .query_row(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
-                [table.as_str()],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some();
-        if exists {
+        if super::schema::is_table(&tx, table.as_str())? {
             let mut ids = IdSet::new(first, last);
             add_ids(
                 &tx,

@@ -84,6 +84,17 @@ pub fn retain(conn: &mut Connection, policy: &RetentionPolicy, chunk: usize) -> 
             )? as u64;
         }
     }
+    // The mapping tables given a `retain`, by their `ts` index; one not created yet has no rows.
+    for (table, keep) in &policy.mapped {
+        let Some(c) = cutoff(Some(*keep)) else { continue };
+        if super::schema::is_table(&tx, table.as_str())? {
+            let t = table.quoted();
+            n += tx.execute(
+                &format!("DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE ts < ?1 ORDER BY ts LIMIT {chunk})"),
+                [&c],
+            )? as u64;
+        }
+    }
     tx.commit()?;
     Ok(n)
 }

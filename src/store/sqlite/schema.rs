@@ -368,6 +368,11 @@ fn table_kind(conn: &Connection, name: &str) -> rusqlite::Result<Option<String>>
     .optional()
 }
 
+/// Whether `name` is a table (a mapping table is made with its first row).
+pub(super) fn is_table(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    Ok(table_kind(conn, name)?.as_deref() == Some("table"))
+}
+
 /// Brings the database to `VERSION`. Idempotent; refuses a file from a newer tidegate.
 pub fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
     let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
