@@ -82,6 +82,8 @@ pub struct TableTally {
     pub misfits: u64,
     /// The same, already recorded there by an earlier run or live: not recorded again.
     pub known_misfits: u64,
+    /// Rows older than the mapping's `retain`: not written (retention would delete them).
+    pub expired: u64,
 }
 
 impl std::fmt::Display for Summary {
@@ -119,6 +121,14 @@ impl std::fmt::Display for Summary {
                     f,
                     "; {} did not fit (recorded in `rejected`, source 'mapping')",
                     t.misfits
+                )?;
+            }
+            if t.expired > 0 {
+                write!(
+                    f,
+                    "; {} older than its retain (not written: retention would delete {})",
+                    t.expired,
+                    if t.expired == 1 { "it" } else { "them" }
                 )?;
             }
             if t.known_misfits > 0 {
@@ -197,6 +207,7 @@ pub async fn backfill(
     tables.sort();
     tables.dedup();
     let coverage = store.coverage(&tables).await?;
+    let now = Utc::now();
     let mut summary = Summary {
         store: store.describe(),
         mapped: tables
@@ -223,9 +234,12 @@ pub async fn backfill(
                 continue;
             }
             let derived = crate::readings::derive(readings, &m.topic, &m.payload, m.received_at);
-            if let Some(d) = derived.and_then(|d| missing(d, id, &coverage, &mut summary)) {
-                m.derived = Some(d);
-                rows.push((id, m));
+            if let Some(mut d) = derived.and_then(|d| missing(d, id, &coverage, &mut summary)) {
+                drop_expired(&mut d, now, &mut summary);
+                if !d.readings.is_empty() || d.note.is_some() || !d.mapped.is_empty() {
+                    m.derived = Some(d);
+                    rows.push((id, m));
+                }
             }
         }
         let counted = counted_already(store, &rows).await?;
@@ -328,6 +342,26 @@ fn missing(mut d: Derived, id: i64, coverage: &Coverage, summary: &mut Summary) 
         true
     });
     (!d.readings.is_empty() || d.note.is_some() || !d.mapped.is_empty()).then_some(d)
+}
+
+/// Drops from `d` the rows of mappings whose `retain` they are older than: retention would
+/// delete them again (and may have already).
+fn drop_expired(d: &mut Derived, now: DateTime<Utc>, summary: &mut Summary) {
+    let ts = d.ts;
+    d.mapped.retain(|(m, _)| {
+        let keep = m.retain.and_then(|r| chrono::TimeDelta::from_std(r).ok());
+        let expired = keep
+            .and_then(|k| now.checked_sub_signed(k))
+            .is_some_and(|c| ts < c);
+        if expired {
+            summary
+                .mapped
+                .entry(m.table.as_str().to_string())
+                .or_default()
+                .expired += 1;
+        }
+        !expired
+    });
 }
 
 fn tally(s: &mut Summary, d: &Derived) {
@@ -436,6 +470,47 @@ mod tests {
         assert!(!lacks_anything(&cfg, 3, "s/1", &all) && lacks_anything(&cfg, 4, "s/1", &all));
         assert!(!lacks_anything(&cfg, 3, "other/topic", &covered(&[3], None)));
         assert!(lacks_anything(&cfg, 3, "s/1", &covered(&[3], None)));
+    }
+
+    /// A mapping row older than its mapping's `retain` is not written, and counted; one of a
+    /// mapping without `retain`, or younger, is.
+    #[test]
+    fn a_row_older_than_its_mappings_retain_is_left_out() {
+        let cfg = |retain: &str| {
+            with_mapping(&format!(
+                "filter = \"s/#\"\ntable = \"climate\"\n{retain}\n[columns]\ntemp = \"$.temp\"\n"
+            ))
+        };
+        let now = Utc::now();
+        let derive = |cfg: &ReadingsConfig, days: i64| {
+            crate::readings::derive(
+                cfg,
+                "s/1",
+                br#"{"temp":21.5}"#,
+                now - chrono::TimeDelta::days(days),
+            )
+            .unwrap()
+        };
+        let trimmed = cfg("retain = \"30d\"");
+        let mut summary = Summary::default();
+        let mut old = derive(&trimmed, 40);
+        drop_expired(&mut old, now, &mut summary);
+        assert!(old.mapped.is_empty());
+        let mut young = derive(&trimmed, 20);
+        drop_expired(&mut young, now, &mut summary);
+        assert_eq!(young.mapped.len(), 1);
+        let mut kept = derive(&cfg(""), 400);
+        drop_expired(&mut kept, now, &mut summary);
+        assert_eq!(kept.mapped.len(), 1);
+        let tally = summary.mapped.get("climate").copied().unwrap_or_default();
+        assert_eq!(tally.expired, 1);
+        summary.read = 3;
+        assert!(
+            summary
+                .to_string()
+                .contains("1 older than its retain (not written: retention would delete it)"),
+            "{summary}"
+        );
     }
 
     /// A value that still does not fit, for a message whose misfit `rejected` holds, is dropped

@@ -2582,6 +2582,7 @@ fn every_store_backfills_to_what_deriving_from_the_start_gives() {
                 rows,
                 misfits,
                 known_misfits,
+                expired: 0,
             };
             assert_eq!(
                 first.mapped.get("climate"),
