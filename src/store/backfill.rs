@@ -137,7 +137,7 @@ impl Coverage {
 }
 
 /// One series' minute, as `readings_1m` keys it: `device` is `''` for a message without one.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Minute {
     pub topic: String,
     pub device: String,

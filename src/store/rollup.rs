@@ -26,7 +26,8 @@ impl Width {
     }
 
     /// The start of `t`'s bucket. In whole seconds: `duration_trunc` gives the same (a floor,
-    /// before 1970 too) at about 200 instructions a call, and every reading is floored twice.
+    /// before 1970 too) at about 200 instructions a call, once per width for every message with
+    /// readings, and it refused times outside 1678–2262 (each left as its own bucket).
     pub fn floor(self, t: DateTime<Utc>) -> DateTime<Utc> {
         let width = match self {
             Width::Minute => 60,

@@ -6,7 +6,6 @@
 use std::{collections::HashSet, rc::Rc};
 
 use chrono::{DateTime, Utc};
-
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
 use super::{series::Series, write::write_derived};
