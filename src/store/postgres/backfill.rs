@@ -50,11 +50,7 @@ pub async fn coverage(
     }
     for table in tables {
         let quoted = table.quoted();
-        let exists: Option<String> = tx
-            .query_one("SELECT to_regclass($1)::text", &[&quoted])
-            .await?
-            .get(0);
-        if exists.is_some() {
+        if super::table_exists(&*tx, table).await? {
             let mut ids = IdSet::new(first, last);
             add_ids(&tx, &format!("SELECT message_id FROM {quoted}"), &[], &mut ids).await?;
             c.mapped.insert(table.as_str().to_string(), ids);

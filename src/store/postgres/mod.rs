@@ -53,6 +53,18 @@ fn pg_text(s: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// Whether mapping table `table` exists (it is made with its first row).
+async fn table_exists(
+    client: &impl tokio_postgres::GenericClient,
+    table: &crate::readings::mapping::Ident,
+) -> Result<bool, tokio_postgres::Error> {
+    let found: Option<String> = client
+        .query_one("SELECT to_regclass($1)::text", &[&table.quoted()])
+        .await?
+        .get(0);
+    Ok(found.is_some())
+}
+
 /// How long one batch may take before the connection is presumed dead.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 

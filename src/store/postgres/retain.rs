@@ -76,12 +76,8 @@ pub async fn retain(
     // that transaction takes; a lock held only for its own statement cannot close a cycle.
     for (table, keep) in &policy.mapped {
         let Some(c) = cutoff(Some(*keep)) else { continue };
-        let t = table.quoted();
-        let exists: Option<String> = client
-            .query_one("SELECT to_regclass($1)::text", &[&t])
-            .await?
-            .get(0);
-        if exists.is_some() {
+        if super::table_exists(&*client, table).await? {
+            let t = table.quoted();
             n += client
                 .execute(
                     &format!("DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} WHERE ts < $1 LIMIT $2))"),
